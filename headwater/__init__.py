@@ -1,0 +1,23 @@
+"""Headwater: a Ray-based, exactly-once dataflow engine over Arrow micro-batches.
+
+    import headwater as hw
+    flow = hw.Dataflow("name")
+    stream = flow.source("step_id", source)
+    stream.filter(hw.col("price") > 10).with_columns(eur=hw.col("price") * 0.908).sink("out", sink)
+    hw.run(flow)
+"""
+
+from headwater.aggregations import Aggregation, count, max, mean, min, sum
+from headwater.dataflow import Dataflow, KeyedStream, Stream
+from headwater.engine.config import RunConfig
+from headwater.engine.job import JobResult
+from headwater.engine.runner import plan_flow, run, start
+from headwater.errors import HeadwaterError
+from headwater.expressions import Expr, col, fn, lit, when
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregation", "Dataflow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
+    "col", "count", "fn", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
+]

@@ -1,0 +1,277 @@
+"""The Python DSL: an inert dataflow of uniquely named steps.
+
+Example::
+
+    import headwater as hw
+    from headwater.sources import NexmarkSource
+    from headwater.sinks import ParquetSink
+
+    flow = hw.Dataflow("auctions")
+    bids = flow.source("bids", NexmarkSource(events=1_000_000))
+    eur = bids.filter(hw.col("price") > 100).with_columns(price_eur=hw.col("price") * 0.908)
+    per_auction = eur.key_by("auction").aggregate(bids=hw.count(), top=hw.max("price_eur"))
+    per_auction.sink("out", ParquetSink("out/per_auction"))
+    hw.run(flow)
+
+Building a dataflow runs nothing: it records steps, checks each one against its inputs' schemas as soon as it
+is added (unknown columns and impossible expressions fail right there, naming the step), and can be printed
+or drawn as Mermaid. Step ids are unique and stable: checkpoints key state on them, so give stateful steps an
+explicit ``step_id`` before you rely on restoring state across pipeline changes. Steps without an explicit id
+are named ``<operation>_<n>`` in order of creation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+
+from headwater.aggregations import Aggregation
+from headwater.engine.logical import (
+    AggregateStep,
+    FilterStep,
+    MapBatchesStep,
+    MapRowsStep,
+    ProjectStep,
+    SinkStep,
+    SourceStep,
+    Step,
+    UnionStep,
+)
+from headwater.errors import BuildError, ConfigError, DuplicateStepError, InvalidStepIdError, UnknownColumnError
+from headwater.expressions import Expr, _unknown_column_message, col, lit
+from headwater.operators.aggregate import Emit
+from headwater.sinks.base import Sink
+from headwater.sources.base import Source
+
+_STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class Dataflow:
+    """A named graph of steps. Create streams with :meth:`source`; run with ``hw.run(flow)``."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not _STEP_ID.match(name):
+            raise InvalidStepIdError(
+                f"dataflow name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or digit"
+            )
+        self.name = name
+        self.steps: dict[str, Step] = {}
+        self._counters: dict[str, int] = {}
+
+    # -- building -------------------------------------------------------------------------------------------
+    def source(self, step_id: str, source: Source) -> Stream:
+        """Add a source step; returns the stream of its batches."""
+        if not isinstance(source, Source):
+            raise ConfigError(
+                f"step {step_id!r}: {source!r} is not a headwater Source; use one from headwater.sources "
+                "or subclass headwater.sources.base.Source"
+            )
+        return self._add(SourceStep(self._check_id(step_id), (), source=source))
+
+    def _auto_id(self, kind: str) -> str:
+        n = self._counters.get(kind, 0)
+        while True:
+            n += 1
+            candidate = f"{kind}_{n}"
+            if candidate not in self.steps:
+                self._counters[kind] = n
+                return candidate
+
+    def _check_id(self, step_id: str) -> str:
+        if not isinstance(step_id, str) or not _STEP_ID.match(step_id):
+            raise InvalidStepIdError(
+                f"step id {step_id!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit (step ids name checkpoint state on disk)"
+            )
+        if step_id in self.steps:
+            raise DuplicateStepError(
+                f"step {step_id!r} already exists in dataflow {self.name!r}; two steps with the same id? "
+                "Give each step a unique step_id"
+            )
+        return step_id
+
+    def _add(self, step: Step) -> Stream:
+        step.schema = step.derive_schema([self.steps[i].schema for i in step.inputs])
+        self.steps[step.step_id] = step
+        return Stream(self, step.step_id)
+
+    # -- inspecting -----------------------------------------------------------------------------------------
+    def consumers(self, step_id: str) -> list[str]:
+        return [s.step_id for s in self.steps.values() if step_id in s.inputs]
+
+    def validate(self) -> None:
+        """Whole-graph checks done before planning: at least one source and one sink, no dangling streams."""
+        if not any(isinstance(s, SourceStep) for s in self.steps.values()):
+            raise BuildError(f"dataflow {self.name!r} has no source; add one with flow.source(step_id, source)")
+        if not any(isinstance(s, SinkStep) for s in self.steps.values()):
+            raise BuildError(
+                f"dataflow {self.name!r} has no sink, so it would compute nothing visible; end a stream with "
+                ".sink(step_id, sink) (headwater.sinks.ConsoleSink() prints)"
+            )
+
+    def __str__(self) -> str:
+        lines = [f"Dataflow {self.name!r}"]
+        for step in self.steps.values():
+            source = f" <- {', '.join(step.inputs)}" if step.inputs else ""
+            lines.append(f"  {step.step_id}: {step.describe()}{source}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Dataflow({self.name!r}, steps={list(self.steps)})"
+
+    def to_mermaid(self) -> str:
+        """The logical graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid)."""
+        lines = ["flowchart LR"]
+        ids = {step_id: f"s{i}" for i, step_id in enumerate(self.steps)}
+        for step in self.steps.values():
+            label = f"{step.step_id}<br/>{step.describe()}".replace('"', "'")
+            lines.append(f'  {ids[step.step_id]}["{label}"]')
+        for step in self.steps.values():
+            for upstream in step.inputs:
+                lines.append(f"  {ids[upstream]} --> {ids[step.step_id]}")
+        return "\n".join(lines)
+
+
+def _as_expr(value: Expr | str) -> Expr:
+    return col(value) if isinstance(value, str) else value
+
+
+class Stream:
+    """The output of one step; every method adds a step and returns the new stream."""
+
+    def __init__(self, flow: Dataflow, step_id: str) -> None:
+        self.flow = flow
+        self.step_id = step_id
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The stream's schema when known before running."""
+        return self.flow.steps[self.step_id].schema
+
+    def _next_id(self, kind: str, step_id: str | None) -> str:
+        return self.flow._check_id(step_id) if step_id is not None else self.flow._auto_id(kind)
+
+    def filter(self, predicate: Expr, *, step_id: str | None = None) -> Stream:
+        """Keep rows where ``predicate`` holds, e.g. ``hw.col("price") > 100``."""
+        if not isinstance(predicate, Expr):
+            raise ConfigError(f"filter() takes an expression such as hw.col('price') > 100, got {predicate!r}")
+        return self.flow._add(FilterStep(self._next_id("filter", step_id), (self.step_id,), predicate=predicate))
+
+    def select(self, *columns: Expr | str, step_id: str | None = None, **named: Expr) -> Stream:
+        """Output exactly these columns: names, expressions (``expr.alias("x")``) or ``name=expr``."""
+        outputs = [(_as_expr(c).default_name(), _as_expr(c)) for c in columns]
+        outputs += [(name, _as_expr(expr)) for name, expr in named.items()]
+        new_id = self._next_id("select", step_id)
+        return self.flow._add(ProjectStep(new_id, (self.step_id,), outputs=tuple(outputs), keep_input=False))
+
+    def with_columns(self, *columns: Expr, step_id: str | None = None, **named: Expr | Any) -> Stream:
+        """Add or replace columns, keeping the others: ``with_columns(price_eur=hw.col("price") * 0.908)``."""
+        outputs = [(c.default_name(), c) for c in columns]
+        outputs += [(name, _as_expr_or_literal(expr)) for name, expr in named.items()]
+        new_id = self._next_id("with_columns", step_id)
+        return self.flow._add(ProjectStep(new_id, (self.step_id,), outputs=tuple(outputs), keep_input=True))
+
+    def map_batches(
+        self,
+        fn: Callable[[pa.RecordBatch], Any] | type,
+        *,
+        concurrency: int | None = None,
+        num_cpus: float | None = None,
+        fn_constructor_args: Sequence[Any] = (),
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        output_schema: pa.Schema | None = None,
+        step_id: str | None = None,
+    ) -> Stream:
+        """Apply a vectorised function (or a class, constructed once per actor) to every batch.
+
+        ``concurrency`` sets the number of actors for this step and ``num_cpus`` the CPUs each reserves; with
+        either, the step runs on its own actors (an actor pool, as in Ray Data) instead of being fused.
+        """
+        step = MapBatchesStep(
+            self._next_id("map_batches", step_id), (self.step_id,), fn=fn, concurrency=concurrency,
+            cpus=num_cpus, constructor_args=tuple(fn_constructor_args),
+            constructor_kwargs=fn_constructor_kwargs, output_schema=output_schema,
+        )
+        return self.flow._add(step)
+
+    def map_rows(
+        self, fn: Callable[[dict[str, Any]], dict[str, Any] | None], *, schema: pa.Schema | None = None,
+        step_id: str | None = None,
+    ) -> Stream:
+        """Per-row convenience: ``fn(row_dict) -> dict`` (``None`` drops the row). Costs Python per row."""
+        return self.flow._add(MapRowsStep(self._next_id("map_rows", step_id), (self.step_id,), fn=fn,
+                                          output_schema=schema))
+
+    def flat_map(
+        self, fn: Callable[[dict[str, Any]], Any], *, schema: pa.Schema | None = None, step_id: str | None = None
+    ) -> Stream:
+        """Per-row convenience: ``fn(row_dict) -> iterable of dicts``."""
+        return self.flow._add(MapRowsStep(self._next_id("flat_map", step_id), (self.step_id,), fn=fn, flat=True,
+                                          output_schema=schema))
+
+    def key_by(self, *columns: str | Sequence[str]) -> KeyedStream:
+        """Partition by the given key column(s) for a keyed, stateful step (``aggregate``)."""
+        flat: list[str] = []
+        for c in columns:
+            flat.extend([c] if isinstance(c, str) else list(c))
+        if not flat or not all(isinstance(c, str) and c for c in flat):
+            raise ConfigError(f"key_by() takes column names, got {columns!r}")
+        schema = self.schema
+        if schema is not None:
+            for c in flat:
+                if schema.get_field_index(c) < 0:
+                    raise UnknownColumnError(
+                        f"key_by after step {self.step_id!r}: {_unknown_column_message(c, schema.names)}"
+                    )
+        return KeyedStream(self, tuple(flat))
+
+    def union(self, *others: Stream, step_id: str | None = None) -> Stream:
+        """Merge this stream with ``others`` (same schema) into one."""
+        for other in others:
+            if not isinstance(other, Stream) or other.flow is not self.flow:
+                raise ConfigError("union() takes streams of the same dataflow")
+        inputs = (self.step_id, *(o.step_id for o in others))
+        if len(set(inputs)) != len(inputs):
+            raise ConfigError(f"union() got the same stream twice: {inputs}")
+        return self.flow._add(UnionStep(self._next_id("union", step_id), inputs))
+
+    def sink(self, step_id: str, sink: Sink) -> None:
+        """Write the stream to ``sink`` (a terminal step)."""
+        if not isinstance(sink, Sink):
+            raise ConfigError(
+                f"step {step_id!r}: {sink!r} is not a headwater Sink; use one from headwater.sinks"
+            )
+        self.flow._add(SinkStep(self.flow._check_id(step_id), (self.step_id,), sink=sink))
+
+    def __repr__(self) -> str:
+        return f"Stream({self.flow.name}.{self.step_id})"
+
+
+def _as_expr_or_literal(value: Any) -> Expr:
+    return value if isinstance(value, Expr) else lit(value)
+
+
+class KeyedStream:
+    """A stream partitioned by key: the input of keyed, stateful steps."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def aggregate(self, *, step_id: str | None = None, emit: Emit = "updates", **aggregations: Aggregation) -> Stream:
+        """Running aggregates per key: ``aggregate(bids=hw.count(), total=hw.sum("price"))``.
+
+        ``emit="updates"`` (default) emits each touched key's current values after every batch (a changelog:
+        the last row per key is its result); ``emit="final"`` emits one row per key when the input ends.
+        """
+        flow = self.stream.flow
+        step = AggregateStep(
+            self.stream._next_id("aggregate", step_id), (self.stream.step_id,), keys=self.keys,
+            aggregations=tuple(aggregations.items()), emit=emit,
+        )
+        return flow._add(step)
+
+    def __repr__(self) -> str:
+        return f"KeyedStream({self.stream!r}, keys={self.keys})"

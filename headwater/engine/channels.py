@@ -1,0 +1,139 @@
+"""What travels on channels, and the sender side of a channel: partitioning and batching.
+
+Messages are either data (:class:`DataMessage`: a batch plus the wall-clock time its oldest row entered the
+engine) or in-band control markers (:class:`EndOfStream`; checkpoint barriers and watermarks travel the same
+way). In-band means ordered with the data of the same sender, which is what makes the markers meaningful.
+
+An :class:`OutputBuffer` accumulates rows for one receiver and is flushed when it holds ``batch_size`` rows or
+its oldest row has waited ``linger`` — so small batches from a slow source still leave quickly, and a fast
+source sends large batches (the per-message cost of an actor call is ~1 ms; amortised over 64 k rows it is
+negligible).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from headwater.engine.partitioning import key_groups, owner_of, split_by_receiver
+from headwater.engine.plan import Edge
+
+
+@dataclass(frozen=True)
+class DataMessage:
+    batch: pa.RecordBatch
+    ingest_ns: int  # time.time_ns() when the oldest row of this batch entered the engine
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """The sender has no more data on this channel."""
+
+
+Message = DataMessage | EndOfStream
+
+
+class OutputBuffer:
+    """Rows waiting to go to one receiver."""
+
+    __slots__ = ("batches", "rows", "deadline", "ingest_ns")
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = 0
+        self.deadline = 0.0
+        self.ingest_ns = 0
+
+    def add(self, batch: pa.RecordBatch, ingest_ns: int, linger: float) -> None:
+        if not self.batches:
+            self.deadline = time.monotonic() + linger
+            self.ingest_ns = ingest_ns
+        else:
+            self.ingest_ns = min(self.ingest_ns, ingest_ns)
+        self.batches.append(batch)
+        self.rows += batch.num_rows
+
+    def take(self) -> DataMessage | None:
+        if not self.batches:
+            return None
+        if len(self.batches) == 1:
+            batch = self.batches[0]
+        else:
+            batch = pa.concat_batches(self.batches)
+        message = DataMessage(batch, self.ingest_ns)
+        self.batches = []
+        self.rows = 0
+        return message
+
+
+class EdgeWriter:
+    """The sending end of one edge inside one subtask: splits batches by the edge's partitioning and buffers
+    them per receiver. Returns ``(receiver, message)`` pairs ready to send."""
+
+    def __init__(
+        self, edge: Edge, sender: int, receivers: int, batch_size: int, linger: float, max_key_groups: int
+    ) -> None:
+        self.edge = edge
+        self.sender = sender
+        self.receivers = receivers
+        self.batch_size = batch_size
+        self.linger = linger
+        self.max_key_groups = max_key_groups
+        self.buffers = [OutputBuffer() for _ in range(receivers)]
+        self._next_round_robin = sender % receivers
+        self.rows_sent = 0
+
+    def write(self, batch: pa.RecordBatch, ingest_ns: int) -> list[tuple[int, Message]]:
+        partitioning = self.edge.partitioning
+        if partitioning == "forward":
+            return self._buffer(self.sender, batch, ingest_ns)
+        if partitioning == "round_robin":
+            target = self._next_round_robin
+            self._next_round_robin = (target + 1) % self.receivers
+            return self._buffer(target, batch, ingest_ns)
+        if partitioning == "broadcast":
+            out: list[tuple[int, Message]] = []
+            for receiver in range(self.receivers):
+                out.extend(self._buffer(receiver, batch, ingest_ns))
+            return out
+        columns = [batch.column(k) for k in self.edge.keys]
+        owners = owner_of(key_groups(columns, self.max_key_groups), self.receivers, self.max_key_groups)
+        out = []
+        for receiver, part in enumerate(split_by_receiver(batch, owners, self.receivers)):
+            if part is not None:
+                out.extend(self._buffer(receiver, part, ingest_ns))
+        return out
+
+    def _buffer(self, receiver: int, batch: pa.RecordBatch, ingest_ns: int) -> list[tuple[int, Message]]:
+        buffer = self.buffers[receiver]
+        out: list[tuple[int, Message]] = []
+        if buffer.batches and not buffer.batches[0].schema.equals(batch.schema):
+            out.append((receiver, buffer.take()))  # type: ignore[arg-type]  # never concatenate mixed schemas
+        buffer.add(batch, ingest_ns, self.linger)
+        if buffer.rows >= self.batch_size or self.linger == 0:
+            out.append((receiver, buffer.take()))  # type: ignore[arg-type]
+        self.rows_sent += batch.num_rows
+        return out
+
+    def flush_due(self, now: float) -> list[tuple[int, Message]]:
+        """Messages for buffers whose oldest row has waited ``linger``."""
+        return [(r, b.take()) for r, b in enumerate(self.buffers) if b.batches and b.deadline <= now]  # type: ignore[misc]
+
+    def flush_all(self) -> list[tuple[int, Message]]:
+        return [(r, b.take()) for r, b in enumerate(self.buffers) if b.batches]  # type: ignore[misc]
+
+    def end_of_stream(self) -> list[tuple[int, Message]]:
+        """Flush everything, then tell every receiver (forward: only ours) that this sender is done."""
+        out = self.flush_all()
+        targets = [self.sender] if self.edge.partitioning == "forward" else range(self.receivers)
+        out.extend((r, EndOfStream()) for r in targets)
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [b.deadline for b in self.buffers if b.batches]
+        return min(deadlines) if deadlines else None
+
+    def buffered_rows(self) -> int:
+        return sum(b.rows for b in self.buffers)

@@ -1,0 +1,97 @@
+"""Run configuration: one frozen, validated object per concern.
+
+:class:`RunConfig` says how a dataflow runs (parallelism, batching, channels, where Ray and state live).
+Every field is checked when the object is made, so a bad value fails before any actor starts, with a message
+that names the field and says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
+from headwater.errors import ConfigError
+
+Executor = Literal["ray", "local"]
+
+
+def default_state_dir() -> Path:
+    """``$HEADWATER_STATE_DIR`` or ``.headwater/`` under the current directory."""
+    return Path(os.environ.get("HEADWATER_STATE_DIR", ".headwater")).resolve()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a dataflow runs.
+
+    Attributes:
+        parallelism: default number of subtasks per step (sources use at most one per partition); ``None``
+            means the number of CPUs Ray reports (or the machine's, for the in-process executor: 1).
+        batch_size: an output buffer is sent on as soon as it holds this many rows.
+        linger: ... or once its oldest row has waited this long, whichever comes first.
+        channel_credits: batches a sender may have in flight to one receiver before it waits (backpressure).
+        max_key_groups: number of key groups keyed state is split into; fixes the maximum parallelism of
+            keyed steps and must stay the same for the life of a job's state.
+        executor: ``"ray"`` (actors, the default) or ``"local"`` (in-process, same plan, for tests).
+        ray_address: join this Ray cluster; default ``$RAY_ADDRESS``, else start a local one.
+        num_cpus / object_store_memory: resources of a local Ray started by Headwater.
+        state_dir: where Ray's temp files (and later checkpoints) live by default.
+        progress: print a live rows/s and backlog display while running.
+    """
+
+    parallelism: int | None = None
+    batch_size: int = 65_536
+    linger: timedelta = timedelta(milliseconds=20)
+    channel_credits: int = 4
+    max_key_groups: int = DEFAULT_MAX_KEY_GROUPS
+    executor: Executor = "ray"
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int = 512 * 1024 * 1024
+    state_dir: Path | None = None
+    progress: bool = False
+    progress_interval: timedelta = timedelta(seconds=1)
+
+    def __post_init__(self) -> None:
+        if self.parallelism is not None and (not isinstance(self.parallelism, int) or self.parallelism < 1):
+            raise ConfigError(f"parallelism must be a positive integer or None, got {self.parallelism!r}")
+        if self.parallelism is not None and self.parallelism > self.max_key_groups:
+            raise ConfigError(
+                f"parallelism {self.parallelism} exceeds max_key_groups {self.max_key_groups}: raise "
+                "max_key_groups (keyed state is split into that many groups) or lower the parallelism"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive number of rows, got {self.batch_size!r}")
+        if not isinstance(self.linger, timedelta) or self.linger < timedelta(0):
+            raise ConfigError(f"linger must be a non-negative datetime.timedelta, got {self.linger!r}")
+        if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
+            raise ConfigError(f"channel_credits must be at least 1, got {self.channel_credits!r}")
+        if not isinstance(self.max_key_groups, int) or not 1 <= self.max_key_groups <= 32_768:
+            raise ConfigError(f"max_key_groups must be between 1 and 32768, got {self.max_key_groups!r}")
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor must be 'ray' or 'local', got {self.executor!r}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"num_cpus must be at least 1, got {self.num_cpus!r}")
+        if self.object_store_memory < 78 * 1024 * 1024:
+            raise ConfigError("object_store_memory must be at least 78 MiB (Ray's minimum)")
+
+    @property
+    def linger_seconds(self) -> float:
+        return self.linger.total_seconds()
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir).resolve() if self.state_dir is not None else default_state_dir()
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """A copy with ``overrides`` applied (unknown names fail with the list of valid ones)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
+        if isinstance(overrides.get("linger"), (int, float)):
+            overrides["linger"] = timedelta(seconds=overrides["linger"])
+        return replace(self, **overrides)

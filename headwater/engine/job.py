@@ -1,0 +1,70 @@
+"""What a run returns and the handle of a running job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
+from headwater.engine.plan import PhysicalPlan
+
+
+@dataclass
+class JobResult:
+    """Figures of a finished run: rows per step (summed over subtasks), wall time and sink latency."""
+
+    flow_name: str
+    plan: PhysicalPlan
+    elapsed_s: float
+    steps: dict[str, StepCounters]
+    latency: LatencyHistogram
+    subtasks: list[SubtaskMetrics] = field(default_factory=list)
+    stopped: bool = False  # ended by stop() / Ctrl-C rather than by the end of its sources
+
+    @classmethod
+    def merge(
+        cls, plan: PhysicalPlan, elapsed_s: float, subtasks: list[SubtaskMetrics], stopped: bool = False
+    ) -> JobResult:
+        steps = {step_id: StepCounters() for step_id in plan.steps}
+        latency = LatencyHistogram()
+        for m in subtasks:
+            for step_id, counters in m.steps.items():
+                steps[step_id].merge(counters)
+            if m.latency is not None:
+                latency.merge(m.latency)
+        return cls(plan.flow_name, plan, elapsed_s, steps, latency, subtasks, stopped)
+
+    def rows_out(self, step_id: str) -> int:
+        return self.steps[step_id].rows_out
+
+    def rows_in(self, step_id: str) -> int:
+        return self.steps[step_id].rows_in
+
+    def operator_metric(self, step_id: str, name: str) -> float:
+        """Sum of an operator metric (e.g. ``"keys"`` of an aggregate) over the step's subtasks."""
+        return sum(m.operator.get(step_id, {}).get(name, 0.0) for m in self.subtasks)
+
+    def __str__(self) -> str:
+        lines = [f"{self.flow_name}: finished in {self.elapsed_s:.2f}s" + (" (stopped)" if self.stopped else "")]
+        for step_id, c in self.steps.items():
+            lines.append(f"  {step_id:<24} in {c.rows_in:>12,}  out {c.rows_out:>12,}")
+        summary = self.latency.summary()
+        if summary["p50_ms"] is not None:
+            lines.append(
+                f"  sink latency: p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
+                f"max {summary['max_ms']:.1f} ms"
+            )
+        return "\n".join(lines)
+
+
+class Job(Protocol):
+    """A running job: stop it gracefully or wait for it."""
+
+    def stop(self) -> None:
+        """Ask sources to stop; in-flight data drains and sinks commit. Returns at once."""
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """Block until the job ends; raise its failure if it failed."""
+
+    def metrics(self) -> list[SubtaskMetrics]:
+        """Current figures of every subtask."""

@@ -1,0 +1,285 @@
+"""Logical steps: what each node of a dataflow computes, independent of how it runs.
+
+A step knows its inputs (by step id), derives its output schema from its inputs' schemas when they are known
+(this is where build-time checks happen: unknown columns, impossible types), says whether it may be fused
+into its upstream's actor, and builds its physical :class:`~headwater.operators.base.Operator` per subtask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+import pyarrow as pa
+
+from headwater.aggregations import Aggregation
+from headwater.errors import BuildError, ConfigError, ExpressionTypeError, UnknownColumnError
+from headwater.expressions import Expr, _unknown_column_message, output_field
+from headwater.operators.aggregate import Emit, RunningAggregateOperator
+from headwater.operators.base import Operator
+from headwater.operators.sink import SinkOperator
+from headwater.operators.stateless import FilterOperator, ProjectOperator, UnionOperator
+from headwater.operators.udf import MapBatchesOperator, MapRowsOperator
+from headwater.sinks.base import Sink
+from headwater.sources.base import Source
+
+
+@dataclass(eq=False)
+class Step:
+    """Base of logical steps. ``schema`` is the output schema, ``None`` when it cannot be known before running."""
+
+    step_id: str
+    inputs: tuple[str, ...]
+    schema: pa.Schema | None = field(default=None, init=False)
+
+    kind: str = field(default="step", init=False)
+    #: May run in the same actor as its single upstream when partitioning is forward.
+    fusable: bool = field(default=True, init=False)
+
+    @property
+    def where(self) -> str:
+        return f"step {self.step_id!r}"
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        """Check the step against its inputs' schemas and return its output schema (or ``None``)."""
+        return input_schemas[0] if input_schemas else None
+
+    def make_operator(self) -> Operator:
+        raise BuildError(f"{self.where}: a {self.kind} step has no operator")
+
+    def describe(self) -> str:
+        return self.kind
+
+    @property
+    def explicit_parallelism(self) -> int | None:
+        return None
+
+    @property
+    def num_cpus(self) -> float | None:
+        return None
+
+
+@dataclass(eq=False)
+class SourceStep(Step):
+    source: Source = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.kind = "source"
+        self.fusable = False
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        return self.source.schema()
+
+    def describe(self) -> str:
+        return f"source {type(self.source).__name__}"
+
+
+@dataclass(eq=False)
+class FilterStep(Step):
+    predicate: Expr = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.kind = "filter"
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        schema = input_schemas[0]
+        if schema is not None:
+            result = output_field(self.predicate, schema, self.where)
+            if not pa.types.is_boolean(result.type) and not pa.types.is_null(result.type):
+                raise ExpressionTypeError(
+                    f"{self.where}: filter needs a boolean expression, but {self.predicate!r} is {result.type}; "
+                    "compare it with something (e.g. hw.col('x') > 0)"
+                )
+        return schema
+
+    def make_operator(self) -> Operator:
+        return FilterOperator(self.predicate)
+
+    def describe(self) -> str:
+        return f"filter {self.predicate!r}"
+
+
+@dataclass(eq=False)
+class ProjectStep(Step):
+    outputs: tuple[tuple[str, Expr], ...] = ()
+    keep_input: bool = False
+
+    def __post_init__(self) -> None:
+        self.kind = "with_columns" if self.keep_input else "select"
+        names = [name for name, _ in self.outputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{self.where}: output column(s) {', '.join(duplicates)} given twice; alias one")
+        if not self.outputs:
+            raise ConfigError(f"{self.where}: {self.kind}() needs at least one column")
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        schema = input_schemas[0]
+        if schema is None:
+            return None
+        computed = [output_field(expr, schema, self.where).with_name(name) for name, expr in self.outputs]
+        if not self.keep_input:
+            return pa.schema(computed)
+        fields = list(schema)
+        for f in computed:
+            index = schema.get_field_index(f.name)
+            if index >= 0:
+                fields[index] = f
+            else:
+                fields.append(f)
+        return pa.schema(fields)
+
+    def make_operator(self) -> Operator:
+        return ProjectOperator(self.outputs, self.keep_input)
+
+    def describe(self) -> str:
+        return f"{self.kind} " + ", ".join(f"{name}={expr!r}" for name, expr in self.outputs)
+
+
+@dataclass(eq=False)
+class MapBatchesStep(Step):
+    fn: Callable[..., Any] | type = field(default=None)  # type: ignore[assignment]
+    concurrency: int | None = None
+    cpus: float | None = None
+    constructor_args: tuple[Any, ...] = ()
+    constructor_kwargs: Mapping[str, Any] | None = None
+    output_schema: pa.Schema | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "map_batches"
+        if not callable(self.fn):
+            raise ConfigError(f"{self.where}: map_batches needs a function or a class, got {self.fn!r}")
+        if self.concurrency is not None and (not isinstance(self.concurrency, int) or self.concurrency < 1):
+            raise ConfigError(f"{self.where}: concurrency must be a positive integer, got {self.concurrency!r}")
+        if self.cpus is not None and self.cpus < 0:
+            raise ConfigError(f"{self.where}: num_cpus must be >= 0, got {self.cpus!r}")
+        if (self.constructor_args or self.constructor_kwargs) and not isinstance(self.fn, type):
+            raise ConfigError(f"{self.where}: fn_constructor_args/kwargs only apply when fn is a class")
+        # A step that asks for its own resources or actor count gets its own actors.
+        self.fusable = self.concurrency is None and self.cpus is None
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        return self.output_schema
+
+    def make_operator(self) -> Operator:
+        return MapBatchesOperator(self.fn, self.constructor_args, self.constructor_kwargs, self.output_schema)
+
+    @property
+    def explicit_parallelism(self) -> int | None:
+        return self.concurrency
+
+    @property
+    def num_cpus(self) -> float | None:
+        return self.cpus
+
+    def describe(self) -> str:
+        return f"map_batches {getattr(self.fn, '__qualname__', repr(self.fn))}"
+
+
+@dataclass(eq=False)
+class MapRowsStep(Step):
+    fn: Callable[[dict[str, Any]], Any] = field(default=None)  # type: ignore[assignment]
+    flat: bool = False
+    output_schema: pa.Schema | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "flat_map" if self.flat else "map_rows"
+        if not callable(self.fn):
+            raise ConfigError(f"{self.where}: {self.kind} needs a function, got {self.fn!r}")
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        return self.output_schema
+
+    def make_operator(self) -> Operator:
+        return MapRowsOperator(self.fn, self.flat, self.output_schema)
+
+    def describe(self) -> str:
+        return f"{self.kind} {getattr(self.fn, '__qualname__', repr(self.fn))}"
+
+
+@dataclass(eq=False)
+class AggregateStep(Step):
+    keys: tuple[str, ...] = ()
+    aggregations: tuple[tuple[str, Aggregation], ...] = ()
+    emit: Emit = "updates"
+
+    def __post_init__(self) -> None:
+        self.kind = "aggregate"
+        self.fusable = False
+        if not self.aggregations:
+            raise ConfigError(f"{self.where}: aggregate() needs at least one aggregation, e.g. count=hw.count()")
+        for name, agg in self.aggregations:
+            if not isinstance(agg, Aggregation):
+                raise ConfigError(
+                    f"{self.where}: {name}={agg!r} is not an aggregation; use hw.count(), hw.sum(col), "
+                    "hw.min(col), hw.max(col) or hw.mean(col)"
+                )
+            if name in self.keys:
+                raise ConfigError(f"{self.where}: aggregation {name!r} has the same name as a key column")
+        if self.emit not in ("updates", "final"):
+            raise ConfigError(f"{self.where}: emit must be 'updates' or 'final', got {self.emit!r}")
+        self._input_schema: pa.Schema | None = None
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        schema = input_schemas[0]
+        self._input_schema = schema
+        if schema is None:
+            return None
+        for key in self.keys:
+            if schema.get_field_index(key) < 0:
+                raise UnknownColumnError(f"{self.where}: key {_unknown_column_message(key, schema.names)}")
+        fields = [schema.field(k) for k in self.keys]
+        fields += [pa.field(name, agg.output_type(schema, self.where)) for name, agg in self.aggregations]
+        return pa.schema(fields)
+
+    def make_operator(self) -> Operator:
+        return RunningAggregateOperator(self.keys, self.aggregations, self._input_schema, self.emit)
+
+    def describe(self) -> str:
+        aggs = ", ".join(f"{name}={agg!r}" for name, agg in self.aggregations)
+        return f"aggregate by {', '.join(self.keys)}: {aggs}"
+
+
+@dataclass(eq=False)
+class UnionStep(Step):
+    def __post_init__(self) -> None:
+        self.kind = "union"
+        self.fusable = False
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        known = [s for s in input_schemas if s is not None]
+        if len(known) != len(input_schemas):
+            return None
+        for other, step in zip(known[1:], self.inputs[1:]):
+            if not other.equals(known[0]):
+                raise BuildError(
+                    f"{self.where}: union inputs disagree: {self.inputs[0]!r} has schema {known[0]} but "
+                    f"{step!r} has {other}; select/cast them to the same columns and types first"
+                )
+        return known[0]
+
+    def make_operator(self) -> Operator:
+        return UnionOperator(self.schema)
+
+    def describe(self) -> str:
+        return "union of " + ", ".join(self.inputs)
+
+
+@dataclass(eq=False)
+class SinkStep(Step):
+    sink: Sink = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.kind = "sink"
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        return None
+
+    def make_operator(self) -> Operator:
+        return SinkOperator(self.sink)
+
+    def describe(self) -> str:
+        return f"sink {type(self.sink).__name__}"
+
+
+Partitioning = Literal["forward", "hash", "round_robin", "broadcast"]

@@ -1,0 +1,100 @@
+"""Planner: logical dataflow → physical plan.
+
+Rules, applied in step order (which is a topological order, since a step can only consume existing steps):
+
+* **Parallelism.** A source runs ``min(parallelism, number of partitions)`` subtasks. A single-input stateless
+  step inherits its input's parallelism; ``map_batches(concurrency=n)`` runs ``n``. Keyed steps (aggregate) and
+  unions run the default parallelism.
+* **Partitioning.** Into a keyed step: ``hash`` by its keys over key groups. Otherwise ``forward`` when the
+  parallelism is equal, ``round_robin`` when it differs.
+* **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
+  no other consumer, and the edge would be ``forward`` — then the two run in one actor and a batch passes
+  between them as a function call, not a message.
+"""
+
+from __future__ import annotations
+
+from headwater.dataflow import Dataflow
+from headwater.engine.config import RunConfig
+from headwater.engine.logical import AggregateStep, Partitioning, SourceStep, Step, UnionStep
+from headwater.engine.plan import Edge, PhysicalPlan, Stage
+from headwater.errors import BuildError, ConfigError
+
+
+def _wanted_parallelism(step: Step, flow: Dataflow, chosen: dict[str, int], default: int) -> int:
+    if isinstance(step, SourceStep):
+        parts = step.source.list_parts()
+        if not parts:
+            raise BuildError(f"step {step.step_id!r}: the source has no partitions to read")
+        return min(default, len(parts))
+    if step.explicit_parallelism is not None:
+        return step.explicit_parallelism
+    if isinstance(step, (AggregateStep, UnionStep)):
+        return default
+    return chosen[step.inputs[0]]
+
+
+def _partitioning(step: Step, upstream_parallelism: int, parallelism: int) -> tuple[Partitioning, tuple[str, ...]]:
+    if isinstance(step, AggregateStep):
+        return "hash", step.keys
+    return ("forward" if upstream_parallelism == parallelism else "round_robin"), ()
+
+
+def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> PhysicalPlan:
+    """Turn ``flow`` into a :class:`PhysicalPlan` with ``default_parallelism`` where nothing else decides."""
+    flow.validate()
+    if default_parallelism > config.max_key_groups:
+        raise ConfigError(
+            f"parallelism {default_parallelism} exceeds max_key_groups {config.max_key_groups}; lower it or raise "
+            "max_key_groups"
+        )
+    parallelism: dict[str, int] = {}
+    stage_of: dict[str, int] = {}
+    chains: list[list[str]] = []
+    stage_cpus: list[float | None] = []
+    edge_specs: list[tuple[str, str, Partitioning, tuple[str, ...], int]] = []
+
+    for step in flow.steps.values():
+        p = _wanted_parallelism(step, flow, parallelism, default_parallelism)
+        if p > config.max_key_groups and isinstance(step, AggregateStep):
+            raise ConfigError(f"step {step.step_id!r}: parallelism {p} exceeds max_key_groups {config.max_key_groups}")
+        parallelism[step.step_id] = p
+        if len(step.inputs) == 1:
+            upstream = step.inputs[0]
+            partitioning, keys = _partitioning(step, parallelism[upstream], p)
+            upstream_stage = stage_of[upstream]
+            can_fuse = (
+                step.fusable
+                and partitioning == "forward"
+                and chains[upstream_stage][-1] == upstream
+                and len(flow.consumers(upstream)) == 1
+            )
+            if can_fuse:
+                chains[upstream_stage].append(step.step_id)
+                stage_of[step.step_id] = upstream_stage
+                continue
+            edge_specs.append((upstream, step.step_id, partitioning, keys, 0))
+        else:
+            for index, upstream in enumerate(step.inputs):
+                partitioning, keys = _partitioning(step, parallelism[upstream], p)
+                edge_specs.append((upstream, step.step_id, partitioning, keys, index))
+        stage_of[step.step_id] = len(chains)
+        chains.append([step.step_id])
+        stage_cpus.append(step.num_cpus)
+
+    stages = tuple(
+        Stage(i, tuple(chain), parallelism[chain[0]], stage_cpus[i]) for i, chain in enumerate(chains)
+    )
+    for src_step, dst_step, _, _, _ in edge_specs:
+        if chains[stage_of[src_step]][-1] != src_step:
+            raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
+    edges = tuple(
+        Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index)
+        for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
+    )
+    source_parts = {
+        stage.stage_id: tuple(flow.steps[stage.head].source.list_parts())  # type: ignore[attr-defined]
+        for stage in stages
+        if isinstance(flow.steps[stage.head], SourceStep)
+    }
+    return PhysicalPlan(flow.name, dict(flow.steps), stages, edges, config.max_key_groups, source_parts)

@@ -1,0 +1,238 @@
+"""The logic of one subtask, free of any transport: both executors drive it.
+
+A :class:`SubtaskRuntime` owns the fused chain of operators of one stage for one subtask, its source
+partitions (for a source stage), and an :class:`~headwater.engine.channels.EdgeWriter` per outgoing edge. The
+executor feeds it messages (:meth:`on_message`), polls sources (:meth:`poll_sources`) and timers
+(:meth:`poll_timers`); every call returns the ``(edge_id, receiver, message)`` triples to deliver, in order.
+
+Invariants:
+* Messages from one sender on one edge are handled in the order they were sent.
+* The chain finishes (operators' ``finish``, sinks commit) exactly once, after the end of stream of every
+  sender on every input edge — or, for a source stage, after every partition ended or a stop was requested.
+  Only then is end of stream sent downstream.
+* A failure in operator or source code surfaces as a :class:`~headwater.errors.RuntimeFailure` naming the
+  step and subtask; user exceptions become :class:`~headwater.errors.UserCodeError` with the original as
+  ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from headwater.engine.channels import DataMessage, EdgeWriter, EndOfStream, Message
+from headwater.engine.config import RunConfig
+from headwater.engine.logical import SinkStep, SourceStep
+from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
+from headwater.engine.plan import PhysicalPlan
+from headwater.errors import HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
+from headwater.operators.base import Operator, OperatorContext
+from headwater.sources.base import SourcePartition
+
+Outgoing = tuple[int, int, Message]
+
+
+def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure:
+    """Attach the step and subtask to ``error`` (wrapping user exceptions in :class:`UserCodeError`)."""
+    if isinstance(error, RuntimeFailure):
+        if error.step_id is not None:
+            return error
+        located = type(error)(error.message, step_id=step_id, subtask=subtask)
+    elif isinstance(error, HeadwaterError):
+        located = UserCodeError(str(error), step_id=step_id, subtask=subtask)
+    else:
+        located = UserCodeError(f"{type(error).__name__}: {error}", step_id=step_id, subtask=subtask)
+    located.__cause__ = error
+    return located
+
+
+class SubtaskRuntime:
+    """One subtask of one stage (see the module docstring)."""
+
+    def __init__(self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig) -> None:
+        self.plan = plan
+        self.stage = plan.stages[stage_id]
+        self.subtask = subtask
+        self.config = config
+        head = plan.steps[self.stage.head]
+        self.source_step: SourceStep | None = head if isinstance(head, SourceStep) else None
+        operator_steps = self.stage.step_ids[1:] if self.source_step else self.stage.step_ids
+        self.operators: list[tuple[str, Operator]] = [(s, plan.steps[s].make_operator()) for s in operator_steps]
+        self.counters = {step_id: StepCounters() for step_id in self.stage.step_ids}
+        self.latency = LatencyHistogram() if isinstance(plan.steps[self.stage.tail], SinkStep) else None
+        self.writers = [
+            EdgeWriter(edge, subtask, plan.stages[edge.dst].parallelism, config.batch_size,
+                       config.linger_seconds, plan.max_key_groups)
+            for edge in plan.outputs_of(stage_id)
+        ]
+        self.pending_ends: set[tuple[int, int]] = set()
+        self.input_index: dict[int, int] = {}
+        for edge in plan.inputs_of(stage_id):
+            self.input_index[edge.edge_id] = edge.input_index
+            senders = [subtask] if edge.partitioning == "forward" else range(plan.stages[edge.src].parallelism)
+            self.pending_ends.update((edge.edge_id, s) for s in senders)
+        self.partitions: list[tuple[str, SourcePartition]] = []
+        self._source_schema: pa.Schema | None = self.source_step.schema if self.source_step else None
+        self._next_partition = 0
+        self._stop_requested = False
+        self.finished = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        for step_id, operator in self.operators:
+            operator.step_id = step_id
+            self._guard(step_id, operator.open, OperatorContext(step_id, self.subtask, self.stage.parallelism))
+        if self.source_step is not None:
+            source = self.source_step.source
+            for part in self.plan.parts_for(self.stage.stage_id, self.subtask):
+                built = self._guard(self.source_step.step_id, source.build_part, part, None)
+                self.partitions.append((part, built))
+
+    def close(self) -> None:
+        for _, operator in self.operators:
+            operator.close()
+        for _, partition in self.partitions:
+            try:
+                partition.close()
+            except Exception:  # closing after a failure must not hide the failure
+                pass
+
+    def _guard(self, step_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise _located(exc, step_id, self.subtask) from exc
+
+    # -- data path ------------------------------------------------------------------------------------------
+    def on_message(self, edge_id: int, sender: int, message: Message) -> list[Outgoing]:
+        if isinstance(message, DataMessage):
+            return self._process(message.batch, message.ingest_ns, self.input_index[edge_id])
+        if isinstance(message, EndOfStream):
+            self.pending_ends.discard((edge_id, sender))
+            if not self.pending_ends:
+                return self._finish()
+            return []
+        raise TypeError(f"unknown message {message!r}")
+
+    def _process(self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int = 0) -> list[Outgoing]:
+        batches = [batch]
+        for position in range(start, len(self.operators)):
+            step_id, operator = self.operators[position]
+            counters = self.counters[step_id]
+            produced: list[pa.RecordBatch] = []
+            for b in batches:
+                counters.rows_in += b.num_rows
+                counters.batches_in += 1
+                produced.extend(self._guard(step_id, operator.process, b, input_index if position == 0 else 0))
+            for b in produced:
+                counters.rows_out += b.num_rows
+            batches = produced
+            if not batches:
+                break
+        if self.latency is not None:
+            self.latency.record((time.time_ns() - ingest_ns) / 1e6, batch.num_rows)
+        return self._emit(batches, ingest_ns)
+
+    def _emit(self, batches: list[pa.RecordBatch], ingest_ns: int) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for b in batches:
+            for writer in self.writers:
+                out.extend((writer.edge.edge_id, r, m) for r, m in writer.write(b, ingest_ns))
+        return out
+
+    def _finish(self) -> list[Outgoing]:
+        """All inputs ended: let each operator emit what it holds (passing it down the chain), then end."""
+        out: list[Outgoing] = []
+        now_ns = time.time_ns()
+        for position, (step_id, operator) in enumerate(self.operators):
+            held = self._guard(step_id, operator.finish)
+            for b in held:
+                self.counters[step_id].rows_out += b.num_rows
+                out.extend(self._continue_from(position + 1, b, now_ns))
+        for writer in self.writers:
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.end_of_stream())
+        self.finished = True
+        return out
+
+    def _continue_from(self, position: int, batch: pa.RecordBatch, ingest_ns: int) -> list[Outgoing]:
+        if position >= len(self.operators):
+            return self._emit([batch], ingest_ns)
+        return self._process(batch, ingest_ns, 0, start=position)
+
+    # -- sources --------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Graceful stop: sources stop reading; what is in flight drains; sinks commit."""
+        self._stop_requested = True
+
+    def poll_sources(self) -> tuple[list[Outgoing], bool]:
+        """Read one batch from the next partition that has one. Returns (messages, whether data was read)."""
+        assert self.source_step is not None
+        if self.finished:
+            return [], False
+        if self._stop_requested or not self.partitions:
+            return self._finish(), False
+        step_id = self.source_step.step_id
+        for _ in range(len(self.partitions)):
+            index = self._next_partition % len(self.partitions)
+            self._next_partition = index + 1
+            part, partition = self.partitions[index]
+            try:
+                batch = partition.next_batch()
+            except StopIteration:
+                partition.close()
+                del self.partitions[index]
+                if not self.partitions:
+                    return self._finish(), False
+                continue
+            except Exception as exc:
+                raise _located(exc, step_id, self.subtask) from exc
+            if batch is None or batch.num_rows == 0:
+                continue
+            self._check_source_schema(batch, part)
+            self.counters[step_id].rows_out += batch.num_rows
+            return self._process(batch, time.time_ns(), 0), True
+        return [], False
+
+    def _check_source_schema(self, batch: pa.RecordBatch, part: str) -> None:
+        if self._source_schema is None:
+            self._source_schema = batch.schema
+        elif not batch.schema.equals(self._source_schema):
+            assert self.source_step is not None
+            raise SchemaMismatchError(
+                f"partition {part!r} yielded a batch with schema {batch.schema} but the source's schema is "
+                f"{self._source_schema}; every batch of a source must have the same columns and types",
+                step_id=self.source_step.step_id, subtask=self.subtask,
+            )
+
+    def next_source_wakeup(self) -> float | None:
+        """Earliest ``time.monotonic()`` at which a partition expects data (``None``: unknown)."""
+        hints = [p.next_awake() for _, p in self.partitions]
+        known = [h for h in hints if h is not None]
+        return min(known) if known and len(known) == len(hints) else None
+
+    # -- timers ---------------------------------------------------------------------------------------------
+    def poll_timers(self, now: float | None = None) -> list[Outgoing]:
+        """Flush output buffers whose linger time has passed."""
+        now = time.monotonic() if now is None else now
+        out: list[Outgoing] = []
+        for writer in self.writers:
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.flush_due(now))
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (w.next_deadline() for w in self.writers) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    # -- figures --------------------------------------------------------------------------------------------
+    def metrics(self, backlog: int = 0) -> SubtaskMetrics:
+        return SubtaskMetrics(
+            stage_id=self.stage.stage_id,
+            subtask=self.subtask,
+            steps={k: StepCounters(v.rows_in, v.rows_out, v.batches_in) for k, v in self.counters.items()},
+            backlog=backlog,
+            buffered_rows=sum(w.buffered_rows() for w in self.writers),
+            latency=self.latency,
+            operator={step_id: op.metrics() for step_id, op in self.operators},
+        )

@@ -1,0 +1,95 @@
+"""The one error hierarchy of Headwater.
+
+Every error the engine raises on purpose derives from :class:`HeadwaterError`. Two families matter to users:
+
+* :class:`BuildError` — the dataflow or its configuration is wrong. Raised while the dataflow is built or
+  planned, before any data moves; the message names the step and says what to fix.
+* :class:`RuntimeFailure` subclasses — something went wrong while data was moving: user code raised
+  (:class:`UserCodeError`), a source produced data that does not match what it declared
+  (:class:`SchemaMismatchError`), or the job lost a worker (:class:`JobFailedError`). They carry the step id
+  and the subtask index when one is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HeadwaterError(Exception):
+    """Root of every error Headwater raises on purpose."""
+
+
+class BuildError(HeadwaterError):
+    """The dataflow or its configuration is invalid; raised before the run starts."""
+
+
+class DuplicateStepError(BuildError):
+    """Two steps of one dataflow share a step id."""
+
+
+class InvalidStepIdError(BuildError):
+    """A step id is empty or contains characters that cannot name state on disk."""
+
+
+class UnknownColumnError(BuildError):
+    """An expression, key or aggregation names a column the input does not have."""
+
+
+class ExpressionTypeError(BuildError):
+    """An expression cannot be evaluated on the input's types (e.g. ``col("name") * 2`` on a string)."""
+
+
+class ConfigError(BuildError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class PipelineNotFoundError(BuildError):
+    """A pipeline file given to the CLI defines no :class:`~headwater.Dataflow` (or several, ambiguously)."""
+
+
+class RuntimeFailure(HeadwaterError):
+    """Base of failures that happen while the job runs; carries where it happened."""
+
+    def __init__(self, message: str, *, step_id: str | None = None, subtask: int | None = None) -> None:
+        self.step_id = step_id
+        self.subtask = subtask
+        where = ""
+        if step_id is not None:
+            where = f"step {step_id!r}"
+            if subtask is not None:
+                where += f" (subtask {subtask})"
+            where += ": "
+        super().__init__(where + message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword-only fields across pickling (errors travel from Ray actors to the driver).
+        return (_rebuild_failure, (type(self), self.message, self.step_id, self.subtask))
+
+
+def _rebuild_failure(cls: type[RuntimeFailure], message: str, step_id: str | None, subtask: int | None) -> RuntimeFailure:
+    return cls(message, step_id=step_id, subtask=subtask)
+
+
+class UserCodeError(RuntimeFailure):
+    """A user function (UDF, row mapper, source or sink code) raised; the original is ``__cause__``."""
+
+
+class SchemaMismatchError(RuntimeFailure):
+    """A batch does not have the schema its producer declared, or inputs of a union disagree."""
+
+
+class SourceError(RuntimeFailure):
+    """A source could not be read (missing file, unreadable format, lost connection)."""
+
+
+class SinkError(RuntimeFailure):
+    """A sink could not write, prepare or commit its output."""
+
+
+class JobFailedError(RuntimeFailure):
+    """The job stopped because a worker died or the executor itself failed."""
+
+
+class SimulatedCrashError(RuntimeFailure):
+    """Raised by :class:`headwater.testing.TestingSource` at an ``ABORT`` marker to simulate a crash."""

@@ -1,0 +1,209 @@
+"""Running keyed aggregation: ``stream.key_by("auction").aggregate(bids=hw.count(), top=hw.max("price"))``.
+
+How it works, per input batch:
+
+1. Arrow's grouped aggregation reduces the batch to one partial row per distinct key (vectorised, in C++).
+2. Each distinct key is mapped to a dense *slot* (a dict lookup per distinct key, not per row); new keys get
+   new slots.
+3. Per-aggregate numpy accumulators are merged at those slots (``acc[slots] += partial`` — slots are unique
+   within a batch, so plain fancy indexing is exact).
+4. With ``emit="updates"`` (the default) one row per key touched by the batch is emitted with the key's
+   current values: the output is a changelog whose last row per key is the key's result. With
+   ``emit="final"`` nothing is emitted until the input ends, then one row per key (for bounded backfills).
+
+Null handling follows SQL: ``sum``/``min``/``max``/``mean`` ignore nulls and are null for a key that has seen
+no non-null value; ``count(col)`` counts non-null values, ``count()`` counts rows.
+
+Invariant: the operator's state is exactly (key → slot, per-aggregate accumulators, per-column valid counts);
+everything it emits is derived from it, which is what a checkpoint of this operator must contain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headwater.aggregations import Aggregation
+from headwater.operators.base import Operator
+
+Emit = Literal["updates", "final"]
+
+
+def _accumulator_dtype(value_type: pa.DataType) -> np.dtype:
+    return np.dtype(np.float64) if pa.types.is_floating(value_type) else np.dtype(np.int64)
+
+
+class _Accumulators:
+    """Growable numpy columns indexed by slot."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, np.ndarray] = {}
+        self._fills: dict[str, Any] = {}
+        self.capacity = 0
+
+    def add(self, name: str, dtype: np.dtype, fill: Any) -> None:
+        self.columns[name] = np.full(self.capacity, fill, dtype=dtype)
+        self._fills[name] = fill
+
+    def ensure(self, size: int) -> None:
+        if size <= self.capacity:
+            return
+        capacity = max(size, 2 * self.capacity, 1024)
+        for name, column in self.columns.items():
+            grown = np.full(capacity, self._fills[name], dtype=column.dtype)
+            grown[: len(column)] = column
+            self.columns[name] = grown
+        self.capacity = capacity
+
+
+class RunningAggregateOperator(Operator):
+    """Keyed running aggregation over Arrow batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        aggregations: Sequence[tuple[str, Aggregation]],
+        input_schema: pa.Schema | None,
+        emit: Emit = "updates",
+    ) -> None:
+        self.keys = tuple(keys)
+        self.aggregations = tuple(aggregations)
+        self.emit = emit
+        self._input_schema = input_schema
+        self._index: dict[Any, int] = {}
+        self._key_values: list[Any] = []
+        self._key_types: list[pa.DataType] | None = None
+        self._acc = _Accumulators()
+        self._partials = self._partial_aggregates()
+        self._initialised = False
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _partial_aggregates(self) -> list[tuple[Any, str]]:
+        wanted: list[tuple[Any, str]] = []
+        for _, agg in self.aggregations:
+            needed = [([], "count_all")] if agg.column is None else [(agg.column, "count")]
+            if agg.kind in ("sum", "mean"):
+                needed.append((agg.column, "sum"))
+            elif agg.kind in ("min", "max"):
+                needed.append((agg.column, agg.kind))
+            for pair in needed:
+                if pair not in wanted:
+                    wanted.append(pair)
+        return wanted
+
+    def _init_accumulators(self, schema: pa.Schema) -> None:
+        self._value_types: dict[str, pa.DataType] = {}
+        for column, function in self._partials:
+            name = "count_all" if column == [] else f"{column}_{function}"
+            if function in ("count", "count_all"):
+                self._acc.add(name, np.dtype(np.int64), 0)
+                continue
+            value_type = schema.field(column).type
+            self._value_types[column] = value_type
+            dtype = _accumulator_dtype(value_type)
+            if function == "sum":
+                self._acc.add(name, dtype, 0)
+            elif function == "min":
+                self._acc.add(name, dtype, np.inf if dtype.kind == "f" else np.iinfo(np.int64).max)
+            else:
+                self._acc.add(name, dtype, -np.inf if dtype.kind == "f" else np.iinfo(np.int64).min)
+        self._initialised = True
+
+    # -- processing -----------------------------------------------------------------------------------------
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        if batch.num_rows == 0:
+            return []
+        if not self._initialised:
+            self._init_accumulators(batch.schema)
+        grouped = pa.Table.from_batches([batch]).group_by(list(self.keys), use_threads=False).aggregate(self._partials)
+        if self._key_types is None:
+            self._key_types = [grouped.schema.field(k).type for k in self.keys]
+        slots = self._slots_for(grouped)
+        for column, function in self._partials:
+            name = "count_all" if column == [] else f"{column}_{function}"
+            self._merge(name, function, grouped.column(name), slots)
+        if self.emit == "final":
+            return []
+        return [self._result_batch([grouped.column(k).combine_chunks() for k in self.keys], slots)]
+
+    def _slots_for(self, grouped: pa.Table) -> np.ndarray:
+        if len(self.keys) == 1:
+            key_list = grouped.column(self.keys[0]).to_pylist()
+        else:
+            key_list = list(zip(*(grouped.column(k).to_pylist() for k in self.keys)))
+        index = self._index
+        slots = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            start = len(self._key_values)
+            for offset, position in enumerate(missing.tolist()):
+                key = key_list[position]
+                index[key] = start + offset
+                self._key_values.append(key)
+            slots[missing] = np.arange(start, start + len(missing))
+            self._acc.ensure(len(self._key_values))
+        return slots
+
+    def _merge(self, name: str, function: str, partial: pa.ChunkedArray, slots: np.ndarray) -> None:
+        column = self._acc.columns[name]
+        if function in ("count", "count_all"):
+            column[slots] += np.asarray(partial.combine_chunks(), dtype=np.int64)
+            return
+        valid = np.asarray(partial.is_valid().combine_chunks(), dtype=bool)
+        values_array = partial.combine_chunks()
+        if not pa.types.is_floating(values_array.type) and not pa.types.is_integer(values_array.type):
+            values_array = values_array.cast(pa.int64())
+        if column.dtype.kind == "f":
+            values = np.asarray(pc.fill_null(values_array.cast(pa.float64()), 0.0), dtype=np.float64)
+        else:
+            values = np.asarray(pc.fill_null(values_array.cast(pa.int64()), 0), dtype=np.int64)
+        if function == "sum":
+            column[slots] += np.where(valid, values, 0)
+        elif function == "min":
+            column[slots] = np.where(valid, np.minimum(column[slots], values), column[slots])
+        else:
+            column[slots] = np.where(valid, np.maximum(column[slots], values), column[slots])
+
+    def _result_batch(self, key_arrays: list[pa.Array], slots: np.ndarray) -> pa.RecordBatch:
+        names = list(self.keys)
+        arrays: list[pa.Array] = list(key_arrays)
+        columns = self._acc.columns
+        for out_name, agg in self.aggregations:
+            names.append(out_name)
+            if agg.column is None:
+                arrays.append(pa.array(columns["count_all"][slots]))
+                continue
+            valid_count = columns[f"{agg.column}_count"][slots]
+            if agg.kind == "count":
+                arrays.append(pa.array(valid_count))
+                continue
+            empty = valid_count == 0
+            value_type = self._value_types[agg.column]
+            if agg.kind == "mean":
+                sums = columns[f"{agg.column}_sum"][slots].astype(np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    arrays.append(pa.array(sums / np.maximum(valid_count, 1), mask=empty))
+                continue
+            values = columns[f"{agg.column}_{agg.kind}"][slots]
+            result = pa.array(values, mask=empty if empty.any() else None)
+            if agg.kind in ("min", "max") and result.type != value_type:
+                result = result.cast(value_type)
+            arrays.append(result)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def finish(self) -> list[pa.RecordBatch]:
+        if self.emit != "final" or not self._key_values or self._key_types is None:
+            return []
+        if len(self.keys) == 1:
+            key_arrays = [pa.array(self._key_values, type=self._key_types[0])]
+        else:
+            key_arrays = [
+                pa.array([k[i] for k in self._key_values], type=t) for i, t in enumerate(self._key_types)
+            ]
+        return [self._result_batch(key_arrays, np.arange(len(self._key_values)))]
+
+    def metrics(self) -> dict[str, float]:
+        return {"keys": float(len(self._key_values))}

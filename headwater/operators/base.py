@@ -1,0 +1,48 @@
+"""The physical operator protocol shared by the in-process and the Ray executors.
+
+An operator is built once per subtask from its logical step. The executor calls, in this order:
+:meth:`Operator.open` once; :meth:`Operator.process` for every input batch (in arrival order per input);
+:meth:`Operator.finish` once when every input has ended (bounded runs and graceful stops), and
+:meth:`Operator.close` last, also after failures. ``process`` and ``finish`` return the batches to pass on
+(possibly none). Operators never do I/O on channels: the runtime moves what they return.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    """Where an operator instance runs."""
+
+    step_id: str
+    subtask: int
+    parallelism: int
+
+
+class Operator(ABC):
+    """Base class; subclasses override :meth:`process` and, when they hold data, :meth:`finish`."""
+
+    step_id: str = ""
+
+    def open(self, ctx: OperatorContext) -> None:
+        """Prepare per-subtask resources (construct a class UDF, open a writer)."""
+
+    @abstractmethod
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        """Handle one input batch (``input_index`` tells which input of a multi-input step)."""
+
+    def finish(self) -> list[pa.RecordBatch]:
+        """All inputs ended: return what is still held (final aggregates), publish sink output."""
+        return []
+
+    def close(self) -> None:
+        """Release resources; must not raise."""
+
+    def metrics(self) -> dict[str, float]:
+        """Operator-specific figures for progress displays and run results (e.g. state size)."""
+        return {}

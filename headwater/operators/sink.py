@@ -1,0 +1,64 @@
+"""The operator at the end of a chain that hands batches to a :class:`~headwater.sinks.base.Sink`.
+
+It follows the sink's commit order: ``write`` every batch, then at the end of input ``prepare`` the staged
+output and ``commit`` the returned token. (Checkpointed runs prepare at every checkpoint barrier and commit
+when the coordinator says the checkpoint is complete.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from headwater.operators.base import Operator, OperatorContext
+from headwater.sinks.base import Sink, SinkPartition
+
+
+class SinkOperator(Operator):
+    """Write batches to one sink partition; emits nothing."""
+
+    #: Checkpoint id used for the prepare/commit at the end of a run without checkpoints.
+    FINAL_CHECKPOINT_ID = 0
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.partition: SinkPartition | None = None
+        self.rows_written = 0
+
+    def open(self, ctx: OperatorContext) -> None:
+        self.partition = self.sink.build_part(ctx.subtask, ctx.parallelism)
+
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        assert self.partition is not None, "open() was not called"
+        self.partition.write(batch)
+        self.rows_written += batch.num_rows
+        return []
+
+    def prepare(self, checkpoint_id: int) -> Any:
+        assert self.partition is not None
+        return self.partition.prepare(checkpoint_id)
+
+    def commit(self, token: Any) -> None:
+        assert self.partition is not None
+        self.partition.commit(token)
+
+    def finish(self) -> list[pa.RecordBatch]:
+        self.commit(self.prepare(self.FINAL_CHECKPOINT_ID))
+        return []
+
+    def close(self) -> None:
+        if self.partition is not None:
+            try:
+                self.partition.close()
+            except Exception:  # close must not raise; the run's own error (if any) matters more
+                pass
+
+    def abort(self) -> None:
+        if self.partition is not None:
+            self.partition.abort()
+
+    def metrics(self) -> dict[str, float]:
+        stats = getattr(self.partition, "stats", None)
+        extra = stats() if callable(stats) else {}
+        return {"rows_written": float(self.rows_written), **{k: float(v) for k, v in extra.items()}}

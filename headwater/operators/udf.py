@@ -1,0 +1,108 @@
+"""User-defined functions: vectorised ``map_batches`` (functions or classes) and the row convenience path.
+
+``map_batches(fn)`` calls ``fn(batch)`` with a ``pyarrow.RecordBatch``. A *class* is constructed once per
+subtask (so expensive set-up such as loading a model happens once per actor, as with Ray Data's actor pools)
+and its instance is called per batch. The function may return a RecordBatch, a Table, a dict of columns, a
+pandas DataFrame, or ``None`` (drop the batch).
+
+``map_rows(fn)`` and ``flat_map(fn)`` call ``fn`` per row with a dict; they are a convenience for code that is
+not vectorised and cost Python per row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import pyarrow as pa
+
+from headwater.errors import SchemaMismatchError
+from headwater.operators.base import Operator, OperatorContext
+
+
+def to_batches(result: Any, schema: pa.Schema | None) -> list[pa.RecordBatch]:
+    """Normalise what a UDF returned into record batches (checked against ``schema`` when declared)."""
+    if result is None:
+        return []
+    if isinstance(result, pa.RecordBatch):
+        batches = [result]
+    elif isinstance(result, pa.Table):
+        batches = result.combine_chunks().to_batches()
+    elif isinstance(result, Mapping):
+        batches = [pa.RecordBatch.from_pydict(dict(result), schema=schema)]
+    elif type(result).__name__ == "DataFrame" and hasattr(result, "to_dict"):
+        batches = [pa.RecordBatch.from_pandas(result, schema=schema, preserve_index=False)]
+    else:
+        raise TypeError(
+            f"the function returned {type(result).__name__}; return a pyarrow RecordBatch or Table, a dict of "
+            "columns, a pandas DataFrame, or None"
+        )
+    if schema is not None:
+        for batch in batches:
+            if not batch.schema.equals(schema):
+                raise SchemaMismatchError(
+                    f"the function returned schema {batch.schema} but declared output_schema {schema}"
+                )
+    return [b for b in batches if b.num_rows]
+
+
+class MapBatchesOperator(Operator):
+    """Apply a batch function, or an instance of a batch class constructed in :meth:`open`."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | type,
+        constructor_args: tuple[Any, ...] = (),
+        constructor_kwargs: Mapping[str, Any] | None = None,
+        output_schema: pa.Schema | None = None,
+    ) -> None:
+        self.fn = fn
+        self.constructor_args = constructor_args
+        self.constructor_kwargs = dict(constructor_kwargs or {})
+        self.output_schema = output_schema
+        self._callable: Callable[[pa.RecordBatch], Any] | None = None
+
+    def open(self, ctx: OperatorContext) -> None:
+        if isinstance(self.fn, type):
+            self._callable = self.fn(*self.constructor_args, **self.constructor_kwargs)
+        else:
+            self._callable = self.fn
+
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        assert self._callable is not None, "open() was not called"
+        return to_batches(self._callable(batch), self.output_schema)
+
+    def close(self) -> None:
+        closer = getattr(self._callable, "close", None) if isinstance(self.fn, type) else None
+        if callable(closer):
+            try:
+                closer()
+            except Exception:  # close must not raise; the run's own error (if any) matters more
+                pass
+
+
+class MapRowsOperator(Operator):
+    """Per-row UDF: ``fn(row: dict) -> dict | None`` (``flat=False``) or ``-> iterable of dicts`` (``flat=True``)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any], flat: bool, schema: pa.Schema | None) -> None:
+        self.fn = fn
+        self.flat = flat
+        self.schema = schema
+
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        rows = batch.to_pylist()
+        out: list[dict[str, Any]] = []
+        if self.flat:
+            for row in rows:
+                produced: Iterable[dict[str, Any]] | None = self.fn(row)
+                if produced is not None:
+                    out.extend(produced)
+        else:
+            for row in rows:
+                mapped = self.fn(row)
+                if mapped is not None:
+                    out.append(mapped)
+        if not out:
+            return []
+        if not isinstance(out[0], Mapping):
+            raise TypeError(f"the row function must return dicts (column -> value), got {type(out[0]).__name__}")
+        return [pa.RecordBatch.from_pylist(out, schema=self.schema)]

@@ -1,0 +1,54 @@
+"""The sink protocol: a sink is a factory of per-subtask partitions with a two-phase commit.
+
+Commit order (the engine's side of the contract):
+
+1. :meth:`SinkPartition.write` is called with each batch; output is *staged*, never visible to readers.
+2. :meth:`SinkPartition.prepare` is called at a checkpoint (and at the end of a bounded run); it makes the
+   staged output durable and returns a small picklable *commit token* that fully describes it.
+3. Once the checkpoint is complete, :meth:`SinkPartition.commit` publishes exactly what the token describes.
+   ``commit`` must be idempotent: after a crash the same token may be committed again.
+4. :meth:`SinkPartition.abort` discards output that was staged but not prepared (after a failure).
+
+A sink that cannot stage (the console) may write directly; it then gives at-least-once, and says so in
+:attr:`Sink.exactly_once`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pyarrow as pa
+
+
+class SinkPartition(ABC):
+    """The writer of one sink subtask."""
+
+    @abstractmethod
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Stage ``batch``; it must not become visible before :meth:`commit`."""
+
+    @abstractmethod
+    def prepare(self, checkpoint_id: int) -> Any:
+        """Make everything staged so far durable and return the token that :meth:`commit` publishes."""
+
+    @abstractmethod
+    def commit(self, token: Any) -> None:
+        """Publish what ``token`` describes; idempotent (committing the same token twice is harmless)."""
+
+    def abort(self) -> None:
+        """Discard staged output that no token covers."""
+
+    def close(self) -> None:
+        """Release resources; called once, also after failures."""
+
+
+class Sink(ABC):
+    """A factory of sink partitions; holds configuration only and must be picklable."""
+
+    #: False for sinks that write straight through (console): they cannot undo output after a crash.
+    exactly_once: bool = True
+
+    @abstractmethod
+    def build_part(self, index: int, count: int) -> SinkPartition:
+        """Build the writer of subtask ``index`` out of ``count``."""
