@@ -1,0 +1,55 @@
+"""Shared fixtures: one Ray cluster for the whole session, and a runner that executes a dataflow both
+in-process and on Ray so the same test proves both executors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import headwater as hw
+from headwater.engine.job import JobResult
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local Ray with explicit CPUs and a capped object store, shared by every test and shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=300 * 1024 * 1024,
+            include_dashboard=False,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            configure_logging=False,
+            log_to_driver=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+Runner = Callable[..., JobResult]
+
+
+@pytest.fixture(params=["local", "ray"])
+def runner(request: pytest.FixtureRequest) -> Runner:
+    """``runner(flow, **options)``: run with the in-process executor, then (second param) on Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        request.node.add_marker(pytest.mark.ray)
+
+        def run_on_ray(flow: hw.Dataflow, **options: Any) -> JobResult:
+            return hw.run(flow, executor="ray", **options)
+
+        return run_on_ray
+
+    def run_local(flow: hw.Dataflow, **options: Any) -> JobResult:
+        return hw.run(flow, executor="local", **options)
+
+    return run_local
