@@ -84,8 +84,22 @@ class EdgeWriter:
         self.buffers = [OutputBuffer() for _ in range(receivers)]
         self._next_round_robin = sender % receivers
         self.rows_sent = 0
+        self._projected_schema: pa.Schema | None = None
+        self._projection: list[int] | None = None
+
+    def _project(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns = self.edge.columns
+        if columns is None:
+            return batch
+        if batch.schema is not self._projected_schema:
+            self._projected_schema = batch.schema
+            indices = [batch.schema.get_field_index(c) for c in columns]
+            # A missing column is left to the receiving step, which reports it with its own name.
+            self._projection = None if min(indices, default=0) < 0 else indices
+        return batch.select(self._projection) if self._projection is not None else batch
 
     def write(self, batch: pa.RecordBatch, ingest_ns: int) -> list[tuple[int, Message]]:
+        batch = self._project(batch)
         partitioning = self.edge.partitioning
         if partitioning == "forward":
             return self._buffer(self.sender, batch, ingest_ns)

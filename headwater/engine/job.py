@@ -40,6 +40,12 @@ class JobResult:
     def rows_in(self, step_id: str) -> int:
         return self.steps[step_id].rows_in
 
+    def peak_rss_mb(self) -> float:
+        """Sum, over the distinct processes that ran subtasks, of each one's peak RSS in MiB (an upper bound of
+        the job's peak: the peaks need not coincide). The driver is not included."""
+        by_process = {m.pid: m.peak_rss_mb for m in self.subtasks}
+        return float(sum(by_process.values()))
+
     def operator_metric(self, step_id: str, name: str) -> float:
         """Sum of an operator metric (e.g. ``"keys"`` of an aggregate) over the step's subtasks."""
         return sum(m.operator.get(step_id, {}).get(name, 0.0) for m in self.subtasks)

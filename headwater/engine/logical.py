@@ -50,6 +50,11 @@ class Step:
     def describe(self) -> str:
         return self.kind
 
+    def required_columns(self) -> tuple[str, ...] | None:
+        """The input columns this step reads, when it reads only some (``None``: all). The planner projects
+        edges into the step onto these, so shuffles move only what is needed."""
+        return None
+
     @property
     def explicit_parallelism(self) -> int | None:
         return None
@@ -231,6 +236,13 @@ class AggregateStep(Step):
         fields = [schema.field(k) for k in self.keys]
         fields += [pa.field(name, agg.output_type(schema, self.where)) for name, agg in self.aggregations]
         return pa.schema(fields)
+
+    def required_columns(self) -> tuple[str, ...] | None:
+        columns = list(self.keys)
+        for _, agg in self.aggregations:
+            if agg.column is not None and agg.column not in columns:
+                columns.append(agg.column)
+        return tuple(columns)
 
     def make_operator(self) -> Operator:
         return RunningAggregateOperator(self.keys, self.aggregations, self._input_schema, self.emit)

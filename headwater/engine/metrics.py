@@ -76,3 +76,12 @@ class SubtaskMetrics:
     buffered_rows: int = 0  # rows waiting in its output buffers
     latency: LatencyHistogram | None = None
     operator: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0  # high-water mark of the process running the subtask
+    pid: int = 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -22,6 +22,7 @@ class Edge:
     partitioning: Partitioning
     keys: tuple[str, ...] = ()
     input_index: int = 0
+    columns: tuple[str, ...] | None = None  # projection applied by the sender (None: every column)
 
 
 @dataclass(frozen=True)
@@ -89,5 +90,6 @@ class PhysicalPlan:
                 lines.append(f"      partitions: {len(parts)}")
         for edge in self.edges:
             keys = f" by ({', '.join(edge.keys)})" if edge.keys else ""
-            lines.append(f"  edge {edge.edge_id}: stage {edge.src} -> stage {edge.dst} [{edge.partitioning}{keys}]")
+            columns = f" columns ({', '.join(edge.columns)})" if edge.columns is not None else ""
+            lines.append(f"  edge {edge.edge_id}: stage {edge.src} -> stage {edge.dst} [{edge.partitioning}{keys}]{columns}")
         return "\n".join(lines)

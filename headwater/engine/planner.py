@@ -7,6 +7,8 @@ Rules, applied in step order (which is a topological order, since a step can onl
   unions run the default parallelism.
 * **Partitioning.** Into a keyed step: ``hash`` by its keys over key groups. Otherwise ``forward`` when the
   parallelism is equal, ``round_robin`` when it differs.
+* **Projection pushdown.** An edge into a step that reads only some columns (an aggregate reads its keys and
+  aggregated columns) carries that column list; the sender drops the rest before partitioning and sending.
 * **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
   no other consumer, and the edge would be ``forward`` — then the two run in one actor and a batch passes
   between them as a function call, not a message.
@@ -89,7 +91,7 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
         if chains[stage_of[src_step]][-1] != src_step:
             raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
     edges = tuple(
-        Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index)
+        Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index, flow.steps[dst].required_columns())
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )
     source_parts = {

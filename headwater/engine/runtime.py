@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 from headwater.engine.channels import DataMessage, EdgeWriter, EndOfStream, Message
 from headwater.engine.config import RunConfig
 from headwater.engine.logical import SinkStep, SourceStep
-from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
+from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
 from headwater.engine.plan import PhysicalPlan
 from headwater.errors import HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
 from headwater.operators.base import Operator, OperatorContext
@@ -235,4 +236,6 @@ class SubtaskRuntime:
             buffered_rows=sum(w.buffered_rows() for w in self.writers),
             latency=self.latency,
             operator={step_id: op.metrics() for step_id, op in self.operators},
+            peak_rss_mb=peak_rss_mb(),
+            pid=os.getpid(),
         )

@@ -3,8 +3,8 @@
 How it works, per input batch:
 
 1. Arrow's grouped aggregation reduces the batch to one partial row per distinct key (vectorised, in C++).
-2. Each distinct key is mapped to a dense *slot* (a dict lookup per distinct key, not per row); new keys get
-   new slots.
+2. Each distinct key is mapped to a dense *slot* by a :class:`~headwater.operators.key_index.KeyIndex`
+   (vectorised for integer keys; a dict lookup per distinct key otherwise); new keys get new slots.
 3. Per-aggregate numpy accumulators are merged at those slots (``acc[slots] += partial`` — slots are unique
    within a batch, so plain fancy indexing is exact).
 4. With ``emit="updates"`` (the default) one row per key touched by the batch is emitted with the key's
@@ -14,7 +14,7 @@ How it works, per input batch:
 Null handling follows SQL: ``sum``/``min``/``max``/``mean`` ignore nulls and are null for a key that has seen
 no non-null value; ``count(col)`` counts non-null values, ``count()`` counts rows.
 
-Invariant: the operator's state is exactly (key → slot, per-aggregate accumulators, per-column valid counts);
+Invariant: the operator's state is exactly (key index, per-aggregate accumulators, per-column valid counts);
 everything it emits is derived from it, which is what a checkpoint of this operator must contain.
 """
 
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from headwater.aggregations import Aggregation
 from headwater.operators.base import Operator
+from headwater.operators.key_index import KeyIndex, make_key_index
 
 Emit = Literal["updates", "final"]
 
@@ -73,9 +74,7 @@ class RunningAggregateOperator(Operator):
         self.aggregations = tuple(aggregations)
         self.emit = emit
         self._input_schema = input_schema
-        self._index: dict[Any, int] = {}
-        self._key_values: list[Any] = []
-        self._key_types: list[pa.DataType] | None = None
+        self._index: KeyIndex | None = None
         self._acc = _Accumulators()
         self._partials = self._partial_aggregates()
         self._initialised = False
@@ -119,8 +118,6 @@ class RunningAggregateOperator(Operator):
         if not self._initialised:
             self._init_accumulators(batch.schema)
         grouped = pa.Table.from_batches([batch]).group_by(list(self.keys), use_threads=False).aggregate(self._partials)
-        if self._key_types is None:
-            self._key_types = [grouped.schema.field(k).type for k in self.keys]
         slots = self._slots_for(grouped)
         for column, function in self._partials:
             name = "count_all" if column == [] else f"{column}_{function}"
@@ -130,21 +127,10 @@ class RunningAggregateOperator(Operator):
         return [self._result_batch([grouped.column(k).combine_chunks() for k in self.keys], slots)]
 
     def _slots_for(self, grouped: pa.Table) -> np.ndarray:
-        if len(self.keys) == 1:
-            key_list = grouped.column(self.keys[0]).to_pylist()
-        else:
-            key_list = list(zip(*(grouped.column(k).to_pylist() for k in self.keys)))
-        index = self._index
-        slots = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
-        missing = np.flatnonzero(slots < 0)
-        if len(missing):
-            start = len(self._key_values)
-            for offset, position in enumerate(missing.tolist()):
-                key = key_list[position]
-                index[key] = start + offset
-                self._key_values.append(key)
-            slots[missing] = np.arange(start, start + len(missing))
-            self._acc.ensure(len(self._key_values))
+        if self._index is None:
+            self._index = make_key_index([grouped.schema.field(k).type for k in self.keys])
+        slots = self._index.slots_for([grouped.column(k).combine_chunks() for k in self.keys])
+        self._acc.ensure(len(self._index))
         return slots
 
     def _merge(self, name: str, function: str, partial: pa.ChunkedArray, slots: np.ndarray) -> None:
@@ -195,15 +181,9 @@ class RunningAggregateOperator(Operator):
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def finish(self) -> list[pa.RecordBatch]:
-        if self.emit != "final" or not self._key_values or self._key_types is None:
+        if self.emit != "final" or self._index is None or not len(self._index):
             return []
-        if len(self.keys) == 1:
-            key_arrays = [pa.array(self._key_values, type=self._key_types[0])]
-        else:
-            key_arrays = [
-                pa.array([k[i] for k in self._key_values], type=t) for i, t in enumerate(self._key_types)
-            ]
-        return [self._result_batch(key_arrays, np.arange(len(self._key_values)))]
+        return [self._result_batch(self._index.key_columns(), np.arange(len(self._index)))]
 
     def metrics(self) -> dict[str, float]:
-        return {"keys": float(len(self._key_values))}
+        return {"keys": float(len(self._index) if self._index is not None else 0)}

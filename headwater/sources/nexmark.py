@@ -1,22 +1,21 @@
 """A vectorised, deterministic Nexmark event generator (persons, auctions, bids) as a :class:`Source`.
 
 It models the Beam / Flink Nexmark generator (``GeneratorConfig``, ``PersonGenerator``, ``AuctionGenerator``,
-``BidGenerator``) with its default configuration: ONE global sequence of events numbered ``0..events-1``;
-event ``n`` is a person if ``n % 50 < 1``, an auction if ``< 4``, else a bid (1:3:46). A source emits one
-``table`` of that sequence, so bids reference the auctions and persons that the ``auction`` and ``person``
-sources with the same ``seed`` emit. Ids, hot keys, prices and times follow the reference:
+``BidGenerator``) in its default configuration: ONE global sequence of events ``0..events-1``; event ``n`` is
+a person if ``n % 50 < 1``, an auction if ``< 4``, else a bid (1:3:46). A source emits one ``table`` of that
+sequence, so bids reference the auctions and persons that the other tables with the same ``seed`` hold:
 
 * person id ``1000 + n // 50``; auction id ``1000 + 3 * (n // 50) + n % 50 - 1``;
-* bid auction: with p=1/2 the hot auction ``last // 100 * 100``, else uniform over the last 100 auctions and
-  10 ahead; bidder: with p=3/4 the hot bidder ``last // 100 * 100 + 1``, else uniform over the last 1000
-  persons and 10 ahead; seller likewise (hot seller ``last // 100 * 100``, p=3/4); ``category = 10 +
+* bid auction: p=1/2 the hot auction ``last // 100 * 100``, else uniform over the last 100 auctions and 10
+  ahead; bidder: p=3/4 the hot bidder ``last // 100 * 100 + 1``, else uniform over the last 1000 persons and
+  10 ahead; seller: p=3/4 the hot seller ``last // 100 * 100``, else like a cold bidder; category ``10 +
   uniform(5)``; price ``round(10 ** (6u) * 100)``; ``reserve = initial_bid + price``; ``expires = date_time
-  + 1 + uniform(2 * horizon)``, horizon = event time 1666 events ahead minus now; channel: with p=1/2 one of
-  4 hot channels, else ``channel-<k>`` (k < 10 000), each with a fixed url;
+  + 1 + uniform(2 * horizon)``, horizon = time to the event 1666 later; channel: p=1/2 one of 4 hot ones,
+  else ``channel-<k>`` (k < 10 000), each with a fixed url;
 * ``date_time(n) = base_time + trunc(n * 1e6 / event_rate)`` microseconds, truncated to ms.
 
-As in the reference, an id drawn "ahead" may name an entity the sequence creates a few events later (or
-never, if it ends first): every referenced id is ``>= 1000`` and ``<= newest id so far + 10``.
+As in the reference, an id drawn "ahead" may name an entity created a few events later (or never, if the
+sequence ends first): every referenced id is ``>= 1000`` and ``<= newest id so far + 10`` (~6% of bids).
 
 Determinism: each random field of event ``n`` is a bit range of ``splitmix64(n * golden + key(seed, i))`` on
 numpy ``uint64`` arrays, so a row depends only on ``(seed, n)``: never on batching, partitioning or resume.
@@ -25,21 +24,20 @@ Deviations from the reference (for vectorisation and determinism):
 
 * A counter-based hash instead of ``java.util.Random``: same distributions, different values.
 * ``item_name`` (4096), ``description`` (2048), email local part and domain (4096 each) and ``extra`` (1024
-  per table) are drawn from fixed pools built once per process, not fresh strings. ``extra`` lengths follow
-  the reference ``nextExtra`` range for an average-sized row (bid 54-81, auction 314-469, person 109-162
-  letters) instead of depending on each row's own size.
-* Flink's ``BidGenerator`` adds ``FIRST_PERSON_ID`` to the bidder twice (bidders start at 2000, matching no
+  per table) are drawn from fixed pools built once per process. ``extra`` lengths follow ``nextExtra`` for an
+  average-sized row (bid 54-81, auction 314-469, person 109-162 letters), not each row's own size.
+* Flink's ``BidGenerator`` adds ``FIRST_PERSON_ID`` to the bidder twice (bidders from 2000, matching no
   person); we add it once, as Beam does. Flink's urls are random per JVM; ours are fixed per channel.
 * No out-of-order groups or rate shapes; ``event_rate`` sets event time only, ``rate`` paces the wall clock.
 * ``timestamp[ms]`` columns carry no time zone; values are UTC (a naive ``base_time`` is read as UTC).
 
-Speed, one core of the 2-core dev machine, ``batch_size=65_536``: ~12 M bid rows/s (auction ~6.5 M, person
-~5 M rows/s; they are 6% and 2% of the events), measured with (``"bid"`` replaced for the others)::
+Speed, one core of the 2-core dev machine while other jobs ran, ``batch_size=65_536``: 10-13 M bid rows/s
+(~5 ms a batch, ~2 of them Arrow string takes; auction ~7 M, person ~5 M rows/s, 6% and 2% of the events),
+measured with (``T`` = bid, auction or person)::
 
-    .venv/bin/python -c "import time; from headwater.sources.nexmark import NexmarkSource as S; \\
-    p = S('bid', events=None).build_part('nexmark-bid-0-of-1', None); p.next_batch(); \\
-    t = time.perf_counter(); n = sum(p.next_batch().num_rows for _ in range(300)); \\
-    print(n / (time.perf_counter() - t) / 1e6, 'M rows/s')"
+    .venv/bin/python -c "import time; from headwater.sources.nexmark import NexmarkSource as S; T = 'bid'; \
+    p = S(T, events=None).build_part(f'nexmark-{T}-0-of-1', None); p.next_batch(); t = time.perf_counter(); \
+    print(sum(p.next_batch().num_rows for _ in range(300)) / (time.perf_counter() - t) / 1e6, 'M rows/s')"
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cache
 from typing import Any, Literal
 
@@ -80,6 +78,7 @@ _CHANNEL_OF = np.concatenate([np.arange(NUM_CHANNELS) % len(HOT_CHANNELS), 4 + n
 _CHUNK = 4_096  # rows per numeric kernel call: 32 KB temporaries stay in cache and in malloc's free lists
 _KIND_OFFSETS = {"person": range(0, 1), "auction": range(1, 4), "bid": range(4, 50)}
 _SALTS = {"person": 0x5EED_0001, "auction": 0x5EED_0100, "bid": 0x5EED_1000}
+_now = time.monotonic  # the pacing clock (tests substitute a fake one)
 
 _TS = pa.timestamp("ms")
 SCHEMAS: dict[str, pa.Schema] = {
@@ -265,8 +264,7 @@ class NexmarkSource(Source):
         self.base_time = base if base.tzinfo else base.replace(tzinfo=timezone.utc)
         self.event_rate = float(event_rate)
         self.bounded = events is not None
-        since_epoch = self.base_time - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        self._base_us = (since_epoch.days * 86_400 + since_epoch.seconds) * 1_000_000 + since_epoch.microseconds
+        self._base_us = (self.base_time - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
         self._delay_us = 1e6 / self.event_rate
         seed_spread = _spread(np.array([self.seed % (1 << 64)], dtype=np.uint64))
         self._keys = [int(_hash(seed_spread, _SALTS[table] + i)[0]) for i in range(4)]
@@ -421,10 +419,11 @@ class NexmarkPartition(SourcePartition):
         src, c = self._src, len(self._residues)
         count = src.batch_size if self._end is None else min(src.batch_size, self._end - self._j)
         if src.rate is not None:
-            now = time.monotonic()
+            now = _now()
             if self._start is None:
                 self._start = now
-            due_below = self._resume_event + math.floor((now - self._start) * src.rate) + 1
+            # The epsilon keeps this consistent with next_awake() despite float rounding of (now - start).
+            due_below = self._resume_event + math.floor((now - self._start) * src.rate + 1e-6) + 1
             count = min(count, self._index_of(due_below) - self._j)
             if count <= 0:
                 return None

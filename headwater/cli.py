@@ -1,0 +1,98 @@
+"""The ``headwater`` command.
+
+    headwater run path/to/pipeline.py [--parallelism N] [--executor ray|local] [--timeout S] [--no-progress]
+    headwater plan path/to/pipeline.py [--parallelism N]      # the physical plan
+    headwater graph path/to/pipeline.py                        # the logical graph as Mermaid
+
+A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
+name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
+run the flow: guard ``hw.run(flow)`` with ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from headwater.dataflow import Dataflow
+from headwater.engine.runner import plan_flow, run
+from headwater.errors import HeadwaterError, PipelineNotFoundError
+
+
+def load_dataflow(path: str | Path, name: str | None = None) -> Dataflow:
+    """Import the pipeline file at ``path`` and return its dataflow (the one named ``name`` if given)."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise PipelineNotFoundError(f"pipeline file {str(path)!r} does not exist")
+    module_name = f"headwater_pipeline_{file.stem.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise PipelineNotFoundError(f"{file} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(file.parent))  # let the pipeline import its neighbours
+    spec.loader.exec_module(module)
+    flows = [v for v in vars(module).values() if isinstance(v, Dataflow)]
+    unique = list({id(f): f for f in flows}.values())
+    if name is not None:
+        unique = [f for f in unique if f.name == name]
+    if not unique:
+        wanted = f" named {name!r}" if name else ""
+        raise PipelineNotFoundError(
+            f"{file} defines no Dataflow{wanted} at module level; assign one, e.g. flow = hw.Dataflow('my-flow')"
+        )
+    if len(unique) > 1:
+        names = ", ".join(f.name for f in unique)
+        raise PipelineNotFoundError(f"{file} defines several dataflows ({names}); choose one with --flow NAME")
+    return unique[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headwater", description="Run and inspect Headwater dataflows.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command, help_text in (
+        ("run", "run a pipeline file"),
+        ("plan", "print the physical plan of a pipeline file"),
+        ("graph", "print the logical graph of a pipeline file as Mermaid"),
+    ):
+        sub = commands.add_parser(command, help=help_text)
+        sub.add_argument("pipeline", help="path to a Python file defining a Dataflow")
+        sub.add_argument("--flow", default=None, help="name of the dataflow, if the file defines several")
+        if command in ("run", "plan"):
+            sub.add_argument("--parallelism", type=int, default=None)
+            sub.add_argument("--executor", choices=["ray", "local"], default="ray")
+        if command == "run":
+            sub.add_argument("--timeout", type=float, default=None, help="stop gracefully after S seconds")
+            sub.add_argument("--progress", dest="progress", action="store_true", default=None,
+                             help="live rows/s display (default: on when stderr is a terminal)")
+            sub.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        flow = load_dataflow(args.pipeline, args.flow)
+        if args.command == "graph":
+            print(flow.to_mermaid())
+            return 0
+        options = {"executor": args.executor}
+        if args.parallelism is not None:
+            options["parallelism"] = args.parallelism
+        if args.command == "plan":
+            print(plan_flow(flow, **options).describe())
+            return 0
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        result = run(flow, timeout=args.timeout, progress=progress, **options)
+        print(result)
+        return 0
+    except HeadwaterError as exc:
+        print(f"headwater: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

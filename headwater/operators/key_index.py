@@ -1,0 +1,139 @@
+"""Key → dense slot maps for keyed state.
+
+Keyed operators keep per-key values in numpy columns indexed by a dense *slot*; a :class:`KeyIndex` assigns
+slots. Invariants: slots are ``0..len(index)-1`` in order of first appearance, a key keeps its slot for the life
+of the index, and :meth:`KeyIndex.key_columns` returns the keys in slot order (so state can be written out and
+rebuilt by re-inserting keys in that order).
+
+* :class:`IntegerKeyIndex` — one integer or temporal key column: vectorised lookups with ``np.searchsorted``
+  over a sorted copy of the keys (no Python per key); new keys are merged in with ``np.insert``.
+* :class:`GeneralKeyIndex` — any other key (strings, several columns): a dict lookup per *distinct* key of a
+  batch (never per row: the batch is reduced to distinct keys first).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class KeyIndex(ABC):
+    @abstractmethod
+    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        """Slots of the given *distinct* keys (one array per key column), assigning new slots to new keys."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def key_columns(self) -> list[pa.Array]:
+        """Every key, in slot order, one array per key column."""
+
+
+def _integer_like(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind) \
+        or pa.types.is_duration(kind) or pa.types.is_time(kind)
+
+
+def make_key_index(key_types: Sequence[pa.DataType]) -> KeyIndex:
+    if len(key_types) == 1 and _integer_like(key_types[0]) and not pa.types.is_uint64(key_types[0]):
+        return IntegerKeyIndex(key_types[0])
+    return GeneralKeyIndex(key_types)
+
+
+class IntegerKeyIndex(KeyIndex):
+    def __init__(self, key_type: pa.DataType) -> None:
+        self.key_type = key_type
+        self._sorted_keys = np.empty(0, dtype=np.int64)
+        self._sorted_slots = np.empty(0, dtype=np.int64)
+        self._by_slot = np.empty(0, dtype=np.int64)
+        self._valid_by_slot = np.empty(0, dtype=bool)
+        self._size = 0
+        self._null_slot = -1
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _grow(self, size: int) -> None:
+        if size > len(self._by_slot):
+            capacity = max(size, 2 * len(self._by_slot), 1024)
+            self._by_slot = np.resize(self._by_slot, capacity)
+            self._valid_by_slot = np.resize(self._valid_by_slot, capacity)
+
+    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        column = keys[0]
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        as_int = column.cast(pa.int64()) if column.type != pa.int64() else column
+        values = np.asarray(pc.fill_null(as_int, 0), dtype=np.int64)
+        slots = np.full(len(values), -1, dtype=np.int64)
+        valid = np.ones(len(values), dtype=bool) if column.null_count == 0 else np.asarray(column.is_valid())
+        if len(self._sorted_keys):
+            positions = np.searchsorted(self._sorted_keys, values)
+            clipped = np.minimum(positions, len(self._sorted_keys) - 1)
+            found = (self._sorted_keys[clipped] == values) & valid
+            slots[found] = self._sorted_slots[clipped[found]]
+        if not valid.all():
+            nulls = np.flatnonzero(~valid)
+            if self._null_slot < 0:
+                self._null_slot = self._size
+                self._grow(self._size + 1)
+                self._by_slot[self._size] = 0
+                self._valid_by_slot[self._size] = False
+                self._size += 1
+            slots[nulls] = self._null_slot
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            new_keys = values[missing]
+            new_slots = np.arange(self._size, self._size + len(missing), dtype=np.int64)
+            slots[missing] = new_slots
+            self._grow(self._size + len(missing))
+            self._by_slot[self._size : self._size + len(missing)] = new_keys
+            self._valid_by_slot[self._size : self._size + len(missing)] = True
+            self._size += len(missing)
+            order = np.argsort(new_keys, kind="stable")
+            sorted_new = new_keys[order]
+            at = np.searchsorted(self._sorted_keys, sorted_new)
+            self._sorted_keys = np.insert(self._sorted_keys, at, sorted_new)
+            self._sorted_slots = np.insert(self._sorted_slots, at, new_slots[order])
+        return slots
+
+    def key_columns(self) -> list[pa.Array]:
+        values = pa.array(self._by_slot[: self._size], mask=~self._valid_by_slot[: self._size])
+        return [values.cast(self.key_type) if self.key_type != pa.int64() else values]
+
+
+class GeneralKeyIndex(KeyIndex):
+    def __init__(self, key_types: Sequence[pa.DataType]) -> None:
+        self.key_types = list(key_types)
+        self._index: dict[Any, int] = {}
+        self._keys: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        if len(keys) == 1:
+            key_list = keys[0].to_pylist()
+        else:
+            key_list = list(zip(*(k.to_pylist() for k in keys)))
+        index = self._index
+        slots = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            start = len(self._keys)
+            for offset, position in enumerate(missing.tolist()):
+                key = key_list[position]
+                index[key] = start + offset
+                self._keys.append(key)
+            slots[missing] = np.arange(start, start + len(missing))
+        return slots
+
+    def key_columns(self) -> list[pa.Array]:
+        if len(self.key_types) == 1:
+            return [pa.array(self._keys, type=self.key_types[0])]
+        return [pa.array([k[i] for k in self._keys], type=t) for i, t in enumerate(self.key_types)]
