@@ -51,8 +51,10 @@ class SubtaskActor:
         self.stop_requested = False
 
     async def connect(self, receivers: dict[int, list[Any]]) -> None:
-        """Receive the handles of the downstream subtasks, per outgoing edge id."""
+        """Receive the handles of the downstream subtasks (per outgoing edge id) and open the operators and
+        source partitions, so that no source starts before every subtask is ready to take data."""
         self.receivers = receivers
+        self.runtime.open()
 
     # -- receiving ------------------------------------------------------------------------------------------
     async def push(self, edge_id: int, sender: int, seq: int, message: Message) -> None:
@@ -92,7 +94,6 @@ class SubtaskActor:
     # -- running --------------------------------------------------------------------------------------------
     async def run(self) -> SubtaskMetrics:
         runtime = self.runtime
-        runtime.open()
         try:
             if runtime.source_step is not None:
                 await self._run_source()
@@ -185,7 +186,14 @@ class RayJob:
                 for e in plan.outputs_of(stage_id)
             }
             connections.append(actor.connect.remote(receivers))
-        ray.get(connections)
+        try:
+            ray.get(connections)
+        except Exception as exc:
+            self._kill_all()
+            original = _unwrap(exc)
+            if isinstance(original, HeadwaterError):
+                raise original from None
+            raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
         self.runs = {actor.run.remote(): key for key, actor in self.actors.items()}
         self._stopped = False
 

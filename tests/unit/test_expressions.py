@@ -106,12 +106,19 @@ def test_reflected_floor_division_and_modulo() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: _floor_divide/_modulo (expressions.py) use Arrow's unchecked 'divide': INT64_MIN // -1 "
-    "silently gives 0 (Python: 2**63, not representable, should raise like the *_checked operators) and "
-    "INT64_MIN % -1 gives INT64_MIN instead of 0",
+    reason="BUG: _modulo (expressions.py) computes a - (a // k) * k on top of Arrow's unchecked 'divide', for "
+    "which INT64_MIN / -1 gives 0; so INT64_MIN % -1 gives INT64_MIN instead of Python's 0",
 )
-def test_int64_min_divided_by_minus_one() -> None:
+def test_int64_min_modulo_minus_one() -> None:
     assert evaluate(hw.col("a") % -1, a=int64s([INT64_MIN])) == [0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _floor_divide (expressions.py) uses Arrow's unchecked 'divide': INT64_MIN // -1 silently gives 0 "
+    "(Python: 2**63, not representable) where + - * (the *_checked kernels) raise on overflow",
+)
+def test_int64_min_floor_divided_by_minus_one_overflows() -> None:
     with pytest.raises(pa.ArrowInvalid, match="overflow"):
         evaluate(hw.col("a") // -1, a=int64s([INT64_MIN]))
 

@@ -6,13 +6,14 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import headwater as hw
 from headwater.errors import SchemaMismatchError, UserCodeError
+from headwater.operators.base import OperatorContext
 from headwater.operators.stateless import FilterOperator, ProjectOperator
 from headwater.operators.udf import MapBatchesOperator
-from headwater.operators.base import OperatorContext
 from headwater.testing import TestingSink, TestingSource, run_local
 
 SCHEMA = pa.schema([("name", pa.string()), ("price", pa.int64())])
@@ -70,7 +71,9 @@ def test_filter_with_a_constant_predicate() -> None:
 
 def test_select_names_expressions_aliases_and_literals() -> None:
     rows = run_pipeline(
-        lambda s: s.select("name", (hw.col("price") * 2).alias("double"), one=hw.lit(1), upper=hw.fn("utf8_upper", hw.col("name")))
+        lambda s: s.select(
+            "name", (hw.col("price") * 2).alias("double"), one=hw.lit(1), upper=hw.fn("utf8_upper", hw.col("name"))
+        )
     )
     assert rows == [
         {"name": "a", "double": 10, "one": 1, "upper": "A"},
@@ -87,7 +90,9 @@ def test_with_columns_replaces_in_place_and_appends_in_order() -> None:
         )
     )
     assert list(rows[0]) == ["name", "price", "band", "tag"]
-    assert [(r["price"], r["band"], r["tag"]) for r in rows] == [(5, "high", "x"), (0, None, "x"), (20, "high", "x"), (1, "low", "x")]
+    assert [(r["price"], r["band"], r["tag"]) for r in rows] == [
+        (5, "high", "x"), (0, None, "x"), (20, "high", "x"), (1, "low", "x"),
+    ]
 
 
 def test_project_operator_directly() -> None:
@@ -128,7 +133,9 @@ def test_flat_map_emits_zero_one_or_many_rows() -> None:
 
     rows = run_pipeline(lambda s: s.flat_map(explode))
     assert rows == [
-        {"name": "a", "i": 0}, {"name": "a", "i": 1}, {"name": "c", "i": 0}, {"name": "c", "i": 1}, {"name": "d", "i": 0},
+        {"name": "a", "i": 0}, {"name": "a", "i": 1},
+        {"name": "c", "i": 0}, {"name": "c", "i": 1},
+        {"name": "d", "i": 0},
     ]
 
 
@@ -148,7 +155,7 @@ def test_map_rows_returning_a_non_dict_is_a_user_code_error() -> None:
 
 def double(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [batch.column("name"), pa.compute.multiply(batch.column("price"), 2)], names=["name", "double"]
+        [batch.column("name"), pc.multiply(batch.column("price"), 2)], names=["name", "double"]
     )
 
 
@@ -199,14 +206,16 @@ class Scaler:
 
     def __call__(self, batch: pa.RecordBatch) -> dict[str, Any]:
         self.calls += 1
-        return {"name": batch.column("name"), "double": pa.compute.multiply(batch.column(self.column), self.factor)}
+        return {"name": batch.column("name"), "double": pc.multiply(batch.column(self.column), self.factor)}
 
     def close(self) -> None:
         self.closed = True
 
 
 @pytest.mark.parametrize(("parallelism", "concurrency"), [(1, None), (2, None), (1, 3)])
-def test_class_udf_is_constructed_once_per_subtask_with_its_arguments(parallelism: int, concurrency: int | None) -> None:
+def test_class_udf_is_constructed_once_per_subtask_with_its_arguments(
+    parallelism: int, concurrency: int | None
+) -> None:
     Scaler.instances.clear()
     rows = run_pipeline(
         lambda s: s.map_batches(
@@ -241,13 +250,16 @@ def test_output_schema_mismatch_is_a_schema_mismatch_error_naming_the_step() -> 
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: udf.to_batches builds a dict result with RecordBatch.from_pydict(..., schema=output_schema), so a "
-    "result that does not fit output_schema raises ArrowTypeError/KeyError and surfaces as UserCodeError, "
+    "result that does not fit output_schema raises ArrowInvalid/ArrowTypeError/KeyError and surfaces as "
+    "UserCodeError, "
     "not SchemaMismatchError as for RecordBatch/Table results",
 )
 def test_dict_result_that_does_not_match_output_schema_is_a_schema_mismatch_error() -> None:
     declared = pa.schema([("name", pa.int64())])
     with pytest.raises(SchemaMismatchError, match="step 'twice'"):
-        run_pipeline(lambda s: s.map_batches(lambda b: {"name": b.column("name")}, output_schema=declared, step_id="twice"))
+        run_pipeline(
+            lambda s: s.map_batches(lambda b: {"name": b.column("name")}, output_schema=declared, step_id="twice")
+        )
 
 
 def test_map_batches_returning_an_unsupported_type_is_a_user_code_error() -> None:
@@ -270,7 +282,9 @@ def explode(batch: pa.RecordBatch) -> pa.RecordBatch:
 @pytest.mark.parametrize("concurrency", [None, 2])
 def test_a_raising_udf_is_a_user_code_error_naming_the_step_with_the_cause(concurrency: int | None) -> None:
     with pytest.raises(UserCodeError) as info:
-        run_pipeline(lambda s: s.filter(hw.col("price") > 0).map_batches(explode, step_id="risky", concurrency=concurrency))
+        run_pipeline(
+            lambda s: s.filter(hw.col("price") > 0).map_batches(explode, step_id="risky", concurrency=concurrency)
+        )
     error = info.value
     assert str(error).startswith("step 'risky' (subtask ")
     assert "Boom: kaput" in str(error)
