@@ -113,6 +113,20 @@ def test_stateless_steps_inherit_the_single_partition_parallelism() -> None:
     assert [(s.step_ids, s.parallelism) for s in physical.stages] == [(("in", "filter_1", "out"), 1)]
 
 
+def test_edges_into_an_aggregate_carry_only_the_columns_it_reads() -> None:
+    wide = pa.schema([("k", pa.string()), ("v", pa.int64()), ("note", pa.string()), ("w", pa.float64())])
+    flow = hw.Dataflow("pushdown")
+    stream = flow.source("in", TestingSource(partitions=[[], []], schema=wide))
+    stream.key_by("k").aggregate(n=hw.count(), s=hw.sum("w"), c=hw.count("k"), m=hw.max("w"), step_id="agg") \
+        .sink("out", TestingSink())
+    stream.key_by("note").aggregate(n=hw.count(), step_id="keys_only").sink("out2", TestingSink())
+    stream.sink("all", TestingSink())
+    physical = planned(flow, 2)
+    columns = {physical.stages[e.dst].head: e.columns for e in physical.edges}
+    assert columns == {"agg": ("k", "w"), "keys_only": ("note",), "all": None}
+    assert "[hash by (k)] columns (k, w)" in physical.describe()
+
+
 # -- map_batches with resources -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the main job (auction analytics over the Nexmark generator) on the embedded default: a local Ray,
+# local Parquet output under output/auction_analytics, then print what it computed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+output="${HEADWATER_OUTPUT:-output/auction_analytics}"
+rm -rf "$output"
+.venv/bin/headwater run examples/auction_analytics.py
+.venv/bin/python examples/auction_report.py "$output"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up, start the real services the tests need, and run the whole test suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+./scripts/setup.sh
+if [ -x scripts/services.sh ]; then
+  ./scripts/services.sh start
+  # shellcheck disable=SC1091
+  [ -f scripts/services.env ] && . scripts/services.env
+fi
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+exec .venv/bin/python -m pytest -p no:cacheprovider -q -ra --durations=15 "$@"
