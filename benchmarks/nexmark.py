@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], configure_logging=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
     try:
         runs = [run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size)
                 for _ in range(args.repeat)]
