@@ -110,6 +110,12 @@ class Dataflow:
                 f"dataflow {self.name!r} has no sink, so it would compute nothing visible; end a stream with "
                 ".sink(step_id, sink) (headwater.sinks.ConsoleSink() prints)"
             )
+        dangling = [s.step_id for s in self.steps.values() if not isinstance(s, SinkStep) and not self.consumers(s.step_id)]
+        if dangling:
+            raise BuildError(
+                f"dataflow {self.name!r}: the output of step(s) {', '.join(map(repr, dangling))} goes nowhere; "
+                "end each stream with .sink(step_id, sink) or remove the step"
+            )
 
     def __str__(self) -> str:
         lines = [f"Dataflow {self.name!r}"]

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from headwater.errors import ExpressionTypeError, UnknownColumnError
 
 
-def _floor_divide(left: Any, right: Any) -> Any:
-    quotient = pc.divide(left, right)
+def _floor_divide(left: Any, right: Any, checked: bool = True) -> Any:
+    quotient = (pc.divide_checked if checked else pc.divide)(left, right)
     if pa.types.is_floating(quotient.type):
         return pc.floor(quotient)
     # Integer division in Arrow truncates towards zero; Python floors. Correct the negative, inexact cases.
@@ -36,7 +36,11 @@ def _floor_divide(left: Any, right: Any) -> Any:
 
 
 def _modulo(left: Any, right: Any) -> Any:
-    return pc.subtract(left, pc.multiply(_floor_divide(left, right), right))
+    remainder = pc.subtract(left, pc.multiply(_floor_divide(left, right, checked=False), right))
+    if pa.types.is_floating(remainder.type):
+        return remainder
+    # x % -1 is 0 for every integer; the unchecked division above wraps for INT64_MIN // -1.
+    return pc.if_else(pc.equal(right, -1), pc.cast(pa.scalar(0), remainder.type), remainder)
 
 
 # Python semantics for // and % (floor), which Arrow does not ship as kernels.
@@ -77,8 +81,14 @@ class Expr(ABC):
     def __floordiv__(self, other: Any) -> Expr:
         return Call("floor_divide", (self, _wrap(other)))
 
+    def __rfloordiv__(self, other: Any) -> Expr:
+        return Call("floor_divide", (_wrap(other), self))
+
     def __mod__(self, other: Any) -> Expr:
         return Call("modulo", (self, _wrap(other)))
+
+    def __rmod__(self, other: Any) -> Expr:
+        return Call("modulo", (_wrap(other), self))
 
     def __neg__(self) -> Expr:
         return self._call("negate_checked")
@@ -206,7 +216,7 @@ class Call(Expr):
     def evaluate(self, batch: pa.RecordBatch) -> pa.Array | pa.Scalar:
         values = [a.evaluate(batch) for a in self.args]
         if self.function == "cast_float64":
-            return pc.cast(values[0], pa.float64())
+            return pc.cast(values[0], pa.float64(), safe=False)  # int64 beyond 2**53 rounds, like Python
         special = _PY_FUNCTIONS.get(self.function)
         return special(*values) if special is not None else pc.call_function(self.function, values)
 
@@ -295,9 +305,8 @@ class When(Expr):
     otherwise_value: Expr
 
     def evaluate(self, batch: pa.RecordBatch) -> pa.Array | pa.Scalar:
-        return pc.if_else(
-            self.condition.evaluate(batch), self.value.evaluate(batch), self.otherwise_value.evaluate(batch)
-        )
+        condition = pc.fill_null(self.condition.evaluate(batch), False)  # null conditions take "otherwise"
+        return pc.if_else(condition, self.value.evaluate(batch), self.otherwise_value.evaluate(batch))
 
     def columns(self) -> set[str]:
         return self.condition.columns() | self.value.columns() | self.otherwise_value.columns()

@@ -57,7 +57,9 @@ class RunConfig:
     progress_interval: timedelta = timedelta(seconds=1)
 
     def __post_init__(self) -> None:
-        if self.parallelism is not None and (not isinstance(self.parallelism, int) or self.parallelism < 1):
+        if self.parallelism is not None and (
+            not isinstance(self.parallelism, int) or isinstance(self.parallelism, bool) or self.parallelism < 1
+        ):
             raise ConfigError(f"parallelism must be a positive integer or None, got {self.parallelism!r}")
         if self.parallelism is not None and self.parallelism > self.max_key_groups:
             raise ConfigError(

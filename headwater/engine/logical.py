@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal, Mapping
 import pyarrow as pa
 
 from headwater.aggregations import Aggregation
+from headwater.engine.arrays import same_columns
 from headwater.errors import BuildError, ConfigError, ExpressionTypeError, UnknownColumnError
 from headwater.expressions import Expr, _unknown_column_message, output_field
 from headwater.operators.aggregate import Emit, RunningAggregateOperator
@@ -263,7 +264,7 @@ class UnionStep(Step):
         if len(known) != len(input_schemas):
             return None
         for other, step in zip(known[1:], self.inputs[1:]):
-            if not other.equals(known[0]):
+            if not same_columns(other, known[0]):
                 raise BuildError(
                     f"{self.where}: union inputs disagree: {self.inputs[0]!r} has schema {known[0]} but "
                     f"{step!r} has {other}; select/cast them to the same columns and types first"

@@ -1,8 +1,8 @@
 """Key groups and a stable, vectorised hash.
 
 Keyed state is split into ``max_key_groups`` key groups (default 128). A row's key group is
-``stable_hash(key) % max_key_groups``; subtask ``i`` of ``p`` owns the contiguous range of key groups
-``[i * G // p, (i + 1) * G // p)``, so the owner of group ``g`` is ``g * p // G``. Changing ``p`` re-splits
+``stable_hash(key) % max_key_groups``; the owner of group ``g`` among ``p`` subtasks is ``g * p // G``, so
+subtask ``i`` owns the contiguous range ``[ceil(i * G / p), ceil((i + 1) * G / p))``. Changing ``p`` re-splits
 ranges; it never moves a key to another group. That is what makes restore with a different parallelism (and
 rescaling) a matter of re-assigning whole groups.
 
@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from headwater.engine.arrays import as_int64, is_integer_like
 
 DEFAULT_MAX_KEY_GROUPS = 128
 
@@ -84,8 +86,11 @@ def _hash_column(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
         array = array.combine_chunks()
     kind = array.type
     if pa.types.is_dictionary(kind):
-        dictionary_hashes = _hash_column(array.dictionary)
-        hashes = dictionary_hashes[np.asarray(array.indices.fill_null(0), dtype=np.int64)]
+        if len(array.dictionary) == 0:
+            hashes = np.full(len(array), _NULL_HASH, dtype=np.uint64)  # every value is null
+        else:
+            dictionary_hashes = _hash_column(array.dictionary)
+            hashes = dictionary_hashes[np.asarray(array.indices.fill_null(0), dtype=np.int64)]
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
             or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind) or pa.types.is_string_view(kind) \
             or pa.types.is_binary_view(kind):
@@ -95,9 +100,8 @@ def _hash_column(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
         hashes = _splitmix64(values.view(np.uint64))
     elif pa.types.is_boolean(kind):
         hashes = _splitmix64(np.asarray(array.fill_null(False), dtype=np.uint64))
-    elif pa.types.is_integer(kind) or pa.types.is_temporal(kind):
-        as_int = array.cast(pa.int64()) if not pa.types.is_int64(kind) else array
-        hashes = _splitmix64(np.asarray(as_int.fill_null(0), dtype=np.int64).view(np.uint64))
+    elif is_integer_like(kind):
+        hashes = _splitmix64(np.asarray(as_int64(array).fill_null(0), dtype=np.int64).view(np.uint64))
     else:
         raise TypeError(f"cannot hash key column of type {kind}; key by a column of a primitive or string type")
     if array.null_count:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from headwater.engine.arrays import same_columns
 from headwater.engine.channels import DataMessage, EdgeWriter, EndOfStream, Message
 from headwater.engine.config import RunConfig
 from headwater.engine.logical import SinkStep, SourceStep
@@ -199,7 +200,7 @@ class SubtaskRuntime:
     def _check_source_schema(self, batch: pa.RecordBatch, part: str) -> None:
         if self._source_schema is None:
             self._source_schema = batch.schema
-        elif not batch.schema.equals(self._source_schema):
+        elif not same_columns(batch.schema, self._source_schema):
             assert self.source_step is not None
             raise SchemaMismatchError(
                 f"partition {part!r} yielded a batch with schema {batch.schema} but the source's schema is "

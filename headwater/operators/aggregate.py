@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.aggregations import Aggregation
+from headwater.engine.arrays import as_int64, from_int64, is_integer_like
 from headwater.operators.base import Operator, OperatorContext
 from headwater.operators.key_index import KeyIndex, make_key_index
 
@@ -144,8 +145,8 @@ class RunningAggregateOperator(Operator):
             return
         valid = np.asarray(partial.is_valid().combine_chunks(), dtype=bool)
         values_array = partial.combine_chunks()
-        if not pa.types.is_floating(values_array.type) and not pa.types.is_integer(values_array.type):
-            values_array = values_array.cast(pa.int64())
+        if not pa.types.is_floating(values_array.type):
+            values_array = as_int64(values_array)
         if column.dtype.kind == "f":
             values = np.asarray(pc.fill_null(values_array.cast(pa.float64()), 0.0), dtype=np.float64)
         else:
@@ -180,7 +181,7 @@ class RunningAggregateOperator(Operator):
             values = columns[f"{agg.column}_{agg.kind}"][slots]
             result = pa.array(values, mask=empty if empty.any() else None)
             if agg.kind in ("min", "max") and result.type != value_type:
-                result = result.cast(value_type)
+                result = from_int64(result, value_type) if is_integer_like(value_type) else result.cast(value_type)
             arrays.append(result)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.engine.arrays import as_int64, from_int64, is_integer_like
+
 
 class KeyIndex(ABC):
     @abstractmethod
@@ -34,13 +36,8 @@ class KeyIndex(ABC):
         """Every key, in slot order, one array per key column."""
 
 
-def _integer_like(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind) \
-        or pa.types.is_duration(kind) or pa.types.is_time(kind)
-
-
 def make_key_index(key_types: Sequence[pa.DataType]) -> KeyIndex:
-    if len(key_types) == 1 and _integer_like(key_types[0]) and not pa.types.is_uint64(key_types[0]):
+    if len(key_types) == 1 and is_integer_like(key_types[0]):
         return IntegerKeyIndex(key_types[0])
     return GeneralKeyIndex(key_types)
 
@@ -68,8 +65,7 @@ class IntegerKeyIndex(KeyIndex):
         column = keys[0]
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        as_int = column.cast(pa.int64()) if column.type != pa.int64() else column
-        values = np.asarray(pc.fill_null(as_int, 0), dtype=np.int64)
+        values = np.asarray(pc.fill_null(as_int64(column), 0), dtype=np.int64)
         slots = np.full(len(values), -1, dtype=np.int64)
         valid = np.ones(len(values), dtype=bool) if column.null_count == 0 else np.asarray(column.is_valid())
         if len(self._sorted_keys):
@@ -104,7 +100,19 @@ class IntegerKeyIndex(KeyIndex):
 
     def key_columns(self) -> list[pa.Array]:
         values = pa.array(self._by_slot[: self._size], mask=~self._valid_by_slot[: self._size])
-        return [values.cast(self.key_type) if self.key_type != pa.int64() else values]
+        return [from_int64(values, self.key_type)]
+
+
+_NAN = float("nan")
+
+
+def _canonical_nan(key: Any) -> Any:
+    """Replace every NaN by one NaN object: dict lookups match it by identity (NaN != NaN otherwise)."""
+    if isinstance(key, float):
+        return _NAN if key != key else key
+    if isinstance(key, tuple):
+        return tuple(_NAN if isinstance(v, float) and v != v else v for v in key)
+    return key
 
 
 class GeneralKeyIndex(KeyIndex):
@@ -112,6 +120,7 @@ class GeneralKeyIndex(KeyIndex):
         self.key_types = list(key_types)
         self._index: dict[Any, int] = {}
         self._keys: list[Any] = []
+        self._has_floats = any(pa.types.is_floating(t) for t in self.key_types)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -121,6 +130,8 @@ class GeneralKeyIndex(KeyIndex):
             key_list = keys[0].to_pylist()
         else:
             key_list = list(zip(*(k.to_pylist() for k in keys)))
+        if self._has_floats:
+            key_list = [_canonical_nan(k) for k in key_list]
         index = self._index
         slots = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
         missing = np.flatnonzero(slots < 0)

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
+from headwater.engine.arrays import same_columns
 from headwater.errors import SchemaMismatchError
 from headwater.expressions import Expr, to_array
 from headwater.operators.base import Operator, OperatorContext
@@ -60,7 +61,7 @@ class UnionOperator(Operator):
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         if self.schema is None:
             self.schema = batch.schema
-        elif not batch.schema.equals(self.schema):
+        elif not same_columns(batch.schema, self.schema):
             raise SchemaMismatchError(
                 f"input {input_index} yielded a batch with schema {batch.schema} but the union's schema is "
                 f"{self.schema}; select/cast the inputs to the same columns and types first"

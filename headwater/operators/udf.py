@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 
+from headwater.engine.arrays import same_columns
 from headwater.errors import SchemaMismatchError
 from headwater.operators.base import Operator, OperatorContext
 
@@ -27,10 +28,16 @@ def to_batches(result: Any, schema: pa.Schema | None) -> list[pa.RecordBatch]:
         batches = [result]
     elif isinstance(result, pa.Table):
         batches = result.combine_chunks().to_batches()
-    elif isinstance(result, Mapping):
-        batches = [pa.RecordBatch.from_pydict(dict(result), schema=schema)]
-    elif type(result).__name__ == "DataFrame" and hasattr(result, "to_dict"):
-        batches = [pa.RecordBatch.from_pandas(result, schema=schema, preserve_index=False)]
+    elif isinstance(result, Mapping) or (type(result).__name__ == "DataFrame" and hasattr(result, "to_dict")):
+        try:
+            if isinstance(result, Mapping):
+                batches = [pa.RecordBatch.from_pydict(dict(result), schema=schema)]
+            else:
+                batches = [pa.RecordBatch.from_pandas(result, schema=schema, preserve_index=False)]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as exc:
+            if schema is None:
+                raise
+            raise SchemaMismatchError(f"the function's result does not fit the declared output_schema {schema}: {exc}") from exc
     else:
         raise TypeError(
             f"the function returned {type(result).__name__}; return a pyarrow RecordBatch or Table, a dict of "
@@ -38,7 +45,7 @@ def to_batches(result: Any, schema: pa.Schema | None) -> list[pa.RecordBatch]:
         )
     if schema is not None:
         for batch in batches:
-            if not batch.schema.equals(schema):
+            if not same_columns(batch.schema, schema):
                 raise SchemaMismatchError(
                     f"the function returned schema {batch.schema} but declared output_schema {schema}"
                 )

@@ -208,29 +208,15 @@ def test_unhashable_type_is_a_clear_type_error() -> None:
         stable_hash([pa.array([1], pa.decimal128(5, 2))])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: partitioning._hash_column sends all temporal types to array.cast(pa.int64()), which Arrow does "
-    "not support for date32/time32 (ArrowNotImplementedError), so key_by('day') on a date32 column fails",
-)
 @pytest.mark.parametrize("kind", [pa.date32(), pa.time32("s")])
 def test_date_and_time_keys_hash(kind: pa.DataType) -> None:
     assert hashes(pa.array([1, None], kind)) == [reference_hash(1), NULL_HASH]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: partitioning._hash_column casts uint64 to int64 with a safe cast; values >= 2**63 raise ArrowInvalid",
-)
 def test_large_uint64_keys_hash() -> None:
     assert hashes(pa.array([2**64 - 1], pa.uint64())) == [reference_hash(2**64 - 1)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: partitioning._hash_column indexes the dictionary's hashes with indices.fill_null(0); when every "
-    "index is null the dictionary can be empty and numpy raises IndexError",
-)
 def test_all_null_dictionary_array_hashes() -> None:
     assert hashes(pa.array([None, None], pa.string()).dictionary_encode()) == [NULL_HASH, NULL_HASH]
 

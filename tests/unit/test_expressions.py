@@ -58,11 +58,6 @@ def test_true_division_is_float_even_for_integers() -> None:
     assert evaluate(14 / hw.col("a"), a=a) == [2.0, -2.0, None]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Expr.__truediv__ casts int64 to float64 with a *safe* cast (expressions.py Call.evaluate, "
-    "'cast_float64' branch), which rejects integers above 2**53, so col('id') / 2 fails on large ids",
-)
 def test_true_division_of_large_int64_values() -> None:
     assert evaluate(hw.col("a") / 2, a=int64s([2**53 + 1])) == [(2**53 + 1) / 2]
 
@@ -93,31 +88,16 @@ def test_integer_floor_division_by_zero_raises() -> None:
         evaluate(hw.col("a") // 0, a=int64s([1]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: expressions.py defines __radd__/__rsub__/__rmul__/__rtruediv__ but no __rfloordiv__/__rmod__, "
-    "so `10 // hw.col('a')` and `10 % hw.col('a')` raise TypeError",
-)
 def test_reflected_floor_division_and_modulo() -> None:
     a = int64s([3, -3])
     assert evaluate(10 // hw.col("a"), a=a) == [10 // 3, 10 // -3]
     assert evaluate(10 % hw.col("a"), a=a) == [10 % 3, 10 % -3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _modulo (expressions.py) computes a - (a // k) * k on top of Arrow's unchecked 'divide', for "
-    "which INT64_MIN / -1 gives 0; so INT64_MIN % -1 gives INT64_MIN instead of Python's 0",
-)
 def test_int64_min_modulo_minus_one() -> None:
     assert evaluate(hw.col("a") % -1, a=int64s([INT64_MIN])) == [0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _floor_divide (expressions.py) uses Arrow's unchecked 'divide': INT64_MIN // -1 silently gives 0 "
-    "(Python: 2**63, not representable) where + - * (the *_checked kernels) raise on overflow",
-)
 def test_int64_min_floor_divided_by_minus_one_overflows() -> None:
     with pytest.raises(pa.ArrowInvalid, match="overflow"):
         evaluate(hw.col("a") // -1, a=int64s([INT64_MIN]))
@@ -251,11 +231,6 @@ def test_when_needs_then_before_otherwise() -> None:
         hw.when(hw.col("p") > 1).otherwise(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: hw.when() documents 'nulls go to b' (expressions.py when()), but When.evaluate uses "
-    "pc.if_else, which returns null where the condition is null",
-)
 def test_when_sends_null_conditions_to_otherwise() -> None:
     expr = hw.when(hw.col("x")).then(1).otherwise(0)
     assert evaluate(expr, x=pa.array([True, None, False])) == [1, 0, 0]

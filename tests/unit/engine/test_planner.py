@@ -270,11 +270,6 @@ def test_parallelism_above_max_key_groups_is_a_config_error() -> None:
         plan(flow, RunConfig(executor="local", max_key_groups=8), 9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (doc/code mismatch): Dataflow.validate's docstring promises a check for 'no dangling streams', "
-    "but a stream that ends without a sink is planned as a stage whose output goes nowhere",
-)
 def test_a_dangling_stream_is_a_build_error() -> None:
     flow = hw.Dataflow("dangling")
     stream = flow.source("in", source())

@@ -166,11 +166,6 @@ def test_timestamp_min_and_max_keep_the_timestamp_type(unit: str) -> None:
     assert rows["b"] == {"k": "b", "first": None, "last": None, "n": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: aggregations.py output_type accepts min/max of date columns, but RunningAggregateOperator._merge "
-    "casts the partial to int64, which Arrow does not support for date32 (ArrowNotImplementedError at run time)",
-)
 def test_date_min_and_max_keep_the_date_type() -> None:
     schema = pa.schema([("k", pa.string()), ("d", pa.date32())])
     op = operator(("k",), (("first", hw.min("d")),), schema)
@@ -220,12 +215,6 @@ def test_emit_final_without_input_emits_nothing() -> None:
     assert operator(emit="final").finish() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: float keys use GeneralKeyIndex (operators/key_index.py), whose slots_for looks keys up in a Python "
-    "dict; nan != nan, so a NaN key gets a new slot in every batch (Arrow's group_by treats NaN as one group "
-    "within a batch): emit='final' then emits the NaN key once per batch",
-)
 def test_nan_key_is_one_key_across_batches() -> None:
     schema = pa.schema([("k", pa.float64()), ("v", pa.int64())])
     op = operator(aggregations=(("n", hw.count()),), schema=schema, emit="final")
@@ -288,12 +277,6 @@ def test_timestamp_max_through_run_local() -> None:
     assert sink.latest(["k"]) == {"a": {"k": "a", "last": base + dt.timedelta(minutes=9)}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: key_by a date32 column fails in partitioning._hash_column (date32 -> int64 cast unsupported), "
-    "and the raw ArrowNotImplementedError escapes unlocated: EdgeWriter.write runs outside SubtaskRuntime._guard, "
-    "so the error names no step. (IntegerKeyIndex.slots_for would fail next with the same cast.)",
-)
 def test_aggregate_keyed_by_a_date_through_run_local() -> None:
     schema = pa.schema([("day", pa.date32()), ("v", pa.int64())])
     items = [{"day": dt.date(2024, 1, 1 + i % 2), "v": i} for i in range(4)]

@@ -1,0 +1,46 @@
+"""Small Arrow helpers shared by partitioning, keyed state and operators."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def is_integer_like(kind: pa.DataType) -> bool:
+    """Integers and fixed-width temporal types: values that are exactly an integer underneath."""
+    return pa.types.is_integer(kind) or pa.types.is_temporal(kind)
+
+
+def as_int64(array: pa.Array) -> pa.Array:
+    """The integer underneath each value, as int64 (uint64 is reinterpreted bit for bit; nulls stay null).
+
+    Arrow cannot cast every temporal type to int64 (date32, time32), so those are viewed as their storage
+    integer first.
+    """
+    kind = array.type
+    if pa.types.is_int64(kind):
+        return array
+    if pa.types.is_uint64(kind):
+        return array.view(pa.int64())
+    if pa.types.is_integer(kind):
+        return array.cast(pa.int64())
+    width = kind.bit_width
+    storage = pa.int32() if width == 32 else pa.int64()
+    return array.view(storage).cast(pa.int64()) if width == 32 else array.view(storage)
+
+
+def from_int64(array: pa.Array, kind: pa.DataType) -> pa.Array:
+    """Inverse of :func:`as_int64`."""
+    if pa.types.is_int64(kind):
+        return array
+    if pa.types.is_uint64(kind):
+        return array.view(kind)
+    if pa.types.is_integer(kind):
+        return array.cast(kind)
+    if kind.bit_width == 32:
+        return array.cast(pa.int32()).view(kind)
+    return array.view(kind)
+
+
+def same_columns(a: pa.Schema, b: pa.Schema) -> bool:
+    """Same column names and types in the same order (nullability flags and metadata ignored)."""
+    return a.names == b.names and all(x.type == y.type for x, y in zip(a, b))
