@@ -28,7 +28,9 @@ from headwater.engine.channels import DataMessage, EdgeWriter, EndOfStream, Mess
 from headwater.engine.config import RunConfig
 from headwater.engine.logical import SinkStep, SourceStep
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
+from headwater.engine.partitioning import key_group_range
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.state import OperatorStateStore
 from headwater.errors import HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
 from headwater.operators.base import Operator, OperatorContext
 from headwater.sources.base import SourcePartition
@@ -80,12 +82,16 @@ class SubtaskRuntime:
         self._next_partition = 0
         self._stop_requested = False
         self.finished = False
+        self.state_stores: dict[str, OperatorStateStore] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def open(self) -> None:
+        groups = key_group_range(self.subtask, self.stage.parallelism, self.plan.max_key_groups)
         for step_id, operator in self.operators:
             operator.step_id = step_id
-            self._guard(step_id, operator.open, OperatorContext(step_id, self.subtask, self.stage.parallelism))
+            store = OperatorStateStore(step_id, self.plan.max_key_groups, groups)
+            self.state_stores[step_id] = store
+            self._guard(step_id, operator.open, OperatorContext(step_id, self.subtask, self.stage.parallelism, store))
         if self.source_step is not None:
             source = self.source_step.source
             for part in self.plan.parts_for(self.stage.stage_id, self.subtask):

@@ -29,36 +29,14 @@ import pyarrow.compute as pc
 from headwater.aggregations import Aggregation
 from headwater.engine.arrays import as_int64, from_int64, is_integer_like
 from headwater.operators.base import Operator, OperatorContext
-from headwater.operators.key_index import KeyIndex, make_key_index
+from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
+from headwater.engine.state import KeyedColumns, OperatorStateStore
 
 Emit = Literal["updates", "final"]
 
 
 def _accumulator_dtype(value_type: pa.DataType) -> np.dtype:
     return np.dtype(np.float64) if pa.types.is_floating(value_type) else np.dtype(np.int64)
-
-
-class _Accumulators:
-    """Growable numpy columns indexed by slot."""
-
-    def __init__(self) -> None:
-        self.columns: dict[str, np.ndarray] = {}
-        self._fills: dict[str, Any] = {}
-        self.capacity = 0
-
-    def add(self, name: str, dtype: np.dtype, fill: Any) -> None:
-        self.columns[name] = np.full(self.capacity, fill, dtype=dtype)
-        self._fills[name] = fill
-
-    def ensure(self, size: int) -> None:
-        if size <= self.capacity:
-            return
-        capacity = max(size, 2 * self.capacity, 1024)
-        for name, column in self.columns.items():
-            grown = np.full(capacity, self._fills[name], dtype=column.dtype)
-            grown[: len(column)] = column
-            self.columns[name] = grown
-        self.capacity = capacity
 
 
 class RunningAggregateOperator(Operator):
@@ -75,9 +53,9 @@ class RunningAggregateOperator(Operator):
         self.aggregations = tuple(aggregations)
         self.emit = emit
         self._input_schema = input_schema
-        self._index: KeyIndex | None = None
-        self._acc = _Accumulators()
+        self._state: KeyedColumns | None = None
         self._partials = self._partial_aggregates()
+        self._value_types: dict[str, pa.DataType] = {}
         self._initialised = False
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -95,24 +73,28 @@ class RunningAggregateOperator(Operator):
         return wanted
 
     def _init_accumulators(self, schema: pa.Schema) -> None:
-        self._value_types: dict[str, pa.DataType] = {}
+        assert self._state is not None
         for column, function in self._partials:
             name = "count_all" if column == [] else f"{column}_{function}"
             if function in ("count", "count_all"):
-                self._acc.add(name, np.dtype(np.int64), 0)
+                self._state.add_column(name, np.dtype(np.int64), 0)
                 continue
             value_type = schema.field(column).type
             self._value_types[column] = value_type
             dtype = _accumulator_dtype(value_type)
             if function == "sum":
-                self._acc.add(name, dtype, 0)
+                self._state.add_column(name, dtype, 0)
             elif function == "min":
-                self._acc.add(name, dtype, np.inf if dtype.kind == "f" else np.iinfo(np.int64).max)
+                self._state.add_column(name, dtype, np.inf if dtype.kind == "f" else np.iinfo(np.int64).max)
             else:
-                self._acc.add(name, dtype, -np.inf if dtype.kind == "f" else np.iinfo(np.int64).min)
+                self._state.add_column(name, dtype, -np.inf if dtype.kind == "f" else np.iinfo(np.int64).min)
         self._initialised = True
 
     def open(self, ctx: OperatorContext) -> None:
+        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        self._state = store.keyed_columns("accumulators", self.keys)
+        if self._input_schema is not None:
+            self._init_accumulators(self._input_schema)
         # Arrow loads its grouped-aggregation engine (Acero) on first use (~0.2 s): pay that before data flows.
         pa.table({"k": [0]}).group_by("k").aggregate([("k", "count")])
 
@@ -132,14 +114,11 @@ class RunningAggregateOperator(Operator):
         return [self._result_batch([grouped.column(k).combine_chunks() for k in self.keys], slots)]
 
     def _slots_for(self, grouped: pa.Table) -> np.ndarray:
-        if self._index is None:
-            self._index = make_key_index([grouped.schema.field(k).type for k in self.keys])
-        slots = self._index.slots_for([grouped.column(k).combine_chunks() for k in self.keys])
-        self._acc.ensure(len(self._index))
-        return slots
+        assert self._state is not None
+        return self._state.slots_for([grouped.column(k).combine_chunks() for k in self.keys])
 
     def _merge(self, name: str, function: str, partial: pa.ChunkedArray, slots: np.ndarray) -> None:
-        column = self._acc.columns[name]
+        column = self._state.columns[name]  # type: ignore[union-attr]
         if function in ("count", "count_all"):
             column[slots] += np.asarray(partial.combine_chunks(), dtype=np.int64)
             return
@@ -161,7 +140,7 @@ class RunningAggregateOperator(Operator):
     def _result_batch(self, key_arrays: list[pa.Array], slots: np.ndarray) -> pa.RecordBatch:
         names = list(self.keys)
         arrays: list[pa.Array] = list(key_arrays)
-        columns = self._acc.columns
+        columns = self._state.columns  # type: ignore[union-attr]
         for out_name, agg in self.aggregations:
             names.append(out_name)
             if agg.column is None:
@@ -172,7 +151,7 @@ class RunningAggregateOperator(Operator):
                 arrays.append(pa.array(valid_count))
                 continue
             empty = valid_count == 0
-            value_type = self._value_types[agg.column]
+            value_type = self._value_types.get(agg.column, pa.from_numpy_dtype(columns[f"{agg.column}_count"].dtype))
             if agg.kind == "mean":
                 sums = columns[f"{agg.column}_sum"][slots].astype(np.float64)
                 with np.errstate(invalid="ignore", divide="ignore"):
@@ -186,9 +165,9 @@ class RunningAggregateOperator(Operator):
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def finish(self) -> list[pa.RecordBatch]:
-        if self.emit != "final" or self._index is None or not len(self._index):
+        if self.emit != "final" or self._state is None or not len(self._state):
             return []
-        return [self._result_batch(self._index.key_columns(), np.arange(len(self._index)))]
+        return [self._result_batch(self._state.key_columns(), np.arange(len(self._state)))]
 
     def metrics(self) -> dict[str, float]:
-        return {"keys": float(len(self._index) if self._index is not None else 0)}
+        return {"keys": float(len(self._state) if self._state is not None else 0)}

@@ -10,9 +10,13 @@ An operator is built once per subtask from its logical step. The executor calls,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from headwater.engine.state import OperatorStateStore
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class OperatorContext:
     step_id: str
     subtask: int
     parallelism: int
+    #: Where the operator declares its state (see :mod:`headwater.engine.state`); the engine snapshots it.
+    state: OperatorStateStore | None = field(default=None, compare=False)
 
 
 class Operator(ABC):
