@@ -9,7 +9,7 @@
 
 from headwater.aggregations import Aggregation, count, max, mean, min, sum
 from headwater.dataflow import Dataflow, KeyedStream, Stream
-from headwater.engine.config import RunConfig
+from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
 from headwater.engine.runner import plan_flow, run, start
 from headwater.errors import HeadwaterError
@@ -18,6 +18,6 @@ from headwater.expressions import Expr, col, fn, lit, when
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "Dataflow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
+    "Aggregation", "CheckpointConfig", "Dataflow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
     "col", "count", "fn", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
 ]

@@ -93,3 +93,19 @@ class JobFailedError(RuntimeFailure):
 
 class SimulatedCrashError(RuntimeFailure):
     """Raised by :class:`headwater.testing.TestingSource` at an ``ABORT`` marker to simulate a crash."""
+
+
+class CheckpointError(HeadwaterError):
+    """A checkpoint could not be written or read."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint file is missing, truncated or does not match its recorded checksum; ``path`` names it."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StateCompatibilityError(BuildError):
+    """The checkpoint or savepoint being restored does not fit the dataflow (dropped steps, other key groups)."""

@@ -171,8 +171,8 @@ packages_needed() {
 
 # ---- postgres -------------------------------------------------------------------------------------------
 PG_BASE=""
-pg_as() {
-    if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+pg_as() { # 9>&-: the server must not inherit (and so hold) our lock file
+    if is_root; then (cd / && runuser -u postgres -- "$@" 9>&-); else "$@" 9>&-; fi
 }
 
 # The cluster lives in .services/postgres. If the postgres user cannot reach that directory (a repo under a
@@ -232,7 +232,11 @@ wal_level = logical
 max_replication_slots = 10
 max_wal_senders = 10
 fsync = off
-synchronous_commit = off
+# synchronous_commit stays ON on purpose: logical decoding (pg_logical_slot_get_changes and the walsender)
+# only returns WAL that has been flushed, so with it off a just-committed change is invisible to CDC for up
+# to 3 x wal_writer_delay (measured: 0 changes right after commit, all after 1 s). With fsync off a commit's
+# flush is only a write(), so this costs little; bulk loaders may SET synchronous_commit = off per session.
+synchronous_commit = on
 full_page_writes = off
 max_connections = 100
 EOF
@@ -426,8 +430,9 @@ kafka_launch() {
         "${KAFKA_JVM[@]}" kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_HOME/config/server.properties" \
             --ignore-formatted >>"$KAFKA_LOG" 2>&1 || fail_service kafka "$KAFKA_LOG" "formatting storage failed"
     fi
-    # setsid: own session, so the broker outlives this script and its terminal; $! is the java pid
-    setsid "${KAFKA_JVM[@]}" kafka.Kafka "$KAFKA_HOME/config/server.properties" >>"$KAFKA_LOG" 2>&1 </dev/null &
+    # setsid: own session, so the broker outlives this script and its terminal; $! is the java pid.
+    # 9>&-: it must not inherit (and so hold) our lock file
+    setsid "${KAFKA_JVM[@]}" kafka.Kafka "$KAFKA_HOME/config/server.properties" >>"$KAFKA_LOG" 2>&1 </dev/null 9>&- &
     echo $! >"$KAFKA_PID"
     KAFKA_LAUNCHED=1
 }
@@ -535,7 +540,7 @@ EOF
     rotate "$PROM_LOG"
     setsid "$PROM_BIN" --config.file="$config" --web.listen-address="$HOST:$PROM_PORT" \
         --storage.tsdb.path="$PROM_HOME/data" --storage.tsdb.retention.time=2d --web.enable-lifecycle \
-        >>"$PROM_LOG" 2>&1 </dev/null &
+        >>"$PROM_LOG" 2>&1 </dev/null 9>&- &
     echo $! >"$PROM_PID"
     local deadline=$((SECONDS + PROM_START_TIMEOUT))
     while ((SECONDS < deadline)); do
@@ -562,7 +567,10 @@ prom_status() {
 take_lock() {
     mkdir -p "$SERVICES_DIR"
     exec 9>"$SERVICES_DIR/.lock"
-    flock -w 600 9 || die "another services.sh is still running (lock $(rel "$SERVICES_DIR/.lock"))"
+    if ! flock -n 9; then
+        say "waiting for another services.sh to finish (lock $(rel "$SERVICES_DIR/.lock"))"
+        flock -w 600 9 || die "another services.sh held the lock for 600s"
+    fi
 }
 
 has() { local x; for x in "${SERVICES[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }

@@ -29,10 +29,24 @@ class DataMessage:
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """The sender has no more data on this channel."""
+    """The sender has no more data on this channel.
+
+    ``drain=True`` (input exhausted, or a stop without checkpoints): receivers let operators emit what they
+    hold (``finish``) once all inputs ended. ``drain=False`` (a stop of a checkpointed job, e.g. for a
+    savepoint): operators keep their state for the final snapshot instead, so the job can resume later.
+    """
+
+    drain: bool = True
 
 
-Message = DataMessage | EndOfStream
+@dataclass(frozen=True)
+class Barrier:
+    """Checkpoint barrier ``checkpoint_id``: everything the sender sent before it belongs to that checkpoint."""
+
+    checkpoint_id: int
+
+
+Message = DataMessage | EndOfStream | Barrier
 
 
 class OutputBuffer:
@@ -138,11 +152,19 @@ class EdgeWriter:
     def flush_all(self) -> list[tuple[int, Message]]:
         return [(r, b.take()) for r, b in enumerate(self.buffers) if b.batches]  # type: ignore[misc]
 
-    def end_of_stream(self) -> list[tuple[int, Message]]:
+    def _targets(self) -> range | list[int]:
+        return [self.sender] if self.edge.partitioning == "forward" else range(self.receivers)
+
+    def end_of_stream(self, drain: bool = True) -> list[tuple[int, Message]]:
         """Flush everything, then tell every receiver (forward: only ours) that this sender is done."""
         out = self.flush_all()
-        targets = [self.sender] if self.edge.partitioning == "forward" else range(self.receivers)
-        out.extend((r, EndOfStream()) for r in targets)
+        out.extend((r, EndOfStream(drain)) for r in self._targets())
+        return out
+
+    def barrier(self, checkpoint_id: int) -> list[tuple[int, Message]]:
+        """Flush everything, then send barrier ``checkpoint_id`` to every receiver, in-band after the data."""
+        out = self.flush_all()
+        out.extend((r, Barrier(checkpoint_id)) for r in self._targets())
         return out
 
     def next_deadline(self) -> float | None:

@@ -97,3 +97,53 @@ class RunConfig:
         if isinstance(overrides.get("linger"), (int, float)):
             overrides["linger"] = timedelta(seconds=overrides["linger"])
         return replace(self, **overrides)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Exactly-once checkpointing of a job (see docs/exactly-once.md).
+
+    Attributes:
+        dir: where checkpoints live: a local path or any ``pyarrow.fs`` URI (``s3://bucket/prefix``). Running a
+            job again with the same ``dir`` resumes from its latest complete checkpoint.
+        interval: time between the end of one checkpoint and the trigger of the next.
+        retain: complete checkpoints kept (older ones are deleted; savepoints are never deleted).
+        min_pause: minimum time between the completion of one checkpoint and the next trigger.
+        timeout: a checkpoint not complete after this long is aborted (the job keeps running).
+        max_restarts: automatic restarts from the latest checkpoint after a failure before the run fails.
+        restart_delay: pause before each restart.
+        restore_from: start from this checkpoint or savepoint directory instead of the latest one in ``dir``.
+        allow_non_restored_state: when restoring, drop state of steps the dataflow no longer has instead of
+            refusing to start.
+    """
+
+    dir: str | Path
+    interval: timedelta = timedelta(seconds=5)
+    retain: int = 3
+    min_pause: timedelta = timedelta(0)
+    timeout: timedelta = timedelta(minutes=2)
+    max_restarts: int = 5
+    restart_delay: timedelta = timedelta(milliseconds=200)
+    restore_from: str | Path | None = None
+    allow_non_restored_state: bool = False
+
+    def __post_init__(self) -> None:
+        if not str(self.dir):
+            raise ConfigError("CheckpointConfig.dir must name a directory or a pyarrow.fs URI")
+        for name in ("interval", "min_pause", "timeout", "restart_delay"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta) or value < timedelta(0):
+                raise ConfigError(f"CheckpointConfig.{name} must be a non-negative datetime.timedelta, got {value!r}")
+        if self.interval <= timedelta(0):
+            raise ConfigError("CheckpointConfig.interval must be positive (e.g. timedelta(seconds=5))")
+        if self.timeout <= timedelta(0):
+            raise ConfigError("CheckpointConfig.timeout must be positive")
+        if not isinstance(self.retain, int) or self.retain < 1:
+            raise ConfigError(f"CheckpointConfig.retain must keep at least 1 checkpoint, got {self.retain!r}")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"CheckpointConfig.max_restarts must be >= 0, got {self.max_restarts!r}")
+
+    @property
+    def uri(self) -> str:
+        text = str(self.dir)
+        return text if "://" in text else str(Path(text).resolve())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
@@ -20,6 +20,15 @@ class JobResult:
     latency: LatencyHistogram
     subtasks: list[SubtaskMetrics] = field(default_factory=list)
     stopped: bool = False  # ended by stop() / Ctrl-C rather than by the end of its sources
+    checkpoints: Any = None  # CheckpointStats of the last attempt, when checkpointing
+    last_checkpoint: Any = None  # CheckpointMetadata of the last completed checkpoint (final/savepoint at the end)
+    restarts: int = 0  # automatic restarts from a checkpoint during this run
+
+    @property
+    def savepoint_path(self) -> str | None:
+        """Directory of the savepoint taken by ``stop(savepoint=True)``, if any."""
+        last = self.last_checkpoint
+        return last.directory if last is not None and last.kind == "savepoint" else None
 
     @classmethod
     def merge(

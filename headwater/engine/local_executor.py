@@ -2,9 +2,10 @@
 
 Every subtask's :class:`~headwater.engine.runtime.SubtaskRuntime` lives in this process; messages go through
 one FIFO queue, so per-channel order is the send order, as on Ray. Sources are polled round-robin; after
-each poll the queue is drained depth-first, which keeps memory bounded by one source batch's fan-out. It is
-the fast path for unit tests of pipelines (``headwater.testing.run_local``) and exercises partitioning,
-fusion, end-of-stream and finishing exactly as the Ray executor does.
+each poll the queue is drained depth-first, which keeps memory bounded by one source batch's fan-out. With
+checkpointing, the coordinator is called directly and snapshots are written synchronously. It is the fast
+path for unit tests of pipelines (``headwater.testing.run_local``) and exercises partitioning, fusion,
+barriers, end-of-stream and finishing exactly as the Ray executor does.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import threading
 import time
 from collections import deque
 
+from headwater.engine.checkpoint_storage import CheckpointMetadata
 from headwater.engine.config import RunConfig
+from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
+from headwater.engine.snapshots import SubtaskRestore, persist
 
 _IDLE_SLEEP_S = 0.005
 
@@ -25,18 +29,25 @@ _IDLE_SLEEP_S = 0.005
 class LocalJob:
     """A job run in the calling thread by :meth:`wait` (``stop`` may be called from another thread)."""
 
-    def __init__(self, plan: PhysicalPlan, config: RunConfig) -> None:
+    def __init__(
+        self, plan: PhysicalPlan, config: RunConfig, coordinator: CheckpointCoordinator | None = None,
+        restore: SubtaskRestore | None = None,
+    ) -> None:
         self.plan = plan
         self.config = config
+        self.coordinator = coordinator
         self._stop = threading.Event()
         self._queue: deque[tuple[SubtaskRuntime, int, int, object]] = deque()
+        self._reported: set[tuple[int, int]] = set()
         self.runtimes: dict[tuple[int, int], SubtaskRuntime] = {
-            (stage.stage_id, i): SubtaskRuntime(plan, stage.stage_id, i, config)
+            (stage.stage_id, i): SubtaskRuntime(plan, stage.stage_id, i, config, coordinator is not None, restore)
             for stage in plan.stages
             for i in range(stage.parallelism)
         }
 
-    def stop(self) -> None:
+    def stop(self, savepoint: bool = False) -> None:
+        if savepoint and self.coordinator is not None:
+            self.coordinator.final_kind = "savepoint"
         self._stop.set()
 
     def metrics(self) -> list[SubtaskMetrics]:
@@ -52,6 +63,11 @@ class LocalJob:
             runtime, edge_id, sender, message = self._queue.popleft()
             self._deliver(runtime, runtime.on_message(edge_id, sender, message))  # type: ignore[arg-type]
 
+    def _done(self, runtimes: list[SubtaskRuntime]) -> bool:
+        if not all(rt.finished for rt in runtimes):
+            return False
+        return self.coordinator is None or self.coordinator.final_completed
+
     def wait(self, timeout: float | None = None) -> JobResult:
         """Run the job to its end (or until ``stop()``, Ctrl-C or ``timeout`` seconds, which stop gracefully)."""
         started = time.monotonic()
@@ -60,7 +76,7 @@ class LocalJob:
         try:
             for rt in runtimes:
                 rt.open()
-            while not all(rt.finished for rt in runtimes):
+            while not self._done(runtimes):
                 try:
                     if timeout is not None and time.monotonic() - started > timeout:
                         self._stop.set()
@@ -71,7 +87,11 @@ class LocalJob:
         finally:
             for rt in runtimes:
                 rt.close()
-        return JobResult.merge(self.plan, time.monotonic() - started, self.metrics(), self._stop.is_set())
+        result = JobResult.merge(self.plan, time.monotonic() - started, self.metrics(), self._stop.is_set())
+        if self.coordinator is not None:
+            result.checkpoints = self.coordinator.stats
+            result.last_checkpoint = self.coordinator.last_completed
+        return result
 
     def _round(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
         if self._stop.is_set():
@@ -89,8 +109,32 @@ class LocalJob:
             if not rt.finished:
                 self._deliver(rt, rt.poll_timers(now))
         self._drain()
-        if not progressed:
+        if self.coordinator is not None:
+            self._checkpoint_work(runtimes, sources)
+        if not progressed and not self._done(runtimes):
             self._sleep_until_due(runtimes, sources)
+
+    def _checkpoint_work(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
+        coordinator = self.coordinator
+        assert coordinator is not None
+        if coordinator.due() and not self._stop.is_set():
+            checkpoint_id = coordinator.begin()
+            for rt in sources:
+                self._deliver(rt, rt.trigger_checkpoint(checkpoint_id))
+            self._drain()
+        coordinator.expire()
+        for rt in runtimes:
+            for snapshot in rt.take_snapshots():
+                self._completed(coordinator.ack(persist(snapshot, coordinator.storage)))
+            key = (rt.stage.stage_id, rt.subtask)
+            if rt.final_snapshot is not None and key not in self._reported:
+                self._reported.add(key)
+                self._completed(coordinator.report_finished(persist(rt.final_snapshot, coordinator.storage)))
+
+    def _completed(self, metadata: CheckpointMetadata | None) -> None:
+        if metadata is not None:
+            for rt in self.runtimes.values():
+                rt.notify_checkpoint_complete(metadata.checkpoint_id)
 
     def _sleep_until_due(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
         now = time.monotonic()

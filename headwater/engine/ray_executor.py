@@ -19,11 +19,14 @@ from collections import defaultdict, deque
 from typing import Any, Callable
 
 from headwater.engine.channels import Message
+from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import RunConfig
+from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
+from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.errors import HeadwaterError, JobFailedError
 
 _SOURCE_IDLE_S = 0.005
@@ -32,8 +35,16 @@ _SOURCE_IDLE_S = 0.005
 class SubtaskActor:
     """Runs one :class:`SubtaskRuntime`; created by :class:`RayJob` as a Ray actor."""
 
-    def __init__(self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig) -> None:
-        self.runtime = SubtaskRuntime(plan, stage_id, subtask, config)
+    def __init__(
+        self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig,
+        storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
+    ) -> None:
+        self.runtime = SubtaskRuntime(plan, stage_id, subtask, config, storage is not None, restore)
+        self.storage = storage
+        self.coordinator: Any = None
+        self.triggers: deque[int] = deque()
+        self.ack_tasks: list[asyncio.Task[None]] = []
+        self.committed = asyncio.Event()
         self.subtask = subtask
         self.credits = config.channel_credits
         senders = sum(
@@ -50,11 +61,41 @@ class SubtaskActor:
         self.space = asyncio.Event()
         self.stop_requested = False
 
-    async def connect(self, receivers: dict[int, list[Any]]) -> None:
-        """Receive the handles of the downstream subtasks (per outgoing edge id) and open the operators and
-        source partitions, so that no source starts before every subtask is ready to take data."""
+    async def connect(self, receivers: dict[int, list[Any]], coordinator: Any = None) -> None:
+        """Receive the handles of the downstream subtasks (per outgoing edge id) and of the checkpoint
+        coordinator, and open the operators and source partitions (restoring state), so that no source starts
+        before every subtask is ready to take data."""
         self.receivers = receivers
+        self.coordinator = coordinator
         self.runtime.open()
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    async def trigger_checkpoint(self, checkpoint_id: int) -> None:
+        self.triggers.append(checkpoint_id)
+
+    async def notify_complete(self, checkpoint_id: int) -> None:
+        self.runtime.notify_checkpoint_complete(checkpoint_id)
+        self.committed.set()
+
+    def _acknowledge_snapshots(self) -> None:
+        """Persist snapshots taken by the runtime in a background thread, then acknowledge them."""
+        for snapshot in self.runtime.take_snapshots():
+            self.ack_tasks.append(asyncio.create_task(self._persist_and_ack(snapshot)))
+
+    async def _persist_and_ack(self, snapshot: PendingSnapshot) -> None:
+        ack = await asyncio.to_thread(persist, snapshot, self.storage)
+        await self.coordinator.ack.remote(ack)
+
+    async def _finish_checkpointing(self) -> None:
+        """Report the final snapshot, then wait until every prepared sink output is committed."""
+        final = self.runtime.final_snapshot
+        assert final is not None and self.storage is not None
+        await asyncio.gather(*self.ack_tasks)
+        ack = await asyncio.to_thread(persist, final, self.storage)
+        await self.coordinator.report_finished.remote(ack)
+        while self.runtime.has_uncommitted:
+            self.committed.clear()
+            await self.committed.wait()
 
     # -- receiving ------------------------------------------------------------------------------------------
     async def push(self, edge_id: int, sender: int, seq: int, message: Message) -> None:
@@ -100,6 +141,9 @@ class SubtaskActor:
             else:
                 await self._run_operator()
             await self._drain_inflight()
+            if self.storage is not None:
+                await self._finish_checkpointing()
+            await asyncio.gather(*self.ack_tasks)
             return runtime.metrics()
         finally:
             runtime.close()
@@ -109,9 +153,12 @@ class SubtaskActor:
         while not runtime.finished:
             if self.stop_requested:
                 runtime.request_stop()
+            while self.triggers:
+                await self._send(runtime.trigger_checkpoint(self.triggers.popleft()))
             outgoing, produced = runtime.poll_sources()
             await self._send(outgoing)
             await self._send(runtime.poll_timers())
+            self._acknowledge_snapshots()
             if produced or runtime.finished:
                 await asyncio.sleep(0)  # let stop() and metrics() calls in
                 continue
@@ -138,6 +185,7 @@ class SubtaskActor:
                 if len(self.inbox) <= self.inbox_limit:
                     self.space.set()
                 await self._send(runtime.on_message(edge_id, sender, message))
+                self._acknowledge_snapshots()
             await self._send(runtime.poll_timers())
         self.space.set()
 
@@ -146,6 +194,50 @@ class SubtaskActor:
 
     async def metrics(self) -> SubtaskMetrics:
         return self.runtime.metrics(backlog=len(self.inbox))
+
+
+class CoordinatorActor:
+    """The checkpoint coordinator as a Ray actor: triggers sources on a timer, collects acks, notifies."""
+
+    def __init__(self, core: CheckpointCoordinator) -> None:
+        self.core = core
+        self.sources: list[Any] = []
+        self.subtasks: list[Any] = []
+        self.stopping = False
+        self.loop: asyncio.Task[None] | None = None
+
+    async def start(self, sources: list[Any], subtasks: list[Any]) -> None:
+        self.sources, self.subtasks = sources, subtasks
+        self.loop = asyncio.create_task(self._trigger_loop())
+
+    async def _trigger_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            self.core.expire()
+            if not self.stopping and self.core.due():
+                checkpoint_id = self.core.begin()
+                for source in self.sources:
+                    source.trigger_checkpoint.remote(checkpoint_id)
+
+    def _notify(self, metadata: CheckpointMetadata | None) -> None:
+        if metadata is not None:
+            for subtask in self.subtasks:
+                subtask.notify_complete.remote(metadata.checkpoint_id)
+
+    async def ack(self, ack: SubtaskAck) -> None:
+        self._notify(self.core.ack(ack))
+
+    async def report_finished(self, ack: SubtaskAck) -> None:
+        self._notify(self.core.report_finished(ack))
+
+    async def prepare_stop(self, savepoint: bool) -> None:
+        """No new checkpoints; the final one is kept as a savepoint if asked."""
+        self.stopping = True
+        if savepoint:
+            self.core.final_kind = "savepoint"
+
+    async def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
+        return self.core.stats, self.core.last_completed, self.core.final_completed
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -163,29 +255,35 @@ class RayJob:
     """A job whose subtasks run as Ray actors. Construct with an initialised ``ray``; then :meth:`wait`."""
 
     def __init__(self, plan: PhysicalPlan, config: RunConfig, ray: Any,
-                 on_progress: Callable[[list[SubtaskMetrics], float], None] | None = None) -> None:
+                 on_progress: Callable[[list[SubtaskMetrics], float], None] | None = None,
+                 coordinator: CheckpointCoordinator | None = None, restore: SubtaskRestore | None = None) -> None:
         self.plan = plan
         self.config = config
         self.ray = ray
         self.on_progress = on_progress
         self.started = time.monotonic()
+        self.actors: dict[tuple[int, int], Any] = {}
+        self.coordinator: Any = None
+        storage = coordinator.storage if coordinator is not None else None
+        if coordinator is not None:
+            self.coordinator = ray.remote(CoordinatorActor).options(num_cpus=0, max_concurrency=1000).remote(coordinator)
         actor_class = ray.remote(SubtaskActor)
         plan_ref = ray.put(plan)
-        self.actors: dict[tuple[int, int], Any] = {}
+        restore_ref = ray.put(restore)
         for stage in plan.stages:
             for i in range(stage.parallelism):
                 self.actors[(stage.stage_id, i)] = actor_class.options(
                     num_cpus=stage.num_cpus if stage.num_cpus is not None else 0,
                     max_concurrency=1000,
                     name=None,
-                ).remote(plan_ref, stage.stage_id, i, config)
+                ).remote(plan_ref, stage.stage_id, i, config, storage, restore_ref)
         connections = []
         for (stage_id, i), actor in self.actors.items():
             receivers = {
                 e.edge_id: [self.actors[(e.dst, j)] for j in range(plan.stages[e.dst].parallelism)]
                 for e in plan.outputs_of(stage_id)
             }
-            connections.append(actor.connect.remote(receivers))
+            connections.append(actor.connect.remote(receivers, self.coordinator))
         try:
             ray.get(connections)
         except Exception as exc:
@@ -194,11 +292,16 @@ class RayJob:
             if isinstance(original, HeadwaterError):
                 raise original from None
             raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
+        if self.coordinator is not None:
+            sources = [a for (stage_id, _), a in self.actors.items() if plan.is_source(stage_id)]
+            ray.get(self.coordinator.start.remote(sources, list(self.actors.values())))
         self.runs = {actor.run.remote(): key for key, actor in self.actors.items()}
         self._stopped = False
 
-    def stop(self) -> None:
+    def stop(self, savepoint: bool = False) -> None:
         self._stopped = True
+        if self.coordinator is not None:
+            self.ray.get(self.coordinator.prepare_stop.remote(savepoint))
         for (stage_id, _), actor in self.actors.items():
             if self.plan.is_source(stage_id):
                 actor.stop.remote()
@@ -231,9 +334,15 @@ class RayJob:
                         raise
                     interrupted = True
                     self.stop()  # first Ctrl-C stops gracefully; a second one kills the job
+            result = JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
+            if self.coordinator is not None:
+                stats, last, final = ray.get(self.coordinator.result.remote())
+                if not final:
+                    raise JobFailedError("the job ended without its final checkpoint")
+                result.checkpoints, result.last_checkpoint = stats, last
+            return result
         finally:
             self._kill_all()
-        return JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
 
     def _result_of(self, ref: Any) -> SubtaskMetrics:
         stage_id, subtask = self.runs[ref]
@@ -250,7 +359,7 @@ class RayJob:
             ) from original
 
     def _kill_all(self) -> None:
-        for actor in self.actors.values():
+        for actor in [*self.actors.values(), *([self.coordinator] if self.coordinator is not None else [])]:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already dead

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import ExitStack
 from typing import Any
 
 from headwater.dataflow import Dataflow
-from headwater.engine.config import RunConfig
+from headwater.engine.checkpoint_storage import CheckpointStorage
+from headwater.engine.config import CheckpointConfig, RunConfig
+from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.job import JobResult
 from headwater.engine.local_executor import LocalJob
 from headwater.engine.metrics import SubtaskMetrics
@@ -15,6 +18,8 @@ from headwater.engine.plan import PhysicalPlan
 from headwater.engine.planner import plan
 from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray_cluster import ray_session, ship_user_code
+from headwater.engine.recovery import run_with_recovery
+from headwater.engine.snapshots import SubtaskRestore
 from headwater.errors import ConfigError
 
 
@@ -44,72 +49,115 @@ def _user_objects(physical: PhysicalPlan) -> list[Any]:
 
 
 class RunningJob:
-    """Handle returned by :func:`start`: ``stop()`` gracefully, ``wait()`` for the :class:`JobResult`."""
+    """Handle of a job: ``stop()`` gracefully (optionally with a savepoint), ``wait()`` for its result.
 
-    def __init__(self, flow: Dataflow, config: RunConfig) -> None:
+    With a :class:`CheckpointConfig` the job is supervised: it restores from the latest checkpoint and is
+    restarted after recoverable failures (see :mod:`headwater.engine.recovery`).
+    """
+
+    def __init__(self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None) -> None:
+        if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
+            raise ConfigError(f"checkpoint must be a headwater CheckpointConfig, got {type(checkpoint).__name__}")
         self.config = config
+        self.checkpoint = checkpoint
         self._exit = ExitStack()
-        self._job: Any
+        self._ray: Any = None
+        self._attempt: Any = None
+        self._stop: tuple[bool] | None = None  # (savepoint,) once stop() was called
+        self._result: JobResult | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
         if config.executor == "local":
             self.plan = plan_flow(flow, config)
-            self._job = LocalJob(self.plan, config)
-            self._result: JobResult | None = None
-            self._error: BaseException | None = None
-            self._thread: threading.Thread | None = None
             return
-        ray = self._exit.enter_context(ray_session(config))
+        self._ray = self._exit.enter_context(ray_session(config))
         try:
-            parallelism = config.parallelism or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
             self.plan = plan(flow, config, parallelism)
             ship_user_code(_user_objects(self.plan))
-            progress = ProgressDisplay(self.plan) if config.progress else None
-            from headwater.engine.ray_executor import RayJob
-
-            self._job = RayJob(self.plan, config, ray, on_progress=progress)
         except BaseException:
             self._exit.close()
             raise
-        self._thread = None
 
-    def start_in_background(self) -> None:
-        """Local executor only: run in a thread so that ``stop()`` can be called from the caller."""
-        def target() -> None:
-            try:
-                self._result = self._job.wait()
-            except BaseException as exc:  # re-raised by wait()
-                self._error = exc
+    def _start_attempt(self, restore: SubtaskRestore | None, first_id: int) -> Any:
+        coordinator = None
+        if self.checkpoint is not None:
+            subtasks = [(s.stage_id, i) for s in self.plan.stages for i in range(s.parallelism)]
+            coordinator = CheckpointCoordinator(
+                CheckpointStorage(self.checkpoint.uri), self.checkpoint, self.plan.flow_name, subtasks,
+                self.plan.max_key_groups, first_id,
+            )
+        if self.config.executor == "local":
+            attempt: Any = LocalJob(self.plan, self.config, coordinator, restore)
+        else:
+            from headwater.engine.ray_executor import RayJob
 
-        self._thread = threading.Thread(target=target, name="headwater-local-job", daemon=True)
-        self._thread.start()
+            progress = ProgressDisplay(self.plan) if self.config.progress else None
+            attempt = RayJob(self.plan, self.config, self._ray, on_progress=progress, coordinator=coordinator,
+                             restore=restore)
+        self._attempt = attempt
+        if self._stop is not None:
+            attempt.stop(*self._stop)
+        return attempt
 
-    def stop(self) -> None:
-        self._job.stop()
-
-    def metrics(self) -> list[SubtaskMetrics]:
-        return self._job.metrics()
-
-    def wait(self, timeout: float | None = None) -> JobResult:
+    def _wait(self, timeout: float | None) -> JobResult:
         try:
-            if self._thread is not None:
-                self._thread.join()
-                if self._error is not None:
-                    raise self._error
-                assert self._result is not None
-                return self._result
-            return self._job.wait(timeout)
+            if self.checkpoint is not None:
+                return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
+            return self._start_attempt(None, 1).wait(timeout)
         finally:
             self._exit.close()
 
+    def start_in_background(self) -> None:
+        def target() -> None:
+            try:
+                self._result = self._wait(None)
+            except BaseException as exc:  # re-raised by wait()
+                self._error = exc
 
-def start(flow: Dataflow, *, config: RunConfig | None = None, **options: Any) -> RunningJob:
+        self._thread = threading.Thread(target=target, name="headwater-job", daemon=True)
+        self._thread.start()
+        while self._attempt is None and self._thread.is_alive():
+            time.sleep(0.01)  # stop() and metrics() need the first attempt
+
+    def stop(self, savepoint: bool = False) -> None:
+        """Stop gracefully: sources stop, in-flight data drains, sinks commit. With checkpointing the job is
+        suspended with a final checkpoint (``savepoint=True`` keeps it as a savepoint: ``result.savepoint_path``)."""
+        if savepoint and self.checkpoint is None:
+            raise ConfigError("stop(savepoint=True) needs checkpointing: run with checkpoint=hw.CheckpointConfig(...)")
+        self._stop = (savepoint,)
+        if self._attempt is not None:
+            self._attempt.stop(savepoint)
+
+    def metrics(self) -> list[SubtaskMetrics]:
+        return self._attempt.metrics() if self._attempt is not None else []
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        if self._thread is None:
+            return self._wait(timeout)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.stop()
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def start(
+    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None, **options: Any
+) -> RunningJob:
     """Start ``flow`` and return at once with a handle (``job.stop()``, ``job.wait()``)."""
-    job = RunningJob(flow, make_config(config, options))
-    if job.config.executor == "local":
-        job.start_in_background()
+    job = RunningJob(flow, make_config(config, options), checkpoint)
+    job.start_in_background()
     return job
 
 
-def run(flow: Dataflow, *, config: RunConfig | None = None, timeout: float | None = None, **options: Any) -> JobResult:
+def run(
+    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None,
+    timeout: float | None = None, **options: Any,
+) -> JobResult:
     """Run ``flow`` to completion and return its :class:`JobResult`.
 
     Options are :class:`RunConfig` fields (``parallelism=2``, ``batch_size=...``, ``executor="local"``,
@@ -117,5 +165,9 @@ def run(flow: Dataflow, *, config: RunConfig | None = None, timeout: float | Non
     (graceful: in-flight data drains, sinks commit), ``job.stop()`` on a job from :func:`start`, or
     ``timeout`` seconds (also graceful). Failures raise a :class:`~headwater.errors.HeadwaterError` naming
     the step.
+
+    With ``checkpoint=hw.CheckpointConfig(dir=...)`` the run is exactly-once: state and source positions are
+    checkpointed every ``interval``, sinks commit per checkpoint, failures restart from the latest checkpoint,
+    and running again with the same ``dir`` resumes where the last run stopped.
     """
-    return RunningJob(flow, make_config(config, options)).wait(timeout)
+    return RunningJob(flow, make_config(config, options), checkpoint).wait(timeout)

@@ -24,15 +24,17 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from headwater.engine.arrays import same_columns
-from headwater.engine.channels import DataMessage, EdgeWriter, EndOfStream, Message
+from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message
 from headwater.engine.config import RunConfig
 from headwater.engine.logical import SinkStep, SourceStep
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
 from headwater.engine.partitioning import key_group_range
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
 from headwater.engine.state import OperatorStateStore
 from headwater.errors import HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
 from headwater.operators.base import Operator, OperatorContext
+from headwater.operators.sink import SinkOperator
 from headwater.sources.base import SourcePartition
 
 Outgoing = tuple[int, int, Message]
@@ -55,7 +57,10 @@ def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure
 class SubtaskRuntime:
     """One subtask of one stage (see the module docstring)."""
 
-    def __init__(self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig) -> None:
+    def __init__(
+        self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig,
+        checkpointing: bool = False, restore: SubtaskRestore | None = None,
+    ) -> None:
         self.plan = plan
         self.stage = plan.stages[stage_id]
         self.subtask = subtask
@@ -81,22 +86,36 @@ class SubtaskRuntime:
         self._source_schema: pa.Schema | None = self.source_step.schema if self.source_step else None
         self._next_partition = 0
         self._stop_requested = False
+        self._drain_on_end = True
         self.finished = False
         self.state_stores: dict[str, OperatorStateStore] = {}
+        # -- checkpointing (see headwater.engine.snapshots) --
+        self.checkpointing = checkpointing
+        self.restore = restore
+        self.aligner = BarrierAligner()
+        self.last_checkpoint_id = restore.checkpoint_id if restore is not None else 0
+        self.snapshots: list[PendingSnapshot] = []  # taken, to be persisted and acknowledged by the executor
+        self.final_snapshot: PendingSnapshot | None = None
+        self.sinks = [(step_id, op) for step_id, op in self.operators if isinstance(op, SinkOperator)]
+        self.uncommitted: dict[str, list[tuple[int, Any]]] = {step_id: [] for step_id, _ in self.sinks}
+        self.ended_parts: dict[str, Any] = {}
+        self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def open(self) -> None:
-        groups = key_group_range(self.subtask, self.stage.parallelism, self.plan.max_key_groups)
         for step_id, operator in self.operators:
             operator.step_id = step_id
-            store = OperatorStateStore(step_id, self.plan.max_key_groups, groups)
+            store = OperatorStateStore(step_id, self.plan.max_key_groups, self.key_groups)
             self.state_stores[step_id] = store
             self._guard(step_id, operator.open, OperatorContext(step_id, self.subtask, self.stage.parallelism, store))
+            if self.restore is not None:
+                self._guard(step_id, self.restore.restore_store, store, self.subtask, self.stage.parallelism)
         if self.source_step is not None:
+            step_id = self.source_step.step_id
             source = self.source_step.source
             for part in self.plan.parts_for(self.stage.stage_id, self.subtask):
-                built = self._guard(self.source_step.step_id, source.build_part, part, None)
-                self.partitions.append((part, built))
+                position = self.restore.position(step_id, part) if self.restore is not None else None
+                self.partitions.append((part, self._guard(step_id, source.build_part, part, position)))
 
     def close(self) -> None:
         for _, operator in self.operators:
@@ -115,14 +134,34 @@ class SubtaskRuntime:
 
     # -- data path ------------------------------------------------------------------------------------------
     def on_message(self, edge_id: int, sender: int, message: Message) -> list[Outgoing]:
+        channel = (edge_id, sender)
+        if self.aligner.is_blocked(channel):
+            self.aligner.hold(channel, message)
+            return []
         if isinstance(message, DataMessage):
             return self._process(message.batch, message.ingest_ns, self.input_index[edge_id])
+        if isinstance(message, Barrier):
+            self.aligner.barrier(channel, message.checkpoint_id)
+            return self._complete_alignment()
         if isinstance(message, EndOfStream):
-            self.pending_ends.discard((edge_id, sender))
-            if not self.pending_ends:
-                return self._finish()
-            return []
+            self.pending_ends.discard(channel)
+            self._drain_on_end = self._drain_on_end and message.drain
+            out = self._complete_alignment() if self.aligner.checkpoint_id is not None else []
+            if not self.pending_ends and not self.finished:
+                out.extend(self._finish(self._drain_on_end))
+            return out
         raise TypeError(f"unknown message {message!r}")
+
+    def _complete_alignment(self) -> list[Outgoing]:
+        """If barrier n arrived on every open input: snapshot, forward the barrier, replay held messages."""
+        if not self.aligner.aligned(self.pending_ends):
+            return []
+        checkpoint_id = self.aligner.checkpoint_id
+        assert checkpoint_id is not None
+        out = self._snapshot_and_forward(checkpoint_id)
+        for (edge_id, sender), message in self.aligner.release():
+            out.extend(self.on_message(edge_id, sender, message))
+        return out
 
     def _process(self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int = 0) -> list[Outgoing]:
         batches = [batch]
@@ -150,19 +189,83 @@ class SubtaskRuntime:
                 out.extend((writer.edge.edge_id, r, m) for r, m in writer.write(b, ingest_ns))
         return out
 
-    def _finish(self) -> list[Outgoing]:
-        """All inputs ended: let each operator emit what it holds (passing it down the chain), then end."""
+    def _finish(self, drain: bool = True) -> list[Outgoing]:
+        """All inputs ended. With ``drain``, each operator emits what it holds (passed down the chain). Sinks
+        prepare; without checkpointing they commit at once, with it their tokens wait for the checkpoint
+        that holds this subtask's final snapshot. Then end of stream goes downstream."""
         out: list[Outgoing] = []
         now_ns = time.time_ns()
         for position, (step_id, operator) in enumerate(self.operators):
-            held = self._guard(step_id, operator.finish)
+            if isinstance(operator, SinkOperator):
+                continue
+            held = self._guard(step_id, operator.finish) if drain else []
             for b in held:
                 self.counters[step_id].rows_out += b.num_rows
                 out.extend(self._continue_from(position + 1, b, now_ns))
+        final_id = self.last_checkpoint_id + 1
+        for step_id, sink in self.sinks:
+            token = self._guard(step_id, sink.prepare, final_id)
+            if self.checkpointing:
+                self.uncommitted[step_id].append((final_id, token))
+            else:
+                self._guard(step_id, sink.commit, token)
+        if self.checkpointing:
+            self.final_snapshot = self._capture(final_id, finished=True)
         for writer in self.writers:
-            out.extend((writer.edge.edge_id, r, m) for r, m in writer.end_of_stream())
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.end_of_stream(drain))
         self.finished = True
         return out
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def _capture(self, checkpoint_id: int, finished: bool) -> PendingSnapshot:
+        started = time.perf_counter()
+        positions: dict[str, dict[str, Any]] = {}
+        if self.source_step is not None:
+            parts = dict(self.ended_parts)
+            for part, partition in self.partitions:
+                parts[part] = self._guard(self.source_step.step_id, partition.snapshot)
+            positions[self.source_step.step_id] = parts
+        return capture(
+            checkpoint_id, self.stage.stage_id, self.subtask, self.stage.parallelism, self.key_groups, positions,
+            self.state_stores, self.uncommitted, finished, started,
+        )
+
+    def _snapshot_and_forward(self, checkpoint_id: int) -> list[Outgoing]:
+        for step_id, sink in self.sinks:
+            self.uncommitted[step_id].append((checkpoint_id, self._guard(step_id, sink.prepare, checkpoint_id)))
+        self.snapshots.append(self._capture(checkpoint_id, finished=False))
+        self.last_checkpoint_id = checkpoint_id
+        out: list[Outgoing] = []
+        for writer in self.writers:
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.barrier(checkpoint_id))
+        return out
+
+    def trigger_checkpoint(self, checkpoint_id: int) -> list[Outgoing]:
+        """Source subtasks: record positions, snapshot fused operators, emit barrier ``checkpoint_id``.
+        A finished subtask ignores triggers: its final snapshot stands in for it."""
+        assert self.source_step is not None, "only source subtasks are triggered"
+        if self.finished:
+            return []
+        return self._snapshot_and_forward(checkpoint_id)
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` exists: publish sink output prepared at or before it (in order)."""
+        for step_id, sink in self.sinks:
+            remaining = []
+            for prepared_at, token in self.uncommitted[step_id]:
+                if prepared_at <= checkpoint_id:
+                    self._guard(step_id, sink.commit, token)
+                else:
+                    remaining.append((prepared_at, token))
+            self.uncommitted[step_id] = remaining
+
+    @property
+    def has_uncommitted(self) -> bool:
+        return any(self.uncommitted.values())
+
+    def take_snapshots(self) -> list[PendingSnapshot]:
+        taken, self.snapshots = self.snapshots, []
+        return taken
 
     def _continue_from(self, position: int, batch: pa.RecordBatch, ingest_ns: int) -> list[Outgoing]:
         if position >= len(self.operators):
@@ -180,7 +283,8 @@ class SubtaskRuntime:
         if self.finished:
             return [], False
         if self._stop_requested or not self.partitions:
-            return self._finish(), False
+            # A stop of a checkpointed job suspends (state kept for the final snapshot); otherwise it drains.
+            return self._finish(drain=not (self._stop_requested and self.checkpointing)), False
         step_id = self.source_step.step_id
         for _ in range(len(self.partitions)):
             index = self._next_partition % len(self.partitions)
@@ -189,6 +293,7 @@ class SubtaskRuntime:
             try:
                 batch = partition.next_batch()
             except StopIteration:
+                self.ended_parts[part] = self._guard(step_id, partition.snapshot)
                 partition.close()
                 del self.partitions[index]
                 if not self.partitions:

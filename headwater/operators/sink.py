@@ -1,8 +1,8 @@
 """The operator at the end of a chain that hands batches to a :class:`~headwater.sinks.base.Sink`.
 
-It follows the sink's commit order: ``write`` every batch, then at the end of input ``prepare`` the staged
-output and ``commit`` the returned token. (Checkpointed runs prepare at every checkpoint barrier and commit
-when the coordinator says the checkpoint is complete.)
+It follows the sink's commit order: ``write`` every batch; the subtask runtime calls ``prepare`` at every
+checkpoint barrier and at the end of input, and ``commit`` once the checkpoint holding the token is complete
+(at once when the job runs without checkpoints).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from headwater.sinks.base import Sink, SinkPartition
 
 class SinkOperator(Operator):
     """Write batches to one sink partition; emits nothing."""
-
-    #: Checkpoint id used for the prepare/commit at the end of a run without checkpoints.
-    FINAL_CHECKPOINT_ID = 0
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -42,10 +39,6 @@ class SinkOperator(Operator):
     def commit(self, token: Any) -> None:
         assert self.partition is not None
         self.partition.commit(token)
-
-    def finish(self) -> list[pa.RecordBatch]:
-        self.commit(self.prepare(self.FINAL_CHECKPOINT_ID))
-        return []
 
     def close(self) -> None:
         if self.partition is not None:

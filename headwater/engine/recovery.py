@@ -1,0 +1,138 @@
+"""Running a checkpointed job: restore, restart after failures, settle sink output.
+
+Each *attempt* starts from the latest complete checkpoint in the checkpoint directory (or the configured
+``restore_from`` savepoint when the directory has none yet):
+
+1. The checkpoint is loaded and verified (damaged ones are skipped, falling back to older ones).
+2. It is checked against the dataflow: state of steps the dataflow no longer has is refused unless
+   ``allow_non_restored_state``; the number of key groups must match.
+3. Sinks are *settled*: every commit token the checkpoint covers is committed (idempotent — this finishes a
+   commit a crash interrupted), and output staged by the failed attempt is aborted.
+4. The job starts with sources at the checkpoint's positions and state restored (re-split by key group when
+   the parallelism changed).
+
+Failures that a restart can cure (a worker died, a simulated crash, a source/sink I/O error) restart the job,
+up to ``max_restarts`` times; failures of user code or data (``UserCodeError``, ``SchemaMismatchError``) fail
+the run at once, since replaying the same input would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage
+from headwater.engine.config import CheckpointConfig
+from headwater.engine.job import JobResult
+from headwater.engine.logical import SinkStep
+from headwater.engine.plan import PhysicalPlan
+from headwater.engine.snapshots import SubtaskRestore
+from headwater.errors import (
+    CheckpointError,
+    JobFailedError,
+    SimulatedCrashError,
+    SinkError,
+    SourceError,
+    StateCompatibilityError,
+)
+
+log = logging.getLogger("headwater.recovery")
+
+RECOVERABLE = (JobFailedError, SimulatedCrashError, SourceError, SinkError, CheckpointError)
+
+
+class Attempt(Protocol):
+    def wait(self, timeout: float | None = None) -> JobResult: ...
+
+
+def load_restore_point(
+    storage: CheckpointStorage, config: CheckpointConfig
+) -> tuple[CheckpointMetadata, CheckpointStorage] | None:
+    """The checkpoint to start from — the latest in the directory, else ``restore_from``, else none — and the
+    storage its state files are read from."""
+    metadata = storage.latest_valid()
+    if metadata is not None:
+        return metadata, storage
+    if config.restore_from is None:
+        return None
+    location = str(config.restore_from).rstrip("/")
+    if "://" not in location:
+        location = str(Path(location).resolve())
+    source = CheckpointStorage(location.rsplit("/", 1)[0])
+    metadata = source.load(location)
+    source.verify(metadata)
+    return metadata, source
+
+
+def check_compatibility(plan: PhysicalPlan, metadata: CheckpointMetadata, config: CheckpointConfig) -> None:
+    if metadata.max_key_groups != plan.max_key_groups:
+        raise StateCompatibilityError(
+            f"checkpoint {metadata.directory} was taken with max_key_groups={metadata.max_key_groups} but the run "
+            f"uses {plan.max_key_groups}; keyed state can only be restored with the same number of key groups"
+        )
+    dropped = sorted(metadata.steps_with_state() - set(plan.steps))
+    if dropped and not config.allow_non_restored_state:
+        raise StateCompatibilityError(
+            f"checkpoint {metadata.directory} holds state of step(s) {', '.join(map(repr, dropped))} that the "
+            "dataflow no longer has; keep those step ids, or pass allow_non_restored_state=True to drop that state"
+        )
+
+
+def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> None:
+    """Commit what ``metadata`` covers; abort output staged by earlier attempts (every sink subtask index)."""
+    counts: dict[str, int] = {}
+    if metadata is not None:
+        for step_id, _, subtask, parallelism, token in metadata.sink_tokens():
+            step = plan.steps.get(step_id)
+            if isinstance(step, SinkStep):
+                partition = step.sink.build_part(subtask, parallelism)
+                try:
+                    partition.commit(token)
+                finally:
+                    partition.close()
+                counts[step_id] = max(counts.get(step_id, 0), parallelism)
+    for stage in plan.stages:
+        for step_id in stage.step_ids:
+            step = plan.steps[step_id]
+            if isinstance(step, SinkStep):
+                for subtask in range(max(stage.parallelism, counts.get(step_id, 0))):
+                    partition = step.sink.build_part(subtask, stage.parallelism)
+                    try:
+                        partition.abort()
+                    finally:
+                        partition.close()
+
+
+def run_with_recovery(
+    plan: PhysicalPlan,
+    config: CheckpointConfig,
+    start_attempt: Callable[[SubtaskRestore | None, int], Attempt],
+    timeout: float | None = None,
+) -> JobResult:
+    """Run attempts until one finishes; restart recoverable failures from the latest checkpoint."""
+    storage = CheckpointStorage(config.uri)
+    restarts = 0
+    started = time.monotonic()
+    while True:
+        found = load_restore_point(storage, config)
+        metadata, restore = None, None
+        if found is not None:
+            metadata, source = found
+            check_compatibility(plan, metadata, config)
+            restore = SubtaskRestore.of(source, metadata)
+        settle_sinks(plan, metadata)
+        attempt = start_attempt(restore, storage.next_id())
+        try:
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            result = attempt.wait(remaining)
+            result.restarts = restarts
+            return result
+        except RECOVERABLE as exc:
+            restarts += 1
+            if restarts > config.max_restarts:
+                raise
+            log.warning("job %s failed (%s: %s); restart %d/%d from its latest checkpoint", plan.flow_name,
+                        type(exc).__name__, exc, restarts, config.max_restarts)
+            time.sleep(config.restart_delay.total_seconds())

@@ -1,0 +1,209 @@
+"""The real services started by ``scripts/services.sh start``, checked the way Headwater's code uses them.
+
+Connection settings come from ``scripts/services.env`` (``HEADWATER_PG_DSN``, ``HEADWATER_KAFKA_BOOTSTRAP``,
+``HEADWATER_PROMETHEUS_URL``), defaulting to the script's ports. A service that is not reachable skips its
+test with a loud reason, except under CI (``CI=true``), where it fails: CI must start the services.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import pytest
+
+PG_DSN = os.environ.get("HEADWATER_PG_DSN", "postgresql://postgres@127.0.0.1:54329/headwater")
+KAFKA_BOOTSTRAP = os.environ.get("HEADWATER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+PROMETHEUS_URL = os.environ.get("HEADWATER_PROMETHEUS_URL", "http://127.0.0.1:19090").rstrip("/")
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# kafka-python 3.0 loads its protocol schemas through the deprecated importlib.resources API, once per message type
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
+]
+
+
+def _unavailable(what: str) -> NoReturn:
+    message = (
+        f"!!! {what} — SERVICE NOT AVAILABLE: run `scripts/services.sh start` "
+        f"(and `source scripts/services.env`) to run this test !!!"
+    )
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: services are required)", pytrace=False)
+    pytest.skip(message)
+
+
+def _require_port(name: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return
+    except OSError as exc:
+        _unavailable(f"{name} is not reachable at {host}:{port} ({exc})")
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+def _psql_binary() -> str | None:
+    found = shutil.which("psql")
+    if found:
+        return found
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))
+    return candidates[-1] if candidates else None
+
+
+class _Psql:
+    """Runs SQL through the ``psql`` client (psycopg2 is not a dependency of the project)."""
+
+    def __init__(self, binary: str, dsn: str) -> None:
+        self.binary = binary
+        self.dsn = dsn
+
+    def __call__(self, sql: str) -> list[str]:
+        env = dict(os.environ, PGCONNECT_TIMEOUT="5")
+        proc = subprocess.run(
+            [self.binary, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.dsn, "-c", sql],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"psql failed ({proc.returncode}) for {sql!r}: {proc.stderr.strip()}")
+        return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.postgres
+def test_postgres_logical_replication_with_wal2json() -> None:
+    url = urlsplit(PG_DSN)
+    _require_port("PostgreSQL", url.hostname or "127.0.0.1", url.port or 5432)
+    binary = _psql_binary()
+    if binary is None:
+        _unavailable("the psql client is not installed")
+    psql = _Psql(binary, PG_DSN)
+
+    assert psql("SHOW wal_level") == ["logical"]
+    assert int(psql("SHOW max_replication_slots")[0]) >= 2
+
+    suffix = uuid.uuid4().hex[:10]
+    table, slot = f"hw_services_probe_{suffix}", f"hw_services_probe_{suffix}"
+    try:
+        psql(f"CREATE TABLE {table} (id integer PRIMARY KEY, name text NOT NULL)")
+        created = psql(f"SELECT slot_name FROM pg_create_logical_replication_slot('{slot}', 'wal2json')")
+        assert created == [slot]
+        psql(f"INSERT INTO {table} VALUES (1, 'alpha'), (2, 'beta'); UPDATE {table} SET name = 'gamma' WHERE id = 2")
+
+        rows = psql(
+            f"SELECT data FROM pg_logical_slot_get_changes('{slot}', NULL, NULL, "
+            f"'format-version', '2', 'include-transaction', 'false', 'add-tables', 'public.{table}')"
+        )
+        changes = [json.loads(row) for row in rows]
+        assert [c["action"] for c in changes] == ["I", "I", "U"], changes
+        assert all(c["table"] == table and c["schema"] == "public" for c in changes)
+        first = {col["name"]: col["value"] for col in changes[0]["columns"]}
+        assert first == {"id": 1, "name": "alpha"}
+        updated = {col["name"]: col["value"] for col in changes[2]["columns"]}
+        assert updated == {"id": 2, "name": "gamma"}
+
+        # the slot was advanced: the same changes are not delivered twice
+        again = psql(f"SELECT data FROM pg_logical_slot_get_changes('{slot}', NULL, NULL, 'format-version', '2')")
+        assert again == []
+    finally:
+        psql(
+            f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'; "
+            f"DROP TABLE IF EXISTS {table}"
+        )
+
+
+# ---- Kafka ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_kafka_two_partition_topic_round_trip() -> None:
+    host, _, port = KAFKA_BOOTSTRAP.split(",")[0].rpartition(":")
+    _require_port("Kafka", host, int(port))
+
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"hw-services-probe-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=15000)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+
+        producer = KafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all", max_block_ms=15000)
+        try:
+            sent = [
+                producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=i % 2)
+                for i in range(10)
+            ]
+            producer.flush(timeout=15)
+            metadata = [future.get(timeout=15) for future in sent]
+        finally:
+            producer.close()
+        assert {m.partition for m in metadata} == {0, 1}
+
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=KAFKA_BOOTSTRAP,
+            group_id=f"{topic}-group",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=1000,
+        )
+        received: list[tuple[int, int, bytes, bytes]] = []
+        try:
+            deadline = time.monotonic() + 60
+            while len(received) < 10 and time.monotonic() < deadline:
+                for message in consumer:
+                    received.append((message.partition, message.offset, message.key, message.value))
+            consumer.commit()
+            assert consumer.assignment() and {tp.partition for tp in consumer.assignment()} == {0, 1}
+        finally:
+            consumer.close()
+
+        assert len(received) == 10, received
+        assert sorted(value for _, _, _, value in received) == sorted(f"v{i}".encode() for i in range(10))
+        for partition, _, key, value in received:
+            i = int(value[1:])
+            assert partition == i % 2 and key == f"k{i}".encode()
+        for partition in (0, 1):  # offsets within a partition arrive in order
+            offsets = [offset for p, offset, _, _ in received if p == partition]
+            assert offsets == sorted(offsets) == list(range(5))
+    finally:
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+
+
+# ---- Prometheus ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.prometheus
+def test_prometheus_ready_and_buildinfo() -> None:
+    url = urlsplit(PROMETHEUS_URL)
+    _require_port("Prometheus", url.hostname or "127.0.0.1", url.port or 9090)
+
+    import httpx
+
+    with httpx.Client(base_url=PROMETHEUS_URL, timeout=10) as client:
+        ready = client.get("/-/ready")
+        assert ready.status_code == 200, ready.text
+
+        info = client.get("/api/v1/status/buildinfo")
+        assert info.status_code == 200, info.text
+        body = info.json()
+        assert body["status"] == "success"
+        major = int(body["data"]["version"].split(".")[0])
+        assert major >= 2, body
