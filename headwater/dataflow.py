@@ -231,6 +231,12 @@ class Stream:
                     raise UnknownColumnError(
                         f"key_by after step {self.step_id!r}: {_unknown_column_message(c, schema.names)}"
                     )
+                kind = schema.field(c).type
+                if pa.types.is_nested(kind) or pa.types.is_null(kind):
+                    raise ConfigError(
+                        f"key_by after step {self.step_id!r}: column {c!r} has type {kind}, which cannot be a key; "
+                        "key by primitive, temporal or string columns"
+                    )
         return KeyedStream(self, tuple(flat))
 
     def union(self, *others: Stream, step_id: str | None = None) -> Stream:

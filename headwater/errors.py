@@ -12,6 +12,7 @@ Every error the engine raises on purpose derives from :class:`HeadwaterError`. T
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 
@@ -63,12 +64,24 @@ class RuntimeFailure(HeadwaterError):
         self.message = message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keep keyword-only fields across pickling (errors travel from Ray actors to the driver).
-        return (_rebuild_failure, (type(self), self.message, self.step_id, self.subtask))
+        # Keep keyword-only fields and the original exception across pickling (errors travel from Ray actors
+        # to the driver); a cause that cannot be pickled is replaced by its text.
+        cause = self.__cause__
+        if cause is not None:
+            try:
+                pickle.dumps(cause)
+            except Exception:  # noqa: BLE001 - any pickling failure
+                cause = Exception(f"{type(cause).__name__}: {cause}")
+        return (_rebuild_failure, (type(self), self.message, self.step_id, self.subtask, cause))
 
 
-def _rebuild_failure(cls: type[RuntimeFailure], message: str, step_id: str | None, subtask: int | None) -> RuntimeFailure:
-    return cls(message, step_id=step_id, subtask=subtask)
+def _rebuild_failure(
+    cls: type[RuntimeFailure], message: str, step_id: str | None, subtask: int | None,
+    cause: BaseException | None = None,
+) -> RuntimeFailure:
+    error = cls(message, step_id=step_id, subtask=subtask)
+    error.__cause__ = cause
+    return error
 
 
 class UserCodeError(RuntimeFailure):

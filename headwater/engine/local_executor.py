@@ -2,7 +2,7 @@
 
 Every subtask's :class:`~headwater.engine.runtime.SubtaskRuntime` lives in this process; messages go through
 one FIFO queue, so per-channel order is the send order, as on Ray. Sources are polled round-robin; after
-each poll the queue is drained depth-first, which keeps memory bounded by one source batch's fan-out. With
+each poll the queue is drained (FIFO), which keeps memory bounded by one source batch's fan-out. With
 checkpointing, the coordinator is called directly and snapshots are written synchronously. It is the fast
 path for unit tests of pipelines (``headwater.testing.run_local``) and exercises partitioning, fusion,
 barriers, end-of-stream and finishing exactly as the Ray executor does.
@@ -82,8 +82,9 @@ class LocalJob:
                         self._stop.set()
                     self._round(runtimes, sources)
                 except KeyboardInterrupt:
-                    self._stop.set()  # first Ctrl-C: stop gracefully; the next one propagates
-                    self._round(runtimes, sources)
+                    if self._stop.is_set():
+                        raise  # a second Ctrl-C (or one during a stop) ends the run at once
+                    self._stop.set()  # first Ctrl-C: stop gracefully
         finally:
             for rt in runtimes:
                 rt.close()

@@ -118,6 +118,12 @@ class SubtaskRuntime:
                 self.partitions.append((part, self._guard(step_id, source.build_part, part, position)))
 
     def close(self) -> None:
+        if not self.finished:
+            for _, sink in self.sinks:
+                try:
+                    sink.abort()  # a failed run's staged sink output is discarded
+                except Exception:  # noqa: BLE001 - cleanup must not hide the failure
+                    pass
         for _, operator in self.operators:
             operator.close()
         for _, partition in self.partitions:
@@ -186,7 +192,9 @@ class SubtaskRuntime:
         out: list[Outgoing] = []
         for b in batches:
             for writer in self.writers:
-                out.extend((writer.edge.edge_id, r, m) for r, m in writer.write(b, ingest_ns))
+                # Partitioning hashes key columns: a bad key type is reported as the producing step's error.
+                sent = self._guard(self.stage.tail, writer.write, b, ingest_ns)
+                out.extend((writer.edge.edge_id, r, m) for r, m in sent)
         return out
 
     def _finish(self, drain: bool = True) -> list[Outgoing]:

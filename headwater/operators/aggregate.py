@@ -131,7 +131,17 @@ class RunningAggregateOperator(Operator):
         else:
             values = np.asarray(pc.fill_null(values_array.cast(pa.int64()), 0), dtype=np.int64)
         if function == "sum":
-            column[slots] += np.where(valid, values, 0)
+            addend = np.where(valid, values, 0)
+            if column.dtype.kind == "i":
+                current = column[slots]
+                total = current + addend
+                if (((current ^ total) & (addend ^ total)) < 0).any():
+                    raise OverflowError(
+                        f"integer sum {name!r} overflowed int64; cast the column to float64 before aggregating"
+                    )
+                column[slots] = total
+            else:
+                column[slots] += addend
         elif function == "min":
             column[slots] = np.where(valid, np.minimum(column[slots], values), column[slots])
         else:
