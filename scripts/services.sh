@@ -212,14 +212,41 @@ pg_prepare_base() {
     return 0
 }
 
+# our postmaster: the pid in postmaster.pid is alive and was started with -D <our data dir> (a stale or
+# copied postmaster.pid whose pid now belongs to another process does not count)
 pg_running() {
     pg_resolve_base
-    [[ -f $PG_BASE/data/PG_VERSION && -x $PG_BIN/pg_ctl ]] || return 1
-    pg_as "$PG_BIN/pg_ctl" -D "$PG_BASE/data" status >/dev/null 2>&1
+    local pid
+    [[ -f $PG_BASE/data/postmaster.pid ]] || return 1
+    pid=$(head -n 1 "$PG_BASE/data/postmaster.pid" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-D $PG_BASE/data"
 }
 
 pg_psql() {
     PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PG_PORT" -U postgres "$@"
+}
+
+# A data dir that is not a complete cluster owned by us (e.g. copied or checked out from git, which drops
+# empty directories and ownership) is moved aside and a new cluster is made: the data is test data.
+pg_check_cluster() {
+    local data="$PG_BASE/data" d
+    [[ -e $data ]] || return 0
+    local broken=""
+    for d in global base pg_wal pg_xact pg_tblspc pg_replslot pg_logical/snapshots pg_logical/mappings pg_snapshots \
+        pg_stat pg_notify pg_serial pg_twophase pg_commit_ts pg_dynshmem pg_subtrans pg_multixact/members; do
+        [[ -d $data/$d ]] || broken="missing $d"
+    done
+    [[ -f $data/PG_VERSION ]] || broken="missing PG_VERSION"
+    if [[ -z $broken ]] && is_root && [[ $(stat -c %U "$data") != postgres ]]; then broken="not owned by postgres"; fi
+    if [[ -z $broken ]] && [[ $(stat -c %a "$data") != 700 && $(stat -c %a "$data") != 750 ]]; then
+        broken="mode $(stat -c %a "$data")"
+    fi
+    [[ -n $broken ]] || return 0
+    local aside
+    aside="$data.broken-$(date +%Y%m%d%H%M%S)"
+    say "postgres: $(rel "$PG_LINK")/data is not a usable cluster ($broken); moving it to $(basename "$aside") and running initdb"
+    mv "$data" "$aside"
 }
 
 pg_write_conf() {
@@ -256,6 +283,7 @@ pg_start() {
     else
         ! port_open "$HOST" "$PG_PORT" ||
             fail_service postgres "$log" "port $HOST:$PG_PORT is already in use by another process"
+        pg_check_cluster
         if [[ ! -f $PG_BASE/data/PG_VERSION ]]; then
             say "postgres: initdb in $(rel "$PG_LINK")/data"
             rm -rf "$PG_BASE/data"
@@ -414,6 +442,8 @@ kafka_running() { pid_alive "$KAFKA_PID" "$KAFKA_HOME/config/server.properties";
 KAFKA_LAUNCHED=0
 kafka_launch() {
     if kafka_running; then
+        grep -qF "listeners=PLAINTEXT://$HOST:$KAFKA_PORT," "$KAFKA_HOME/config/server.properties" ||
+            fail_service kafka "$KAFKA_LOG" "our broker is running but not on $HOST:$KAFKA_PORT (port changed? run 'stop' first)"
         say "kafka: already running (pid $(cat "$KAFKA_PID"))"
         return 0
     fi
@@ -426,7 +456,8 @@ kafka_launch() {
     rotate "$KAFKA_LOG"
     if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
         local cid
-        cid=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
+        cid=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))' 2>/dev/null ||
+            "${KAFKA_JVM[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
         "${KAFKA_JVM[@]}" kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_HOME/config/server.properties" \
             --ignore-formatted >>"$KAFKA_LOG" 2>&1 || fail_service kafka "$KAFKA_LOG" "formatting storage failed"
     fi
@@ -517,6 +548,8 @@ prom_ready() { curl -fsS -m 2 "http://$HOST:$PROM_PORT/-/ready" >/dev/null 2>&1;
 prom_start() {
     mkdir -p "$PROM_HOME/data"
     if prom_running; then
+        pid_alive "$PROM_PID" "--web.listen-address=$HOST:$PROM_PORT " ||
+            fail_service prometheus "$PROM_LOG" "our instance is running but not on $HOST:$PROM_PORT (port changed? run 'stop' first)"
         say "prometheus: already running (pid $(cat "$PROM_PID"))"
         return 0
     fi

@@ -63,6 +63,7 @@ class RunningJob:
         self._exit = ExitStack()
         self._ray: Any = None
         self._attempt: Any = None
+        self._attempts = 0
         self._stop: tuple[bool] | None = None  # (savepoint,) once stop() was called
         self._result: JobResult | None = None
         self._error: BaseException | None = None
@@ -96,6 +97,7 @@ class RunningJob:
             attempt = RayJob(self.plan, self.config, self._ray, on_progress=progress, coordinator=coordinator,
                              restore=restore)
         self._attempt = attempt
+        self._attempts += 1
         if self._stop is not None:
             attempt.stop(*self._stop)
         return attempt
@@ -131,6 +133,16 @@ class RunningJob:
 
     def metrics(self) -> list[SubtaskMetrics]:
         return self._attempt.metrics() if self._attempt is not None else []
+
+    @property
+    def attempt(self) -> int:
+        """How many attempts have started (1 + automatic restarts so far)."""
+        return self._attempts
+
+    def actors(self) -> dict[tuple[int, int], Any]:
+        """Ray actor handles of the current attempt's subtasks by (stage id, subtask) — for operations and
+        chaos testing (``ray.kill`` one to see the job recover). Empty for the in-process executor."""
+        return dict(getattr(self._attempt, "actors", {}))
 
     def wait(self, timeout: float | None = None) -> JobResult:
         if self._thread is None:
