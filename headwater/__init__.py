@@ -7,7 +7,7 @@
     hw.run(flow)
 """
 
-from headwater.aggregations import Aggregation, count, max, mean, min, sum
+from headwater.aggregations import Aggregation, count, count_distinct, first, last, max, mean, min, sum
 from headwater.dataflow import Dataflow, KeyedStream, Stream
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregation", "CheckpointConfig", "Dataflow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
-    "col", "count", "fn", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
+    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
 ]

@@ -1,4 +1,5 @@
-"""Aggregation specs: ``hw.count()``, ``hw.sum("price")``, ``hw.min``, ``hw.max``, ``hw.mean``.
+"""Aggregation specs: ``hw.count()``, ``hw.sum("price")``, ``hw.min``, ``hw.max``, ``hw.mean``, ``hw.first``,
+``hw.last``, ``hw.count_distinct``.
 
 A spec says *what* to compute; the keyed aggregate operator decides how (vectorised partial aggregation of
 each batch with Arrow's grouped aggregation, merged into per-key accumulators).
@@ -14,7 +15,7 @@ import pyarrow as pa
 from headwater.errors import ConfigError, UnknownColumnError
 from headwater.expressions import _unknown_column_message
 
-AggKind = Literal["count", "sum", "min", "max", "mean"]
+AggKind = Literal["count", "sum", "min", "max", "mean", "first", "last", "count_distinct"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,10 @@ class Aggregation:
         if index < 0:
             raise UnknownColumnError(f"{where}: {self.kind}(): {_unknown_column_message(self.column, schema.names)}")
         value_type = schema.field(index).type
-        if self.kind == "count":
+        if self.kind in ("count", "count_distinct"):
             return pa.int64()
+        if self.kind in ("first", "last"):
+            return value_type
         numeric = pa.types.is_integer(value_type) or pa.types.is_floating(value_type)
         temporal = pa.types.is_timestamp(value_type) or pa.types.is_date(value_type)
         if self.kind in ("min", "max") and (numeric or temporal):
@@ -82,3 +85,18 @@ def max(column: str) -> Aggregation:  # noqa: A001
 def mean(column: str) -> Aggregation:
     """Arithmetic mean of the non-null values."""
     return Aggregation("mean", _column(column, "mean"))
+
+
+def first(column: str) -> Aggregation:
+    """The first non-null value in arrival order (any type)."""
+    return Aggregation("first", _column(column, "first"))
+
+
+def last(column: str) -> Aggregation:
+    """The last non-null value in arrival order (any type)."""
+    return Aggregation("last", _column(column, "last"))
+
+
+def count_distinct(column: str) -> Aggregation:
+    """Number of distinct non-null values (exact; keeps the set of values per key)."""
+    return Aggregation("count_distinct", _column(column, "count_distinct"))

@@ -29,6 +29,7 @@ from headwater.errors import ConfigError
 from headwater.operators.key_index import KeyIndex, make_key_index
 
 KEY_GROUP_COLUMN = "_key_group"
+_PICKLED = b"headwater.pickled"
 
 
 class KeyedColumns:
@@ -78,10 +79,18 @@ class KeyedColumns:
         if size == 0:
             return None
         keys = self.key_columns()
-        arrays = list(keys) + [pa.array(column[:size].copy()) for column in self.columns.values()]
+        fields = [pa.field(name, k.type) for name, k in zip(self.key_names, keys)]
+        arrays = list(keys)
+        for name, column in self.columns.items():
+            if column.dtype == object:  # first/last values, distinct sets: pickled per row
+                arrays.append(pa.array([pickle.dumps(v, protocol=5) for v in column[:size]], pa.binary()))
+                fields.append(pa.field(name, pa.binary(), metadata={_PICKLED: b"1"}))
+            else:
+                arrays.append(pa.array(column[:size].copy()))
+                fields.append(pa.field(name, arrays[-1].type))
         arrays.append(pa.array(key_groups(keys, self.max_key_groups), pa.int32()))
-        names = [*self.key_names, *self.columns, KEY_GROUP_COLUMN]
-        return pa.Table.from_arrays(arrays, names=names)
+        fields.append(pa.field(KEY_GROUP_COLUMN, pa.int32()))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def restore(self, table: pa.Table) -> None:
         """Load rows of a snapshot (already filtered to this subtask's key groups)."""
@@ -94,7 +103,14 @@ class KeyedColumns:
         value_names = [n for n in table.column_names if n not in self.key_names and n != KEY_GROUP_COLUMN]
         self._capacity = 0
         for name in value_names:
-            self.columns[name] = table.column(name).to_numpy(zero_copy_only=False).copy()
+            field = table.schema.field(name)
+            if field.metadata and field.metadata.get(_PICKLED):
+                values = [pickle.loads(b) for b in table.column(name).to_pylist()]
+                column = np.empty(len(values), dtype=object)
+                column[:] = values
+                self.columns[name] = column
+            else:
+                self.columns[name] = table.column(name).to_numpy(zero_copy_only=False).copy()
             self._capacity = len(self.columns[name])
         self._ensure(table.num_rows)
 
