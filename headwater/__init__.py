@@ -7,17 +7,18 @@
     hw.run(flow)
 """
 
-from headwater.aggregations import Aggregation, count, count_distinct, first, last, max, mean, min, sum
-from headwater.dataflow import Dataflow, KeyedStream, Stream
+from headwater.aggregations import Aggregation, count, count_distinct, first, last, max, max_by, mean, min, sum
+from headwater.dataflow import Dataflow, KeyedStream, Stream, WindowedStream
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
 from headwater.engine.runner import plan_flow, run, start
 from headwater.errors import HeadwaterError
 from headwater.expressions import Expr, col, fn, lit, when
+from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "CheckpointConfig", "Dataflow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
+    "Aggregation", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
     "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
 ]

@@ -15,7 +15,7 @@ import pyarrow as pa
 from headwater.errors import ConfigError, UnknownColumnError
 from headwater.expressions import _unknown_column_message
 
-AggKind = Literal["count", "sum", "min", "max", "mean", "first", "last", "count_distinct"]
+AggKind = Literal["count", "sum", "min", "max", "mean", "first", "last", "count_distinct", "max_by"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Aggregation:
 
     kind: AggKind
     column: str | None = None
+    by: str | None = None  # max_by: the column whose maximum selects the row
 
     def output_type(self, schema: pa.Schema, where: str) -> pa.DataType:
         """Check the spec against the input schema; return the result type."""
@@ -33,6 +34,11 @@ class Aggregation:
         if index < 0:
             raise UnknownColumnError(f"{where}: {self.kind}(): {_unknown_column_message(self.column, schema.names)}")
         value_type = schema.field(index).type
+        if self.kind == "max_by":
+            assert self.by is not None
+            if schema.get_field_index(self.by) < 0:
+                raise UnknownColumnError(f"{where}: max_by(): {_unknown_column_message(self.by, schema.names)}")
+            return value_type
         if self.kind in ("count", "count_distinct"):
             return pa.int64()
         if self.kind in ("first", "last"):
@@ -53,6 +59,8 @@ class Aggregation:
         return value_type
 
     def __repr__(self) -> str:
+        if self.kind == "max_by":
+            return f"max_by({self.column!r}, {self.by!r})"
         return f"{self.kind}({self.column!r})" if self.column is not None else f"{self.kind}()"
 
 
@@ -100,3 +108,10 @@ def last(column: str) -> Aggregation:
 def count_distinct(column: str) -> Aggregation:
     """Number of distinct non-null values (exact; keeps the set of values per key)."""
     return Aggregation("count_distinct", _column(column, "count_distinct"))
+
+
+def max_by(column: str, by: str) -> Aggregation:
+    """The value of ``column`` in the row where ``by`` is largest (the earliest such row on ties).
+
+    Cannot be combined with ``first``/``last`` in the same ``aggregate`` (both depend on row order)."""
+    return Aggregation("max_by", _column(column, "max_by"), _column(by, "max_by"))

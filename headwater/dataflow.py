@@ -23,6 +23,7 @@ are named ``<operation>_<n>`` in order of creation.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
@@ -35,15 +36,19 @@ from headwater.engine.logical import (
     MapRowsStep,
     ProjectStep,
     SinkStep,
+    LateRecordsStep,
     SourceStep,
     Step,
     UnionStep,
+    WindowAggregateStep,
+    WindowJoinStep,
 )
 from headwater.errors import BuildError, ConfigError, DuplicateStepError, InvalidStepIdError, UnknownColumnError
 from headwater.expressions import Expr, _unknown_column_message, col, lit
 from headwater.operators.aggregate import Emit
 from headwater.sinks.base import Sink
 from headwater.sources.base import Source
+from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow, Window
 
 _STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -61,14 +66,30 @@ class Dataflow:
         self._counters: dict[str, int] = {}
 
     # -- building -------------------------------------------------------------------------------------------
-    def source(self, step_id: str, source: Source) -> Stream:
-        """Add a source step; returns the stream of its batches."""
+    def source(
+        self, step_id: str, source: Source, *, event_time: str | None = None,
+        max_out_of_orderness: timedelta = timedelta(0), idle_timeout: timedelta | None = None,
+    ) -> Stream:
+        """Add a source step; returns the stream of its batches.
+
+        ``event_time`` names the column holding each record's event time (a timestamp, or integer
+        milliseconds); watermarks then follow it per source partition, trailing the largest time seen by
+        ``max_out_of_orderness``. A partition without data for ``idle_timeout`` stops holding the watermark back.
+        """
         if not isinstance(source, Source):
             raise ConfigError(
                 f"step {step_id!r}: {source!r} is not a headwater Source; use one from headwater.sources "
                 "or subclass headwater.sources.base.Source"
             )
-        return self._add(SourceStep(self._check_id(step_id), (), source=source))
+        for name, value in (("max_out_of_orderness", max_out_of_orderness), ("idle_timeout", idle_timeout)):
+            if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+                raise ConfigError(f"step {step_id!r}: {name} must be a non-negative datetime.timedelta, got {value!r}")
+        step = SourceStep(
+            self._check_id(step_id), (), source=source, time_column=event_time,
+            out_of_orderness_ms=int(max_out_of_orderness / timedelta(milliseconds=1)),
+            idle_timeout_ms=None if idle_timeout is None else int(idle_timeout / timedelta(milliseconds=1)),
+        )
+        return self._add(step)
 
     def _auto_id(self, kind: str) -> str:
         n = self._counters.get(kind, 0)
@@ -93,7 +114,11 @@ class Dataflow:
         return step_id
 
     def _add(self, step: Step) -> Stream:
+        bind = getattr(step, "bind", None)
+        if bind is not None:
+            bind([self.steps[i] for i in step.inputs])
         step.schema = step.derive_schema([self.steps[i].schema for i in step.inputs])
+        step.event_time = step.derive_event_time([self.steps[i] for i in step.inputs])
         self.steps[step.step_id] = step
         return Stream(self, step.step_id)
 
@@ -249,6 +274,36 @@ class Stream:
             raise ConfigError(f"union() got the same stream twice: {inputs}")
         return self.flow._add(UnionStep(self._next_id("union", step_id), inputs))
 
+    def window(self, window: Window, *, allowed_lateness: timedelta = timedelta(0)) -> WindowedStream:
+        """Group the whole stream into event-time windows (one global window per time range; runs as one
+        subtask — key_by(...) first to parallelise)."""
+        return WindowedStream(self, (), window, allowed_lateness)
+
+    def late_records(self, *, step_id: str | None = None) -> Stream:
+        """The records a window aggregation dropped as too late, with ``late_reason`` and ``lateness_ms``."""
+        return self.flow._add(LateRecordsStep(self._next_id("late_records", step_id), (self.step_id,)))
+
+    def join(
+        self, other: Stream, *, window: TumblingWindow, on: str | Sequence[str] | None = None,
+        left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,
+        step_id: str | None = None,
+    ) -> Stream:
+        """Inner equi-join with ``other``: rows with equal keys whose event times fall in the same tumbling
+        ``window``. Keys: ``on`` (same names on both sides) or ``left_on``/``right_on``."""
+        if not isinstance(other, Stream) or other.flow is not self.flow:
+            raise ConfigError("join() takes a stream of the same dataflow")
+        if not isinstance(window, TumblingWindow):
+            raise ConfigError("join() supports TumblingWindow windows")
+        if on is not None:
+            left_on = right_on = on
+        if left_on is None or right_on is None:
+            raise ConfigError("join() needs on=... or both left_on=... and right_on=...")
+        left = (left_on,) if isinstance(left_on, str) else tuple(left_on)
+        right = (right_on,) if isinstance(right_on, str) else tuple(right_on)
+        step = WindowJoinStep(self._next_id("join", step_id), (self.step_id, other.step_id), left_on=left,
+                              right_on=right, window=window)
+        return self.flow._add(step)
+
     def sink(self, step_id: str, sink: Sink) -> None:
         """Write the stream to ``sink`` (a terminal step)."""
         if not isinstance(sink, Sink):
@@ -285,5 +340,45 @@ class KeyedStream:
         )
         return flow._add(step)
 
+    def window(self, window: Window, *, allowed_lateness: timedelta = timedelta(0)) -> WindowedStream:
+        """Per-key event-time windows: ``.window(hw.TumblingWindow(seconds=10)).aggregate(n=hw.count())``."""
+        return WindowedStream(self.stream, self.keys, window, allowed_lateness)
+
     def __repr__(self) -> str:
         return f"KeyedStream({self.stream!r}, keys={self.keys})"
+
+
+class WindowedStream:
+    """A stream grouped into event-time windows (optionally per key), awaiting ``aggregate``."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...], window: Window, allowed_lateness: timedelta) -> None:
+        if not isinstance(window, (TumblingWindow, SlidingWindow, SessionWindow)):
+            raise ConfigError(f"window() takes hw.TumblingWindow, hw.SlidingWindow or hw.SessionWindow, got {window!r}")
+        if not isinstance(allowed_lateness, timedelta) or allowed_lateness < timedelta(0):
+            raise ConfigError(f"allowed_lateness must be a non-negative datetime.timedelta, got {allowed_lateness!r}")
+        self.stream = stream
+        self.keys = keys
+        self.window = window
+        self.allowed_lateness_ms = int(allowed_lateness / timedelta(milliseconds=1))
+
+    def aggregate(self, *, step_id: str | None = None, **aggregations: Aggregation) -> Stream:
+        """Aggregates per window (and key), emitted when the watermark passes the window's end; results carry
+        ``window_start`` and ``window_end``."""
+        if isinstance(self.window, SessionWindow):
+            from headwater.engine.logical import SessionWindowStep
+
+            step: Step = SessionWindowStep(
+                self.stream._next_id("session_window", step_id), (self.stream.step_id,), keys=self.keys,
+                window=self.window, aggregations=tuple(aggregations.items()),
+                allowed_lateness_ms=self.allowed_lateness_ms,
+            )
+        else:
+            step = WindowAggregateStep(
+                self.stream._next_id("window", step_id), (self.stream.step_id,), keys=self.keys,
+                window=self.window, aggregations=tuple(aggregations.items()),
+                allowed_lateness_ms=self.allowed_lateness_ms,
+            )
+        return self.stream.flow._add(step)
+
+    def __repr__(self) -> str:
+        return f"WindowedStream({self.stream!r}, keys={self.keys}, {self.window!r})"

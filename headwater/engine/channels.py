@@ -46,7 +46,16 @@ class Barrier:
     checkpoint_id: int
 
 
-Message = DataMessage | EndOfStream | Barrier
+@dataclass(frozen=True)
+class Watermark:
+    """No event with a time below ``timestamp_ms`` will follow from this sender (``idle``: the sender has no
+    data for now and must not hold back its receivers' watermark until it sends a non-idle watermark)."""
+
+    timestamp_ms: int
+    idle: bool = False
+
+
+Message = DataMessage | EndOfStream | Barrier | Watermark
 
 
 class OutputBuffer:
@@ -159,6 +168,12 @@ class EdgeWriter:
         """Flush everything, then tell every receiver (forward: only ours) that this sender is done."""
         out = self.flush_all()
         out.extend((r, EndOfStream(drain)) for r in self._targets())
+        return out
+
+    def watermark(self, timestamp_ms: int, idle: bool = False) -> list[tuple[int, Message]]:
+        """Flush everything (results released by this watermark go first), then send the watermark."""
+        out = self.flush_all()
+        out.extend((r, Watermark(timestamp_ms, idle)) for r in self._targets())
         return out
 
     def barrier(self, checkpoint_id: int) -> list[tuple[int, Message]]:

@@ -36,6 +36,19 @@ class Step:
     kind: str = field(default="step", init=False)
     #: May run in the same actor as its single upstream when partitioning is forward.
     fusable: bool = field(default=True, init=False)
+    #: The stream's event time: (column, offset in ms added to it); ``None`` when it has none.
+    event_time: tuple[str, int] | None = field(default=None, init=False)
+    #: Whether the step has a side output of late records (``stream.late_records()``).
+    has_side_output: bool = field(default=False, init=False)
+
+    def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
+        """Event time of the output: the input's, while its column survives."""
+        if not inputs or inputs[0].event_time is None:
+            return None
+        column = inputs[0].event_time[0]
+        if self.schema is not None and self.schema.get_field_index(column) < 0:
+            return None
+        return inputs[0].event_time
 
     @property
     def where(self) -> str:
@@ -68,13 +81,32 @@ class Step:
 @dataclass(eq=False)
 class SourceStep(Step):
     source: Source = field(default=None)  # type: ignore[assignment]
+    time_column: str | None = None
+    out_of_orderness_ms: int = 0
+    idle_timeout_ms: int | None = None
 
     def __post_init__(self) -> None:
         self.kind = "source"
         self.fusable = False
 
     def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
-        return self.source.schema()
+        schema = self.source.schema()
+        if self.time_column is not None and schema is not None:
+            index = schema.get_field_index(self.time_column)
+            if index < 0:
+                raise UnknownColumnError(
+                    f"{self.where}: event_time {_unknown_column_message(self.time_column, schema.names)}"
+                )
+            kind = schema.field(index).type
+            if not (pa.types.is_timestamp(kind) or pa.types.is_integer(kind) or pa.types.is_date(kind)):
+                raise ConfigError(
+                    f"{self.where}: event_time column {self.time_column!r} is {kind}; it must be a timestamp, a date "
+                    "or an integer of milliseconds since the epoch"
+                )
+        return schema
+
+    def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
+        return (self.time_column, 0) if self.time_column is not None else None
 
     def describe(self) -> str:
         return f"source {type(self.source).__name__}"
@@ -296,3 +328,182 @@ class SinkStep(Step):
 
 
 Partitioning = Literal["forward", "hash", "round_robin", "broadcast"]
+
+
+def _time_type(schema: pa.Schema | None, event_time: tuple[str, int] | None) -> pa.DataType:
+    if schema is None or event_time is None or schema.get_field_index(event_time[0]) < 0:
+        return pa.int64()
+    kind = schema.field(event_time[0]).type
+    return pa.timestamp("ms", kind.tz) if pa.types.is_timestamp(kind) else pa.int64()
+
+
+def _require_event_time(step: Step, inputs: list[Step]) -> tuple[str, int]:
+    for upstream in inputs:
+        if upstream.event_time is None:
+            raise BuildError(
+                f"{step.where}: stream {upstream.step_id!r} has no event time; declare it on the source with "
+                "flow.source(..., event_time='column') (and keep that column through select)"
+            )
+    return inputs[0].event_time  # type: ignore[return-value]
+
+
+@dataclass(eq=False)
+class WindowAggregateStep(Step):
+    """Tumbling/sliding window aggregation, keyed by ``keys`` (empty: one global window per time range)."""
+
+    keys: tuple[str, ...] = ()
+    window: Any = None
+    aggregations: tuple[tuple[str, Aggregation], ...] = ()
+    allowed_lateness_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.kind = "window"
+        self.fusable = False
+        self.has_side_output = True
+        if not self.aggregations:
+            raise ConfigError(f"{self.where}: aggregate() needs at least one aggregation, e.g. count=hw.count()")
+        for name, agg in self.aggregations:
+            if not isinstance(agg, Aggregation):
+                raise ConfigError(f"{self.where}: {name}={agg!r} is not an aggregation (hw.count(), hw.sum(col), ...)")
+            if name in (*self.keys, "window_start", "window_end"):
+                raise ConfigError(f"{self.where}: aggregation name {name!r} collides with a key or window column")
+        self._input_schema: pa.Schema | None = None
+        self._time: tuple[str, int] | None = None
+        self._time_type: pa.DataType = pa.int64()
+
+    def bind(self, inputs: list[Step]) -> None:
+        self._time = _require_event_time(self, inputs)
+        self._time_type = _time_type(inputs[0].schema, self._time)
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        schema = self._input_schema = input_schemas[0]
+        if schema is None:
+            return None
+        for key in self.keys:
+            if schema.get_field_index(key) < 0:
+                raise UnknownColumnError(f"{self.where}: key {_unknown_column_message(key, schema.names)}")
+        fields = [schema.field(k) for k in self.keys]
+        fields += [pa.field(name, agg.output_type(schema, self.where)) for name, agg in self.aggregations]
+        return pa.schema([*fields, pa.field("window_start", self._time_type), pa.field("window_end", self._time_type)])
+
+    def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
+        return ("window_end", -1)  # a window's results happen at its last millisecond
+
+    def required_columns(self) -> tuple[str, ...] | None:
+        columns = list(self.keys)
+        for _, agg in self.aggregations:
+            for c in (agg.column, agg.by):
+                if c is not None and c not in columns:
+                    columns.append(c)
+        if self._time is not None and self._time[0] not in columns:
+            columns.append(self._time[0])
+        return tuple(columns)
+
+    @property
+    def explicit_parallelism(self) -> int | None:
+        return None if self.keys else 1  # a global window is one subtask
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.window import WindowAggregateOperator
+
+        assert self._time is not None
+        return WindowAggregateOperator(self.keys, self.window, self.aggregations, self._time[0], self._time[1],
+                                       self.allowed_lateness_ms, self._input_schema, self._time_type)
+
+    def describe(self) -> str:
+        aggs = ", ".join(f"{name}={agg!r}" for name, agg in self.aggregations)
+        by = f" by {', '.join(self.keys)}" if self.keys else ""
+        return f"{self.window!r}{by}: {aggs}"
+
+
+@dataclass(eq=False)
+class LateRecordsStep(Step):
+    """The side output of a windowed step: input records too late for every window they belong to."""
+
+    def __post_init__(self) -> None:
+        self.kind = "late_records"
+        self.fusable = False
+
+    def bind(self, inputs: list[Step]) -> None:
+        window_step = inputs[0]
+        if not window_step.has_side_output:
+            raise BuildError(f"{self.where}: step {window_step.step_id!r} has no late records; use late_records() "
+                             "on the result of a window aggregation")
+        self._late_schema = getattr(window_step, "_input_schema", None)
+        self._late_time = getattr(window_step, "_time", None)
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        if self._late_schema is None:
+            return None
+        return self._late_schema.append(pa.field("late_reason", pa.string())).append(pa.field("lateness_ms", pa.int64()))
+
+    def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
+        return self._late_time
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.stateless import UnionOperator
+
+        return UnionOperator(None)
+
+    def describe(self) -> str:
+        return f"late records of {self.inputs[0]}"
+
+
+@dataclass(eq=False)
+class WindowJoinStep(Step):
+    """Equi-join of two streams within tumbling event-time windows."""
+
+    left_on: tuple[str, ...] = ()
+    right_on: tuple[str, ...] = ()
+    window: Any = None
+
+    def __post_init__(self) -> None:
+        self.kind = "window_join"
+        self.fusable = False
+        if not self.left_on or len(self.left_on) != len(self.right_on):
+            raise ConfigError(f"{self.where}: join needs as many left keys as right keys, got {self.left_on} and "
+                              f"{self.right_on}")
+        self._times: tuple[tuple[str, int], ...] = ()
+        self._time_type: pa.DataType = pa.int64()
+        self._adds_window = True
+
+    def keys_for_input(self, index: int) -> tuple[str, ...]:
+        return self.left_on if index == 0 else self.right_on
+
+    def bind(self, inputs: list[Step]) -> None:
+        _require_event_time(self, inputs)
+        self._times = tuple(i.event_time for i in inputs)  # type: ignore[misc]
+        self._time_type = _time_type(inputs[0].schema, inputs[0].event_time)
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        left, right = input_schemas
+        if left is None or right is None:
+            return None
+        for keys, schema, side in ((self.left_on, left, "left"), (self.right_on, right, "right")):
+            for key in keys:
+                if schema.get_field_index(key) < 0:
+                    raise UnknownColumnError(f"{self.where}: {side} key {_unknown_column_message(key, schema.names)}")
+        from headwater.operators.window_join import join_tables
+
+        try:
+            joined = join_tables(left.empty_table(), right.empty_table(), self.left_on, self.right_on)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"{self.where}: cannot join {self.left_on} with {self.right_on}: {exc}") from None
+        schema = joined.schema
+        self._adds_window = "window_start" not in schema.names and "window_end" not in schema.names
+        if self._adds_window:
+            schema = schema.append(pa.field("window_start", self._time_type)).append(pa.field("window_end", self._time_type))
+        return schema
+
+    def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
+        return ("window_end", -1)
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.window_join import WindowJoinOperator
+
+        return WindowJoinOperator(self.left_on, self.right_on, self.window, self._times, self._time_type,
+                                  self._adds_window)
+
+    def describe(self) -> str:
+        pairs = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on))
+        return f"join on {pairs} within {self.window!r}"

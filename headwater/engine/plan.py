@@ -23,6 +23,7 @@ class Edge:
     keys: tuple[str, ...] = ()
     input_index: int = 0
     columns: tuple[str, ...] | None = None  # projection applied by the sender (None: every column)
+    src_port: int = 0  # 0: the step's main output; 1: its side output (late records)
 
 
 @dataclass(frozen=True)
@@ -91,5 +92,6 @@ class PhysicalPlan:
         for edge in self.edges:
             keys = f" by ({', '.join(edge.keys)})" if edge.keys else ""
             columns = f" columns ({', '.join(edge.columns)})" if edge.columns is not None else ""
-            lines.append(f"  edge {edge.edge_id}: stage {edge.src} -> stage {edge.dst} [{edge.partitioning}{keys}]{columns}")
+            port = " (late records)" if edge.src_port else ""
+            lines.append(f"  edge {edge.edge_id}: stage {edge.src}{port} -> stage {edge.dst} [{edge.partitioning}{keys}]{columns}")
         return "\n".join(lines)

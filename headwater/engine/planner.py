@@ -18,7 +18,16 @@ from __future__ import annotations
 
 from headwater.dataflow import Dataflow
 from headwater.engine.config import RunConfig
-from headwater.engine.logical import AggregateStep, Partitioning, SourceStep, Step, UnionStep
+from headwater.engine.logical import (
+    AggregateStep,
+    LateRecordsStep,
+    Partitioning,
+    SourceStep,
+    Step,
+    UnionStep,
+    WindowAggregateStep,
+    WindowJoinStep,
+)
 from headwater.engine.plan import Edge, PhysicalPlan, Stage
 from headwater.errors import BuildError, ConfigError
 
@@ -31,14 +40,18 @@ def _wanted_parallelism(step: Step, flow: Dataflow, chosen: dict[str, int], defa
         return min(default, len(parts))
     if step.explicit_parallelism is not None:
         return step.explicit_parallelism
-    if isinstance(step, (AggregateStep, UnionStep)):
+    if isinstance(step, (AggregateStep, UnionStep, WindowAggregateStep, WindowJoinStep)):
         return default
     return chosen[step.inputs[0]]
 
 
-def _partitioning(step: Step, upstream_parallelism: int, parallelism: int) -> tuple[Partitioning, tuple[str, ...]]:
-    if isinstance(step, AggregateStep):
+def _partitioning(
+    step: Step, input_index: int, upstream_parallelism: int, parallelism: int
+) -> tuple[Partitioning, tuple[str, ...]]:
+    if isinstance(step, (AggregateStep, WindowAggregateStep)) and step.keys:
         return "hash", step.keys
+    if isinstance(step, WindowJoinStep):
+        return "hash", step.keys_for_input(input_index)
     return ("forward" if upstream_parallelism == parallelism else "round_robin"), ()
 
 
@@ -63,7 +76,7 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
         parallelism[step.step_id] = p
         if len(step.inputs) == 1:
             upstream = step.inputs[0]
-            partitioning, keys = _partitioning(step, parallelism[upstream], p)
+            partitioning, keys = _partitioning(step, 0, parallelism[upstream], p)
             upstream_stage = stage_of[upstream]
             can_fuse = (
                 step.fusable
@@ -78,7 +91,7 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
             edge_specs.append((upstream, step.step_id, partitioning, keys, 0))
         else:
             for index, upstream in enumerate(step.inputs):
-                partitioning, keys = _partitioning(step, parallelism[upstream], p)
+                partitioning, keys = _partitioning(step, index, parallelism[upstream], p)
                 edge_specs.append((upstream, step.step_id, partitioning, keys, index))
         stage_of[step.step_id] = len(chains)
         chains.append([step.step_id])
@@ -91,7 +104,9 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
         if chains[stage_of[src_step]][-1] != src_step:
             raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
     edges = tuple(
-        Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index, flow.steps[dst].required_columns())
+        Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index,
+             None if isinstance(flow.steps[dst], LateRecordsStep) else flow.steps[dst].required_columns(),
+             src_port=1 if isinstance(flow.steps[dst], LateRecordsStep) else 0)
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )
     source_parts = {

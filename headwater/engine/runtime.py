@@ -24,7 +24,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from headwater.engine.arrays import same_columns
-from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message
+from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
+from headwater.engine.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
 from headwater.engine.config import RunConfig
 from headwater.engine.logical import SinkStep, SourceStep
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
@@ -38,6 +39,8 @@ from headwater.operators.sink import SinkOperator
 from headwater.sources.base import SourcePartition
 
 Outgoing = tuple[int, int, Message]
+
+_WATERMARK_INTERVAL_S = 0.02
 
 
 def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure:
@@ -76,6 +79,8 @@ class SubtaskRuntime:
                        config.linger_seconds, plan.max_key_groups)
             for edge in plan.outputs_of(stage_id)
         ]
+        self.main_writers = [w for w in self.writers if w.edge.src_port == 0]
+        self.side_writers = [w for w in self.writers if w.edge.src_port == 1]
         self.pending_ends: set[tuple[int, int]] = set()
         self.input_index: dict[int, int] = {}
         for edge in plan.inputs_of(stage_id):
@@ -100,6 +105,16 @@ class SubtaskRuntime:
         self.uncommitted: dict[str, list[tuple[int, Any]]] = {step_id: [] for step_id, _ in self.sinks}
         self.ended_parts: dict[str, Any] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
+        # -- event time (see headwater.engine.event_time) --
+        self.input_watermarks = InputWatermarks(set(self.pending_ends))
+        self.watermark = MIN_WATERMARK
+        self.source_watermarks: SourceWatermarks | None = None
+        if self.source_step is not None and self.source_step.time_column is not None:
+            self.source_watermarks = SourceWatermarks(
+                plan.parts_for(stage_id, subtask), self.source_step.time_column,
+                self.source_step.out_of_orderness_ms, self.source_step.idle_timeout_ms,
+            )
+        self._next_watermark_check = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -149,10 +164,16 @@ class SubtaskRuntime:
         if isinstance(message, Barrier):
             self.aligner.barrier(channel, message.checkpoint_id)
             return self._complete_alignment()
+        if isinstance(message, Watermark):
+            advanced = self.input_watermarks.update(channel, message.timestamp_ms, message.idle)
+            return self._advance_watermark(advanced) if advanced is not None else []
         if isinstance(message, EndOfStream):
             self.pending_ends.discard(channel)
             self._drain_on_end = self._drain_on_end and message.drain
             out = self._complete_alignment() if self.aligner.checkpoint_id is not None else []
+            advanced = self.input_watermarks.ended(channel)
+            if advanced is not None and self.pending_ends:
+                out.extend(self._advance_watermark(advanced))
             if not self.pending_ends and not self.finished:
                 out.extend(self._finish(self._drain_on_end))
             return out
@@ -171,6 +192,7 @@ class SubtaskRuntime:
 
     def _process(self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int = 0) -> list[Outgoing]:
         batches = [batch]
+        side: list[Outgoing] = []
         for position in range(start, len(self.operators)):
             step_id, operator = self.operators[position]
             counters = self.counters[step_id]
@@ -181,17 +203,64 @@ class SubtaskRuntime:
                 produced.extend(self._guard(step_id, operator.process, b, input_index if position == 0 else 0))
             for b in produced:
                 counters.rows_out += b.num_rows
+            side.extend(self._side_output(position, ingest_ns))
             batches = produced
             if not batches:
                 break
         if self.latency is not None:
             self.latency.record((time.time_ns() - ingest_ns) / 1e6, batch.num_rows)
-        return self._emit(batches, ingest_ns)
+        return side + self._emit(batches, ingest_ns)
+
+    def _side_output(self, position: int, ingest_ns: int) -> list[Outgoing]:
+        """Route the side output (late records) of the chain's last operator; others' is discarded."""
+        step_id, operator = self.operators[position]
+        taken = operator.take_side_output()
+        if not taken or position != len(self.operators) - 1 or not self.side_writers:
+            return []
+        out: list[Outgoing] = []
+        for b in taken:
+            for writer in self.side_writers:
+                out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, b, ingest_ns))
+        return out
+
+    def _advance_watermark(self, watermark: int) -> list[Outgoing]:
+        """Event time moved to ``watermark``: operators emit what it completes (down the chain), then the
+        watermark goes downstream after those results."""
+        self.watermark = watermark
+        out: list[Outgoing] = []
+        now_ns = time.time_ns()
+        for position, (step_id, operator) in enumerate(self.operators):
+            for b in self._guard(step_id, operator.on_watermark, watermark):
+                self.counters[step_id].rows_out += b.num_rows
+                out.extend(self._continue_from(position + 1, b, now_ns))
+            out.extend(self._side_output(position, now_ns))
+        for writer in self.writers:
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.watermark(watermark))
+        return out
+
+    def _source_watermark(self, force: bool = False) -> list[Outgoing]:
+        """Sources: every 20 ms, send the partitions' combined watermark when it moved (or went idle)."""
+        if self.source_watermarks is None:
+            return []
+        now = time.monotonic()
+        if not force and now < self._next_watermark_check:
+            return []
+        self._next_watermark_check = now + _WATERMARK_INTERVAL_S
+        polled = self.source_watermarks.poll(now)
+        if polled is None:
+            return []
+        watermark, idle = polled
+        if idle:
+            out: list[Outgoing] = []
+            for writer in self.writers:
+                out.extend((writer.edge.edge_id, r, m) for r, m in writer.watermark(watermark, idle=True))
+            return out
+        return self._advance_watermark(watermark)
 
     def _emit(self, batches: list[pa.RecordBatch], ingest_ns: int) -> list[Outgoing]:
         out: list[Outgoing] = []
         for b in batches:
-            for writer in self.writers:
+            for writer in self.main_writers:
                 # Partitioning hashes key columns: a bad key type is reported as the producing step's error.
                 sent = self._guard(self.stage.tail, writer.write, b, ingest_ns)
                 out.extend((writer.edge.edge_id, r, m) for r, m in sent)
@@ -210,6 +279,7 @@ class SubtaskRuntime:
             for b in held:
                 self.counters[step_id].rows_out += b.num_rows
                 out.extend(self._continue_from(position + 1, b, now_ns))
+            out.extend(self._side_output(position, now_ns))
         final_id = self.last_checkpoint_id + 1
         for step_id, sink in self.sinks:
             token = self._guard(step_id, sink.prepare, final_id)
@@ -304,6 +374,8 @@ class SubtaskRuntime:
                 self.ended_parts[part] = self._guard(step_id, partition.snapshot)
                 partition.close()
                 del self.partitions[index]
+                if self.source_watermarks is not None:
+                    self.source_watermarks.ended(part)
                 if not self.partitions:
                     return self._finish(), False
                 continue
@@ -313,8 +385,10 @@ class SubtaskRuntime:
                 continue
             self._check_source_schema(batch, part)
             self.counters[step_id].rows_out += batch.num_rows
-            return self._process(batch, time.time_ns(), 0), True
-        return [], False
+            if self.source_watermarks is not None:
+                self._guard(step_id, self.source_watermarks.observe, part, batch)
+            return self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
+        return self._source_watermark(), False
 
     def _check_source_schema(self, batch: pa.RecordBatch, part: str) -> None:
         if self._source_schema is None:

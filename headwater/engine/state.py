@@ -173,7 +173,7 @@ class OperatorStateStore:
         self.step_id = step_id
         self.max_key_groups = max_key_groups
         self.key_group_range = key_group_range
-        self.keyed: dict[str, KeyedColumns | KeyedObjects] = {}
+        self.keyed: dict[str, Any] = {}
         self.values: dict[str, ValueState] = {}
 
     def _check_new(self, name: str) -> None:
@@ -189,6 +189,13 @@ class OperatorStateStore:
     def keyed_objects(self, name: str, key_names: Sequence[str]) -> KeyedObjects:
         self._check_new(name)
         state = KeyedObjects(key_names, self.max_key_groups)
+        self.keyed[name] = state
+        return state
+
+    def register(self, name: str, state: Any) -> Any:
+        """Add a custom keyed state: anything with ``snapshot() -> pa.Table | None`` (rows carrying
+        ``_key_group``) and ``restore(table)`` (rows already filtered to this subtask's key groups)."""
+        self._check_new(name)
         self.keyed[name] = state
         return state
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from headwater.aggregations import Aggregation
 from headwater.engine.arrays import as_int64, from_int64, is_integer_like
 from headwater.engine.state import KeyedColumns
+from headwater.errors import ConfigError
 
 _INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
@@ -45,11 +46,20 @@ class AccumulatorSet:
                 needed.append((agg.column, agg.kind))
             elif agg.kind == "count_distinct":
                 needed.append((agg.column, "distinct"))
+            elif agg.kind == "max_by":
+                needed += [(agg.by, "count"), (agg.by, "max"), (agg.column, "first")]
             for pair in needed:
                 if pair not in self.partials:
                     self.partials.append(pair)
         self.value_types: dict[str, pa.DataType] = {}
         self.declared = False
+        self.sort_by = [agg.by for _, agg in self.aggregations if agg.kind == "max_by"]
+        kinds = {agg.kind for _, agg in self.aggregations}
+        if len(set(self.sort_by)) > 1 or (self.sort_by and kinds & {"first", "last"}):
+            raise ConfigError(
+                "max_by() needs rows ordered by its `by` column: use one `by` column per aggregate, and no "
+                "first()/last() in the same aggregate (split it into two steps)"
+            )
 
     def declare(self, state: KeyedColumns, schema: pa.Schema) -> None:
         """Add the state columns (idempotent; restored columns keep their data)."""
@@ -75,11 +85,45 @@ class AccumulatorSet:
 
     def group(self, table: pa.Table, keys: Sequence[str]) -> pa.Table:
         """The batch's partial aggregates per group of ``keys`` (in order of first appearance)."""
+        if self.sort_by:  # max_by: the first row of each group after sorting is the row with the maximum
+            table = table.sort_by([(self.sort_by[0], "descending")])
         return table.group_by(list(keys), use_threads=False).aggregate(self.partials)
 
+    #: how two partial rows of one group combine (re-grouping partials: panes, local pre-aggregation)
+    COMBINE = {"count": "sum", "count_all": "sum", "sum": "sum", "min": "min", "max": "max", "first": "first",
+               "last": "last"}
+
+    @property
+    def combinable(self) -> bool:
+        """Partials can be combined by Arrow grouped aggregation (not so for distinct sets)."""
+        return all(function in self.COMBINE for _, function in self.partials)
+
+    def combine(self, partials: pa.Table, keys: Sequence[str]) -> pa.Table:
+        """Re-group partial rows (as produced by :meth:`group`) so each group of ``keys`` has one row."""
+        if self.sort_by:
+            partials = partials.sort_by([(f"{self.sort_by[0]}_max", "descending")])
+        spec = [(_partial_name(c, f), self.COMBINE[f]) for c, f in self.partials]
+        grouped = partials.group_by(list(keys), use_threads=False).aggregate(spec)
+        return grouped.rename_columns([n if n in keys else n.rsplit("_", 1)[0] for n in grouped.column_names])
+
     def merge(self, state: KeyedColumns, grouped: pa.Table, slots: np.ndarray) -> None:
+        if self.sort_by:
+            # max_by: the partial's row wins where its maximum beats the state's (computed before merging max)
+            by = self.sort_by[0]
+            partial_max = grouped.column(f"{by}_max").combine_chunks()
+            current = state.columns[f"{by}_max"][slots]
+            counts = state.columns[f"{by}_count"][slots]
+            values = partial_max.cast(pa.float64()) if state.columns[f"{by}_max"].dtype.kind == "f" else as_int64(partial_max)
+            wins = np.asarray(pc.fill_null(values, current.min() if len(current) else 0), dtype=current.dtype)
+            wins = (wins > current) | (counts == 0)
+            for column, function in self.partials:
+                if function == "first" and column != by:
+                    values_obj = np.array(grouped.column(f"{column}_first").to_pylist(), dtype=object)
+                    state.columns[f"{column}_first"][slots[wins]] = values_obj[wins]
         for column, function in self.partials:
             name = _partial_name(column, function)
+            if self.sort_by and function == "first":
+                continue  # handled above
             self._merge_one(name, function, state.columns[name], grouped.column(name).combine_chunks(), slots)
 
     @staticmethod
@@ -132,6 +176,10 @@ class AccumulatorSet:
         for out_name, agg in self.aggregations:
             if agg.column is None:
                 out.append((out_name, pa.array(columns["count_all"][slots])))
+                continue
+            if agg.kind == "max_by":
+                values = columns[f"{agg.column}_first"][slots].tolist()
+                out.append((out_name, pa.array(values, type=self.value_types.get(agg.column))))
                 continue
             valid_count = columns[f"{agg.column}_count"][slots]
             if agg.kind == "count":

@@ -42,6 +42,14 @@ class Operator(ABC):
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         """Handle one input batch (``input_index`` tells which input of a multi-input step)."""
 
+    def on_watermark(self, watermark_ms: int) -> list[pa.RecordBatch]:
+        """Event time advanced to ``watermark_ms`` (no earlier events will follow): emit what it completes."""
+        return []
+
+    def take_side_output(self) -> list[pa.RecordBatch]:
+        """Batches for the step's side output (late records), collected since the last call."""
+        return []
+
     def finish(self) -> list[pa.RecordBatch]:
         """All inputs ended: return what is still held (final aggregates), publish sink output."""
         return []

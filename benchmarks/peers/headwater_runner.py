@@ -1,0 +1,139 @@
+"""Headwater: the Nexmark queries built with the Headwater DSL over ``ParquetSource``, run on a local Ray.
+
+Run with the project's venv: ``.venv/bin/python benchmarks/peers/headwater_runner.py --query q1 ...``.
+
+* q0-q2 are the builders of ``examples/nexmark_queries.py`` (the ones ``benchmarks/nexmark.py`` times).
+* q5/q7/q8 come from ``examples/nexmark_windowed.py`` **if that module exists**; it must define
+  ``q5(bids, sink)``, ``q7(bids, sink)`` and ``q8(persons, auctions, sink)`` (or a ``QUERIES`` dict of them)
+  whose sink input has the columns of ``common.OUTPUT`` (q5: window_start, window_end, auction, num; q7:
+  window_start, window_end, auction, bidder, price; q8: window_start, id, name). Without it the result says
+  ``"skipped": "windows not yet available"``.
+
+Timing: Ray is started first (``ray.init``: all CPUs, 1 GiB object store, no dashboard, as
+``benchmarks/nexmark.py`` does) and that is ``startup_s``; ``elapsed_s`` is the wall time of ``hw.run`` (planning,
+actor start-up, the query, the final commit). The timed run writes to ``NullSink``; the verification run to
+``TestingSink`` (Arrow IPC files in a temporary directory), read back after the run for the digest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import common  # noqa: E402
+
+BATCH_SIZE = 131_072  # as benchmarks/nexmark.py (twice the engine default)
+
+
+def _windowed_module() -> Any | None:
+    path = ROOT / "examples" / "nexmark_windowed.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("nexmark_windowed", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nexmark_windowed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _builder(query: str) -> Any:
+    if query in ("q0", "q1", "q2"):
+        from nexmark_queries import QUERIES
+
+        return QUERIES[query]
+    module = _windowed_module()
+    if module is None:
+        raise common.SkipQuery("windows not yet available (examples/nexmark_windowed.py does not exist)")
+    fn = getattr(module, "QUERIES", {}).get(query) or getattr(module, query, None)
+    if fn is None:
+        raise common.SkipQuery(f"examples/nexmark_windowed.py defines no {query}")
+    return fn
+
+
+def build(flow: Any, query: str, events_dir: str, parallelism: int, sink: Any) -> None:
+    from headwater.sources import ParquetSource
+
+    fn = _builder(query)
+    streams = [flow.source(table, ParquetSource(common.table_path(events_dir, table), batch_size=BATCH_SIZE,
+                                                columns=columns))
+               for table, columns in common.INPUT[query].items()]
+    if query == "q8":
+        persons, auctions = streams  # INPUT["q8"] lists person first
+        params = len(inspect.signature(fn).parameters)
+        if params != 3:
+            raise common.SkipQuery(f"nexmark_windowed.q8 takes {params} arguments, expected (persons, auctions, sink)")
+        fn(persons, auctions, sink)
+    else:
+        fn(streams[0], sink)
+
+
+def run(args: Any) -> dict[str, Any]:
+    _builder(args.query)  # skip before starting Ray if the query is not available
+    import ray
+
+    import headwater as hw
+    from headwater.engine.metrics import peak_rss_mb
+    from headwater.sinks import NullSink
+    from headwater.testing import TestingSink
+
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    startup = time.perf_counter() - started
+    sink_dir = None
+    try:
+        flow = hw.Dataflow(f"nexmark-{args.query}")
+        if args.verify:
+            sink = TestingSink()
+            sink_dir = sink.directory
+        else:
+            sink = NullSink()
+        build(flow, args.query, args.events_dir, args.parallelism, sink)
+        started = time.perf_counter()
+        result = hw.run(flow, parallelism=args.parallelism, batch_size=BATCH_SIZE)
+        elapsed = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    read = sum(result.rows_out(table) for table in common.INPUT[args.query])
+    expected = common.input_rows(args.events_dir, args.query)
+    if read != expected:
+        raise SystemExit(f"headwater runner: the query read {read} rows, expected {expected}")
+    latency = result.latency.summary()
+    out: dict[str, Any] = {
+        "elapsed_s": elapsed, "startup_s": startup, "result_rows": result.rows_in("sink"),
+        "latency_ms": {k: latency[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+        "engine_peak_rss_mb": result.peak_rss_mb() + peak_rss_mb(),
+    }
+    if args.verify:
+        digest = common.Digest(args.query, args.dump)
+        table = sink.table()
+        if table is not None:
+            digest.add_arrow(table)
+        out["digest"] = digest
+        shutil.rmtree(sink_dir, ignore_errors=True)
+    return out
+
+
+def version() -> str:
+    import headwater
+
+    return headwater.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main("headwater", version, run))

@@ -1,0 +1,215 @@
+"""Tumbling and sliding event-time window aggregation, vectorised over panes.
+
+Time is cut into *panes* of ``slide`` (tumbling: ``size``) milliseconds. Each input batch is reduced with
+Arrow's grouped aggregation to one partial row per (key, pane) and merged into that pane's per-key
+accumulators (:class:`~headwater.engine.state.KeyedColumns`). A window ``[start, start + size)`` is the union
+of its ``size / slide`` panes: when the watermark passes its end, its panes' partials are combined per key
+(Arrow again) and emitted as one batch with ``window_start`` and ``window_end``.
+
+Lateness: with ``allowed_lateness`` L, a window stays in state until the watermark passes ``end + L``; a record
+arriving for a window that already fired (but within L) re-emits that window's updated results (an update:
+the latest row per key and window is the result). A record whose every window is past ``end + L`` goes to
+the **side output** (``stream.late_records()``) with ``late_reason`` and ``lateness_ms``.
+
+State (what a checkpoint holds): every pane's accumulators per key, each row tagged with its pane and key
+group, and how far windows have fired — so a restore neither loses a pane nor fires a window twice.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headwater.aggregations import Aggregation
+from headwater.engine.event_time import MIN_WATERMARK, event_times_ms
+from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
+from headwater.engine.state import KEY_GROUP_COLUMN, KeyedColumns, OperatorStateStore
+from headwater.operators.accumulators import AccumulatorSet
+from headwater.operators.base import Operator, OperatorContext
+from headwater.windows import SlidingWindow, TumblingWindow
+
+PANE = "__pane"
+ALL = "__all"  # the constant key of an unkeyed window
+_FIRED = "__fired_until"
+MAX_WATERMARK = np.iinfo(np.int64).max
+
+
+def late_rows(batch: pa.RecordBatch, times: np.ndarray, watermark: int, reason: str) -> pa.RecordBatch:
+    """``batch`` with ``late_reason`` and ``lateness_ms`` (how far behind the watermark each row was)."""
+    return batch.append_column("late_reason", pa.array([reason] * batch.num_rows, pa.string())).append_column(
+        "lateness_ms", pa.array(watermark - times, pa.int64())
+    )
+
+
+class PaneState:
+    """Per-pane keyed accumulators plus the fired-until mark; a keyed state of the operator's store."""
+
+    def __init__(self, keys: Sequence[str], max_key_groups: int) -> None:
+        self.keys = tuple(keys)
+        self.max_key_groups = max_key_groups
+        self.panes: dict[int, KeyedColumns] = {}
+        self.fired_until = MIN_WATERMARK
+
+    def pane(self, start: int) -> KeyedColumns:
+        state = self.panes.get(start)
+        if state is None:
+            state = self.panes[start] = KeyedColumns(self.keys, self.max_key_groups)
+        return state
+
+    def snapshot(self) -> pa.Table | None:
+        tables = []
+        for start, state in self.panes.items():
+            table = state.snapshot()
+            if table is not None:
+                table = table.append_column(PANE, pa.array([start] * table.num_rows, pa.int64()))
+                tables.append(table.append_column(_FIRED, pa.array([self.fired_until] * table.num_rows, pa.int64())))
+        return pa.concat_tables(tables) if tables else None
+
+    def restore(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.fired_until = max(self.fired_until, int(pc.max(table.column(_FIRED)).as_py()))
+        panes = table.column(PANE)
+        for start in pc.unique(panes).to_pylist():
+            rows = table.filter(pc.equal(panes, start)).drop_columns([PANE, _FIRED])
+            self.pane(start).restore(rows)
+
+
+class WindowAggregateOperator(Operator):
+    """Keyed (or global) tumbling/sliding window aggregation (see the module docstring)."""
+
+    def __init__(
+        self, keys: Sequence[str], window: TumblingWindow | SlidingWindow,
+        aggregations: Sequence[tuple[str, Aggregation]], time_column: str, time_offset_ms: int,
+        allowed_lateness_ms: int, input_schema: pa.Schema | None, time_type: pa.DataType,
+    ) -> None:
+        self.keys = tuple(keys) if keys else (ALL,)
+        self.keyed = bool(keys)
+        self.window = window
+        self.size = window.size_ms
+        self.slide = window.slide_ms if isinstance(window, SlidingWindow) else window.size_ms
+        self.accumulators = AccumulatorSet(aggregations)
+        self.time_column = time_column
+        self.time_offset = time_offset_ms
+        self.lateness = allowed_lateness_ms
+        self.input_schema = input_schema
+        self.time_type = time_type
+        self.watermark = MIN_WATERMARK
+        self.state: PaneState | None = None
+        self._side: list[pa.RecordBatch] = []
+        self._schema: pa.Schema | None = None
+
+    def open(self, ctx: OperatorContext) -> None:
+        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        self.state = store.register("panes", PaneState(self.keys, store.max_key_groups))
+        if self.input_schema is not None:
+            self._schema = self.input_schema
+            self.accumulators.declare(KeyedColumns(self.keys, store.max_key_groups), self.input_schema)
+        pa.table({"k": [0]}).group_by("k").aggregate([("k", "count")])  # load Acero before data flows
+
+    # -- input ----------------------------------------------------------------------------------------------
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        assert self.state is not None, "open() was not called"
+        if batch.num_rows == 0:
+            return []
+        if self._schema is None:
+            self._schema = batch.schema
+        times = event_times_ms(batch, self.time_column, self.time_offset)
+        panes = (times // self.slide) * self.slide
+        closed = panes + self.size + self.lateness <= self.watermark
+        if closed.any():
+            late = batch.filter(pa.array(closed))
+            self._side.append(late_rows(late, times[closed], self.watermark,
+                                        f"later than allowed lateness {self.lateness} ms behind the watermark"))
+            keep = ~closed
+            batch, panes = batch.filter(pa.array(keep)), panes[keep]
+            if batch.num_rows == 0:
+                return []
+        table = pa.Table.from_batches([batch]).append_column(PANE, pa.array(panes))
+        if not self.keyed:
+            table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))
+        grouped = self.accumulators.group(table, [*self.keys, PANE])
+        pane_column = np.asarray(grouped.column(PANE).combine_chunks())
+        refire: set[int] = set()
+        for start in np.unique(pane_column).tolist():
+            rows = grouped.filter(pa.array(pane_column == start))
+            state = self.state.pane(start)
+            self.accumulators.declare(state, self._schema)  # idempotent; restored panes need their fill values
+            slots = state.slots_for([rows.column(k).combine_chunks() for k in self.keys])
+            self.accumulators.merge(state, rows, slots)
+            refire |= {s for s in self._windows_of(start) if s + self.size <= self.state.fired_until}
+        return [self._result(start) for start in sorted(refire)]
+
+    def take_side_output(self) -> list[pa.RecordBatch]:
+        taken, self._side = self._side, []
+        return taken
+
+    # -- firing ---------------------------------------------------------------------------------------------
+    def _windows_of(self, pane: int) -> list[int]:
+        """Starts of the windows that contain the pane starting at ``pane``."""
+        return [pane - k * self.slide for k in range(self.size // self.slide)]
+
+    def on_watermark(self, watermark_ms: int) -> list[pa.RecordBatch]:
+        assert self.state is not None
+        self.watermark = max(self.watermark, watermark_ms)
+        due = sorted({
+            start for pane in self.state.panes for start in self._windows_of(pane)
+            if self.state.fired_until < start + self.size <= self.watermark
+        })
+        out = [self._result(start) for start in due]
+        self.state.fired_until = max(self.state.fired_until, self.watermark)
+        for pane in [p for p in self.state.panes if p + self.size + self.lateness <= self.watermark]:
+            del self.state.panes[pane]
+        return [b for b in out if b.num_rows]
+
+    def finish(self) -> list[pa.RecordBatch]:
+        return self.on_watermark(MAX_WATERMARK)
+
+    def _result(self, start: int) -> pa.RecordBatch:
+        """The window ``[start, start + size)``: its panes combined per key, finalised."""
+        assert self.state is not None
+        panes = [self.state.panes[p] for p in range(start, start + self.size, self.slide) if p in self.state.panes]
+        if len(panes) == 1:
+            source: Any = panes[0]
+            keys = source.key_columns()
+            slots = np.arange(len(source))
+        else:
+            combined = self.accumulators.combine(pa.concat_tables([self._export(p) for p in panes]), self.keys)
+            keys = [combined.column(k).combine_chunks() for k in self.keys]
+            source = SimpleNamespace(columns={
+                name: (combined.column(name).to_numpy(zero_copy_only=False) if name in combined.column_names else None)
+                for name in (panes[0].columns if panes else {})
+            })
+            slots = np.arange(combined.num_rows)
+        results = self.accumulators.results(source, slots)
+        rows = len(slots)
+        names = [*(self.keys if self.keyed else ()), *(n for n, _ in results), "window_start", "window_end"]
+        arrays = [*(keys if self.keyed else ()), *(a for _, a in results),
+                  self._times(np.full(rows, start, np.int64)), self._times(np.full(rows, start + self.size, np.int64))]
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def _export(self, pane: KeyedColumns) -> pa.Table:
+        """A pane's accumulators as a table of partial columns (for combining panes)."""
+        size = len(pane)
+        columns = {k: a for k, a in zip(self.keys, pane.key_columns())}
+        for name, values in pane.columns.items():
+            if values.dtype == object:
+                column = name.rsplit("_", 1)[0]
+                columns[name] = pa.array(values[:size].tolist(), type=self.accumulators.value_types.get(column))
+            else:
+                columns[name] = pa.array(values[:size])
+        return pa.table(columns)
+
+    def _times(self, values: np.ndarray) -> pa.Array:
+        array = pa.array(values, pa.int64())
+        if pa.types.is_timestamp(self.time_type):
+            return array.view(pa.timestamp("ms", self.time_type.tz))
+        return array
+
+    def metrics(self) -> dict[str, float]:
+        panes = self.state.panes if self.state is not None else {}
+        return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values()))}
