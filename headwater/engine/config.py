@@ -41,6 +41,9 @@ class RunConfig:
         num_cpus / object_store_memory: resources of a local Ray started by Headwater.
         state_dir: where Ray's temp files (and later checkpoints) live by default.
         progress: print a live rows/s and backlog display while running.
+        progress_interval: how often the progress display refreshes.
+        watermark_interval: how often a source subtask sends its watermark when it advanced (0: after every
+            batch, which makes event-time tests deterministic).
     """
 
     parallelism: int | None = None
@@ -55,6 +58,7 @@ class RunConfig:
     state_dir: Path | None = None
     progress: bool = False
     progress_interval: timedelta = timedelta(seconds=1)
+    watermark_interval: timedelta = timedelta(milliseconds=20)
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -70,6 +74,8 @@ class RunConfig:
             raise ConfigError(f"batch_size must be a positive number of rows, got {self.batch_size!r}")
         if not isinstance(self.linger, timedelta) or self.linger < timedelta(0):
             raise ConfigError(f"linger must be a non-negative datetime.timedelta, got {self.linger!r}")
+        if not isinstance(self.watermark_interval, timedelta) or self.watermark_interval < timedelta(0):
+            raise ConfigError(f"watermark_interval must be a non-negative datetime.timedelta, got {self.watermark_interval!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
             raise ConfigError(f"channel_credits must be at least 1, got {self.channel_credits!r}")
         if not isinstance(self.max_key_groups, int) or not 1 <= self.max_key_groups <= 32_768:

@@ -40,8 +40,6 @@ from headwater.sources.base import SourcePartition
 
 Outgoing = tuple[int, int, Message]
 
-_WATERMARK_INTERVAL_S = 0.02
-
 
 def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure:
     """Attach the step and subtask to ``error`` (wrapping user exceptions in :class:`UserCodeError`)."""
@@ -239,13 +237,14 @@ class SubtaskRuntime:
         return out
 
     def _source_watermark(self, force: bool = False) -> list[Outgoing]:
-        """Sources: every 20 ms, send the partitions' combined watermark when it moved (or went idle)."""
+        """Sources: every ``watermark_interval``, send the partitions' combined watermark when it moved (or
+        went idle)."""
         if self.source_watermarks is None:
             return []
         now = time.monotonic()
         if not force and now < self._next_watermark_check:
             return []
-        self._next_watermark_check = now + _WATERMARK_INTERVAL_S
+        self._next_watermark_check = now + self.config.watermark_interval.total_seconds()
         polled = self.source_watermarks.poll(now)
         if polled is None:
             return []
