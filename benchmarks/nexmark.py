@@ -5,8 +5,9 @@
     python benchmarks/nexmark.py --query q1 --events 1000000 --rate 50000 --json    # latency at a fixed rate
 
 What is measured:
-* ``events`` is the number of **bids** the query reads (the generator's sequence is sized so that exactly this
-  many bids are in it; persons and auctions of the sequence are not generated for bid-only queries).
+* ``events`` is the number of events the query reads: bids for q0-q2, q5 and q7 (the generator's sequence is
+  sized so that exactly this many bids are in it; its persons and auctions are not generated), persons plus
+  auctions for q8.
 * ``events_per_second`` = events / wall time of ``hw.run`` with Ray already started: it includes planning,
   actor start-up and the final commit, and the generation of the events (vectorised, inside the sources).
 * ``latency_*_ms``: source-to-sink latency of each batch's oldest row, weighted by rows (2.5 % buckets).
@@ -38,6 +39,7 @@ import headwater as hw  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from headwater.sources import NexmarkSource  # noqa: E402
+import nexmark_windowed as windowed  # noqa: E402
 from nexmark_queries import QUERIES, REFERENCES  # noqa: E402
 
 BID_SHARE = 46 / 50
@@ -57,20 +59,45 @@ def bid_source(bids: int, parallelism: int, rate: float | None, batch_size: int)
     )
 
 
-def run_headwater(query: str, bids: int, parallelism: int, rate: float | None, batch_size: int) -> dict[str, Any]:
+WINDOWED = {"q5", "q7", "q8"}
+
+
+def sources_for(query: str, events: int, parallelism: int, rate: float | None, batch_size: int) -> dict[str, NexmarkSource]:
+    """The query's sources, sized so that together they yield exactly ``events`` rows."""
+    if query != "q8":
+        return {"bids": bid_source(events, parallelism, rate, batch_size)}
+    # persons are event 0 and auctions events 1-3 of every 50: 4 rows per 50 events
+    full, rest = divmod(events, 4)
+    length = full * 50 + rest
+    pace = None if rate is None else rate * 50 / 4
+    return {name: NexmarkSource(table, events=length, partitions=parallelism, batch_size=batch_size, rate=pace)
+            for name, table in (("persons", "person"), ("auctions", "auction"))}
+
+
+def build(query: str, sources: dict[str, NexmarkSource]) -> hw.Dataflow:
     flow = hw.Dataflow(f"nexmark-{query}")
-    stream = flow.source("bids", bid_source(bids, parallelism, rate, batch_size))
-    QUERIES[query](stream, NullSink())
+    if query in QUERIES:
+        QUERIES[query](flow.source("bids", sources["bids"]), NullSink())
+    elif query == "q8":
+        windowed.q8(flow, sources["persons"], sources["auctions"], NullSink())
+    else:
+        getattr(windowed, query)(flow, sources["bids"], NullSink())
+    return flow
+
+
+def run_headwater(query: str, events: int, parallelism: int, rate: float | None, batch_size: int) -> dict[str, Any]:
+    sources = sources_for(query, events, parallelism, rate, batch_size)
+    flow = build(query, sources)
     started = time.perf_counter()
     result = hw.run(flow, parallelism=parallelism, batch_size=batch_size)
     elapsed = time.perf_counter() - started
-    read = result.rows_out("bids")
-    if read != bids:
-        raise SystemExit(f"benchmark error: the query read {read} bids, expected {bids}")
+    read = sum(result.rows_out(step) for step in sources)
+    if read != events:
+        raise SystemExit(f"benchmark error: the query read {read} events, expected {events}")
     latency = result.latency.summary()
     return {
         "elapsed_s": elapsed,
-        "events_per_second": bids / elapsed,
+        "events_per_second": events / elapsed,
         "rows_out": result.rows_in("sink"),
         "latency_p50_ms": latency["p50_ms"],
         "latency_p99_ms": latency["p99_ms"],
@@ -79,40 +106,106 @@ def run_headwater(query: str, bids: int, parallelism: int, rate: float | None, b
     }
 
 
-def _reference_worker(args: tuple[str, int, int, int, int]) -> int:
-    query, bids, parallelism, k, batch_size = args
-    source = bid_source(bids, parallelism, None, batch_size)
-    partition = source.build_part(source.list_parts()[k], None)
-    loop = REFERENCES[query]
-    produced = 0
+def _rows(partition: Any, columns: tuple[str, ...]):
     while True:
         try:
             batch = partition.next_batch()
         except StopIteration:
-            return produced
+            return
         if batch is None:
             continue
-        columns = [batch.column(name) for name in ("auction", "bidder", "price", "date_time", "extra")]
-        columns[3] = columns[3].cast("int64")
-        loop(*(c.to_pylist() for c in columns))
-        produced += batch.num_rows
+        arrays = [batch.column(c) for c in columns]
+        yield batch.num_rows, [(a.cast("int64") if a.type.id == 18 or "timestamp" in str(a.type) else a).to_pylist()
+                               for a in arrays]
 
 
-def run_reference(query: str, bids: int, parallelism: int, batch_size: int) -> dict[str, Any]:
+def _reference_worker(args: tuple[str, int, int, int, int]) -> tuple[int, Any]:
+    """One process's share of the plain-Python reference: the query's per-row loop over its partition(s)."""
+    query, events, parallelism, k, batch_size = args
+    sources = sources_for(query, events, parallelism, None, batch_size)
+    parts = {name: source.build_part(source.list_parts()[k], None) for name, source in sources.items()}
+    produced = 0
+    if query in REFERENCES:
+        loop = REFERENCES[query]
+        for rows, cols in _rows(parts["bids"], ("auction", "bidder", "price", "date_time", "extra")):
+            loop(*cols)
+            produced += rows
+        return produced, None
+    partial: dict[Any, Any] = {}
+    if query == "q5":
+        for rows, (auction, t) in _rows(parts["bids"], ("auction", "date_time")):
+            for a, ts in zip(auction, t):
+                last = ts - ts % 2000
+                for start in range(last, ts - 10000, -2000):
+                    partial[(start, a)] = partial.get((start, a), 0) + 1
+            produced += rows
+    elif query == "q7":
+        for rows, (auction, bidder, price, t) in _rows(parts["bids"], ("auction", "bidder", "price", "date_time")):
+            for a, b, p, ts in zip(auction, bidder, price, t):
+                start = ts - ts % 10000
+                best = partial.get(start)
+                if best is None or p > best[0]:
+                    partial[start] = (p, a, b)
+            produced += rows
+    else:
+        persons: dict[Any, str] = {}
+        sellers: set[Any] = set()
+        for rows, (pid, name, t) in _rows(parts["persons"], ("id", "name", "date_time")):
+            for i, n, ts in zip(pid, name, t):
+                persons[(i, ts - ts % 10000)] = n
+            produced += rows
+        for rows, (seller, t) in _rows(parts["auctions"], ("seller", "date_time")):
+            for s_, ts in zip(seller, t):
+                sellers.add((s_, ts - ts % 10000))
+            produced += rows
+        partial = {"persons": persons, "sellers": sellers}
+    return produced, partial
+
+
+def _reference_merge(query: str, partials: list[Any]) -> int:
+    """Combine the processes' partial results (what a shuffle does for the engines); returns output rows."""
+    if query == "q5":
+        counts: dict[Any, int] = {}
+        for part in partials:
+            for key, n in part.items():
+                counts[key] = counts.get(key, 0) + n
+        best: dict[int, int] = {}
+        for (start, _), n in counts.items():
+            best[start] = max(best.get(start, 0), n)
+        return sum(1 for (start, _), n in counts.items() if n == best[start])
+    if query == "q7":
+        windows: dict[int, Any] = {}
+        for part in partials:
+            for start, row in part.items():
+                if start not in windows or row[0] > windows[start][0]:
+                    windows[start] = row
+        return len(windows)
+    if query == "q8":
+        persons = {k: v for part in partials for k, v in part["persons"].items()}
+        sellers = set().union(*(part["sellers"] for part in partials))
+        return sum(1 for key in persons if key in sellers)
+    return 0
+
+
+def run_reference(query: str, events: int, parallelism: int, batch_size: int) -> dict[str, Any]:
     started = time.perf_counter()
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(parallelism) as pool:
-        counts = pool.map(_reference_worker, [(query, bids, parallelism, k, batch_size) for k in range(parallelism)])
+        results = pool.map(_reference_worker, [(query, events, parallelism, k, batch_size) for k in range(parallelism)])
+    if query in WINDOWED:
+        _reference_merge(query, [partial for _, partial in results])
     elapsed = time.perf_counter() - started
-    if sum(counts) != bids:
-        raise SystemExit(f"reference error: read {sum(counts)} bids, expected {bids}")
-    return {"elapsed_s": elapsed, "events_per_second": bids / elapsed}
+    read = sum(count for count, _ in results)
+    if read != events:
+        raise SystemExit(f"reference error: read {read} events, expected {events}")
+    return {"elapsed_s": elapsed, "events_per_second": events / elapsed}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--query", choices=sorted(QUERIES), default="q1")
-    parser.add_argument("--events", type=int, default=10_000_000, help="bids the query reads")
+    parser.add_argument("--query", choices=sorted([*QUERIES, *WINDOWED]), default="q1")
+    parser.add_argument("--events", type=int, default=10_000_000,
+                        help="events the query reads (bids; for q8 persons + auctions)")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=131_072)
     parser.add_argument("--rate", type=float, default=None, help="bids/s (rate-limited source, for latency)")

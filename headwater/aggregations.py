@@ -111,7 +111,7 @@ def count_distinct(column: str) -> Aggregation:
 
 
 def max_by(column: str, by: str) -> Aggregation:
-    """The value of ``column`` in the row where ``by`` is largest (the earliest such row on ties).
+    """The value of ``column`` in a row where ``by`` is largest (any one of them on ties).
 
     Cannot be combined with ``first``/``last`` in the same ``aggregate`` (both depend on row order)."""
     return Aggregation("max_by", _column(column, "max_by"), _column(by, "max_by"))

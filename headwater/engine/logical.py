@@ -355,6 +355,8 @@ class WindowAggregateStep(Step):
     window: Any = None
     aggregations: tuple[tuple[str, Aggregation], ...] = ()
     allowed_lateness_ms: int = 0
+    #: Input rows are partial aggregates from a fused WindowPartialStep (set by the planner).
+    merge_partials: bool = False
 
     def __post_init__(self) -> None:
         self.kind = "window"
@@ -390,6 +392,8 @@ class WindowAggregateStep(Step):
         return ("window_end", -1)  # a window's results happen at its last millisecond
 
     def required_columns(self) -> tuple[str, ...] | None:
+        if self.merge_partials:
+            return None
         columns = list(self.keys)
         for _, agg in self.aggregations:
             for c in (agg.column, agg.by):
@@ -408,7 +412,21 @@ class WindowAggregateStep(Step):
 
         assert self._time is not None
         return WindowAggregateOperator(self.keys, self.window, self.aggregations, self._time[0], self._time[1],
-                                       self.allowed_lateness_ms, self._input_schema, self._time_type)
+                                       self.allowed_lateness_ms, self._input_schema, self._time_type,
+                                       self.merge_partials)
+
+    def local_partial(self) -> WindowPartialStep | None:
+        """The fusable pre-aggregation step that can run before this one in the upstream's actors, or ``None``
+        when the aggregates cannot be pre-aggregated (distinct counts) or the input schema is unknown."""
+        from headwater.operators.accumulators import AccumulatorSet
+
+        if self.merge_partials or self._input_schema is None or self._time is None:
+            return None
+        if not AccumulatorSet(self.aggregations).combinable:
+            return None
+        partial = WindowPartialStep(f"{self.step_id}.local", self.inputs, target=self)
+        partial.event_time = self._time
+        return partial
 
     def describe(self) -> str:
         aggs = ", ".join(f"{name}={agg!r}" for name, agg in self.aggregations)
@@ -507,3 +525,24 @@ class WindowJoinStep(Step):
     def describe(self) -> str:
         pairs = ", ".join(f"{a}={b}" for a, b in zip(self.left_on, self.right_on))
         return f"join on {pairs} within {self.window!r}"
+
+
+@dataclass(eq=False)
+class WindowPartialStep(Step):
+    """Local pre-aggregation of a window aggregate, fused into the upstream's actors (inserted by the planner):
+    each batch becomes one partial row per (key, pane), so the shuffle carries partials instead of rows."""
+
+    target: Any = None
+
+    def __post_init__(self) -> None:
+        self.kind = "window_partial"
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.window import WindowPartialOperator
+
+        target = self.target
+        return WindowPartialOperator(target.keys, target.window, target.aggregations, target._time[0],
+                                     target._time[1], target._input_schema)
+
+    def describe(self) -> str:
+        return f"local pre-aggregation for {self.target.step_id}"

@@ -9,12 +9,16 @@ Rules, applied in step order (which is a topological order, since a step can onl
   parallelism is equal, ``round_robin`` when it differs.
 * **Projection pushdown.** An edge into a step that reads only some columns (an aggregate reads its keys and
   aggregated columns) carries that column list; the sender drops the rest before partitioning and sending.
+* **Local pre-aggregation.** A window aggregate gets a fused partial-aggregation step before its shuffle when
+  its input has no other consumer and its late records are not read (see ``_with_local_aggregation``).
 * **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
   no other consumer, and the edge would be ``forward`` — then the two run in one actor and a batch passes
   between them as a function call, not a message.
 """
 
 from __future__ import annotations
+
+import copy
 
 from headwater.dataflow import Dataflow
 from headwater.engine.config import RunConfig
@@ -55,6 +59,26 @@ def _partitioning(
     return ("forward" if upstream_parallelism == parallelism else "round_robin"), ()
 
 
+def _with_local_aggregation(flow: Dataflow) -> dict[str, Step]:
+    """Rule: a window aggregate whose input has no other consumer and whose late records nobody reads gets a
+    local pre-aggregation step fused before the shuffle (the aggregate then merges partials)."""
+    steps: dict[str, Step] = {}
+    for step in flow.steps.values():
+        if isinstance(step, WindowAggregateStep) and len(flow.consumers(step.inputs[0])) == 1 and not any(
+            isinstance(flow.steps[c], LateRecordsStep) for c in flow.consumers(step.step_id)
+        ):
+            partial = step.local_partial()
+            if partial is not None and partial.step_id not in flow.steps:
+                merged = copy.copy(step)
+                merged.inputs = (partial.step_id,)
+                merged.merge_partials = True
+                steps[partial.step_id] = partial
+                steps[step.step_id] = merged
+                continue
+        steps[step.step_id] = step
+    return steps
+
+
 def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> PhysicalPlan:
     """Turn ``flow`` into a :class:`PhysicalPlan` with ``default_parallelism`` where nothing else decides."""
     flow.validate()
@@ -69,7 +93,12 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
     stage_cpus: list[float | None] = []
     edge_specs: list[tuple[str, str, Partitioning, tuple[str, ...], int]] = []
 
-    for step in flow.steps.values():
+    steps = _with_local_aggregation(flow)
+
+    def consumers(step_id: str) -> list[str]:
+        return [s.step_id for s in steps.values() if step_id in s.inputs]
+
+    for step in steps.values():
         p = _wanted_parallelism(step, flow, parallelism, default_parallelism)
         if p > config.max_key_groups and isinstance(step, AggregateStep):
             raise ConfigError(f"step {step.step_id!r}: parallelism {p} exceeds max_key_groups {config.max_key_groups}")
@@ -82,7 +111,7 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
                 step.fusable
                 and partitioning == "forward"
                 and chains[upstream_stage][-1] == upstream
-                and len(flow.consumers(upstream)) == 1
+                and len(consumers(upstream)) == 1
             )
             if can_fuse:
                 chains[upstream_stage].append(step.step_id)
@@ -105,13 +134,13 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
             raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
     edges = tuple(
         Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index,
-             None if isinstance(flow.steps[dst], LateRecordsStep) else flow.steps[dst].required_columns(),
-             src_port=1 if isinstance(flow.steps[dst], LateRecordsStep) else 0)
+             None if isinstance(steps[dst], LateRecordsStep) else steps[dst].required_columns(),
+             src_port=1 if isinstance(steps[dst], LateRecordsStep) else 0)
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )
     source_parts = {
-        stage.stage_id: tuple(flow.steps[stage.head].source.list_parts())  # type: ignore[attr-defined]
+        stage.stage_id: tuple(steps[stage.head].source.list_parts())  # type: ignore[attr-defined]
         for stage in stages
-        if isinstance(flow.steps[stage.head], SourceStep)
+        if isinstance(steps[stage.head], SourceStep)
     }
-    return PhysicalPlan(flow.name, dict(flow.steps), stages, edges, config.max_key_groups, source_parts)
+    return PhysicalPlan(flow.name, steps, stages, edges, config.max_key_groups, source_parts)

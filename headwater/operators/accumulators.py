@@ -84,10 +84,18 @@ class AccumulatorSet:
         self.declared = True
 
     def group(self, table: pa.Table, keys: Sequence[str]) -> pa.Table:
-        """The batch's partial aggregates per group of ``keys`` (in order of first appearance)."""
-        if self.sort_by:  # max_by: the first row of each group after sorting is the row with the maximum
-            table = table.sort_by([(self.sort_by[0], "descending")])
-        return table.group_by(list(keys), use_threads=False).aggregate(self.partials)
+        """The batch's partial aggregates per group of ``keys``."""
+        keys = list(keys)
+        if not self.sort_by:
+            return table.group_by(keys, use_threads=False).aggregate(self.partials)
+        # max_by: per group, the maximum of `by`, then the values of the rows that have it (hash joins, no sort)
+        by = self.sort_by[0]
+        grouped = table.group_by(keys, use_threads=False).aggregate([p for p in self.partials if p[1] != "first"])
+        joined = table.join(grouped.select([*keys, f"{by}_max"]), keys=keys, join_type="inner", use_threads=False)
+        winners = joined.filter(pc.equal(joined.column(by), joined.column(f"{by}_max")))
+        chosen = winners.group_by(keys, use_threads=False).aggregate(
+            [(c, "first") for c, f in self.partials if f == "first"])
+        return grouped.join(chosen, keys=keys, join_type="left outer", use_threads=False)
 
     #: how two partial rows of one group combine (re-grouping partials: panes, local pre-aggregation)
     COMBINE = {"count": "sum", "count_all": "sum", "sum": "sum", "min": "min", "max": "max", "first": "first",

@@ -86,7 +86,10 @@ class WindowAggregateOperator(Operator):
         self, keys: Sequence[str], window: TumblingWindow | SlidingWindow,
         aggregations: Sequence[tuple[str, Aggregation]], time_column: str, time_offset_ms: int,
         allowed_lateness_ms: int, input_schema: pa.Schema | None, time_type: pa.DataType,
+        merge_partials: bool = False,
     ) -> None:
+        self.merge_partials = merge_partials
+        self.late_partials = 0
         self.keys = tuple(keys) if keys else (ALL,)
         self.keyed = bool(keys)
         self.window = window
@@ -118,6 +121,8 @@ class WindowAggregateOperator(Operator):
             return []
         if self._schema is None:
             self._schema = batch.schema
+        if self.merge_partials:
+            return self._merge(self._merge_input(batch))
         times = event_times_ms(batch, self.time_column, self.time_offset)
         panes = (times // self.slide) * self.slide
         closed = panes + self.size + self.lateness <= self.watermark
@@ -132,7 +137,20 @@ class WindowAggregateOperator(Operator):
         table = pa.Table.from_batches([batch]).append_column(PANE, pa.array(panes))
         if not self.keyed:
             table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))
-        grouped = self.accumulators.group(table, [*self.keys, PANE])
+        return self._merge(self.accumulators.group(table, [*self.keys, PANE]))
+
+    def _merge_input(self, batch: pa.RecordBatch) -> pa.Table:
+        """Partial rows from the local pre-aggregation: drop closed panes, combine duplicates per key and pane."""
+        panes = np.asarray(batch.column(PANE))
+        closed = panes + self.size + self.lateness <= self.watermark
+        if closed.any():
+            self.late_partials += int(closed.sum())
+            batch = batch.filter(pa.array(~closed))
+        return self.accumulators.combine(pa.Table.from_batches([batch]), [*self.keys, PANE])
+
+    def _merge(self, grouped: pa.Table) -> list[pa.RecordBatch]:
+        """Fold partial rows (per key and pane) into the panes' state; re-emit fired windows they changed."""
+        assert self.state is not None
         pane_column = np.asarray(grouped.column(PANE).combine_chunks())
         refire: set[int] = set()
         for start in np.unique(pane_column).tolist():
@@ -212,4 +230,35 @@ class WindowAggregateOperator(Operator):
 
     def metrics(self) -> dict[str, float]:
         panes = self.state.panes if self.state is not None else {}
-        return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values()))}
+        return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values())),
+                "late_partials": float(self.late_partials)}
+
+
+class WindowPartialOperator(Operator):
+    """Local pre-aggregation: each batch becomes one row of partial aggregates per (key, pane). Stateless
+    across batches (nothing to checkpoint); lateness is judged by the window operator after the shuffle."""
+
+    def __init__(
+        self, keys: Sequence[str], window: TumblingWindow | SlidingWindow,
+        aggregations: Sequence[tuple[str, Aggregation]], time_column: str, time_offset_ms: int,
+        input_schema: pa.Schema | None,
+    ) -> None:
+        self.keys = tuple(keys) if keys else (ALL,)
+        self.keyed = bool(keys)
+        self.slide = window.slide_ms if isinstance(window, SlidingWindow) else window.size_ms
+        self.accumulators = AccumulatorSet(aggregations)
+        self.time_column = time_column
+        self.time_offset = time_offset_ms
+
+    def open(self, ctx: OperatorContext) -> None:
+        pa.table({"k": [0]}).group_by("k").aggregate([("k", "count")])  # load Acero before data flows
+
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        if batch.num_rows == 0:
+            return []
+        times = event_times_ms(batch, self.time_column, self.time_offset)
+        table = pa.Table.from_batches([batch]).append_column(PANE, pa.array((times // self.slide) * self.slide))
+        if not self.keyed:
+            table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))
+        grouped = self.accumulators.group(table, [*self.keys, PANE]).combine_chunks()
+        return grouped.to_batches()

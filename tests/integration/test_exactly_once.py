@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import logging
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from headwater.errors import (
     StateCompatibilityError,
     UserCodeError,
 )
+from headwater.sinks.base import Sink
 from headwater.sinks.files import ParquetSink
 from headwater.sources import NexmarkSource
 from headwater.testing import TestingSink, TestingSource
@@ -113,33 +113,64 @@ def per_key_sequences(partitions: Sequence[Sequence[dict[str, Any]]]) -> dict[An
     return {key: [[row["v"] for row in part if row["k"] == key] for part in partitions] for key in keys}
 
 
-def assert_clean_changelog(committed: Sequence[dict[str, Any]], partitions: Sequence[Sequence[dict[str, Any]]]) -> None:
-    """``committed`` (in commit order) is a changelog a clean run could have produced, and complete."""
-    sequences = per_key_sequences(partitions)
-    reachable = {
-        key: {
-            functools_reduce([p[i] for p, i in zip(per_part, counts)])
-            for per_part in [[prefixes(s) for s in seqs]]
-            for counts in itertools.product(*(range(len(s) + 1) for s in seqs))
-        }
-        for key, seqs in sequences.items()
-    }
-    last: dict[Any, int] = {}
-    for row in committed:
-        key = row["k"]
-        assert key in sequences, f"committed row for a key that is not in the input: {row}"
-        assert row["n"] > last.get(key, 0), f"key {key!r}: n went from {last.get(key)} to {row['n']} (replayed?)"
-        assert Agg.of_row(row) in reachable[key], f"committed row {row} is no prefix aggregate of key {key!r}"
-        last[key] = row["n"]
-    expected = {key: functools_reduce([prefixes(s)[-1] for s in seqs]) for key, seqs in sequences.items()}
-    assert latest_aggs(committed) == expected, "the last committed row per key is the aggregate of all its input"
-
-
-def functools_reduce(parts: Sequence[Agg]) -> Agg:
+def combined(parts: Sequence[Agg]) -> Agg:
     total = Agg()
     for part in parts:
         total = total.merge(part)
     return total
+
+
+def is_prefix_aggregate(agg: Agg, tables: Sequence[Sequence[Agg]]) -> bool:
+    """Whether ``agg`` is the aggregate of some prefix of each partition's values (``tables``: their prefixes)."""
+    *head, last = tables
+    for counts in itertools.product(*(range(len(t)) for t in head)):
+        rest = agg.n - sum(counts)
+        if 0 <= rest < len(last) and combined([t[c] for t, c in zip(head, counts)] + [last[rest]]) == agg:
+            return True
+    return False
+
+
+def is_subset_aggregate(agg: Agg, values: Sequence[int]) -> bool:
+    """Whether ``agg`` is the aggregate of some ``agg.n`` of ``values`` (order unknown: round-robin edges)."""
+    if agg.n == 0 or agg.low is None or agg.high is None:
+        return False
+    inside = sorted(v for v in values if agg.low <= v <= agg.high)
+    if agg.low == agg.high:
+        return agg.total == agg.n * agg.low and inside.count(agg.low) >= agg.n
+    if agg.low not in inside or agg.high not in inside or agg.n < 2:
+        return False
+    inside.remove(agg.low)
+    inside.remove(agg.high)
+    reachable = {(0, 0)}  # (how many, their sum) of subsets of the remaining values
+    for value in inside:
+        reachable |= {(n + 1, total + value) for n, total in reachable if n + 1 <= agg.n - 2}
+    return (agg.n - 2, agg.total - agg.low - agg.high) in reachable
+
+
+def assert_clean_changelog(
+    committed: Sequence[dict[str, Any]], partitions: Sequence[Sequence[dict[str, Any]]], ordered: bool = True,
+) -> None:
+    """``committed`` (in commit order) is a changelog a clean run could have produced, and complete.
+
+    ``ordered``: each partition's rows reach the aggregate in order (hash or forward edges only), so every row is
+    the aggregate of a prefix of each partition; otherwise (a round-robin edge on the way) of some subset.
+    """
+    sequences = per_key_sequences(partitions)
+    tables = {key: [prefixes(s) for s in seqs] for key, seqs in sequences.items()}
+    last: dict[Any, int] = {}
+    for row in committed:
+        key = row["k"]
+        assert key in tables, f"committed row for a key that is not in the input: {row}"
+        assert row["n"] > last.get(key, 0), f"key {key!r}: n went from {last.get(key)} to {row['n']} (replayed?)"
+        agg = Agg.of_row(row)
+        if ordered:
+            assert is_prefix_aggregate(agg, tables[key]), f"{row} is no prefix aggregate of key {key!r}"
+        else:
+            values = [v for seq in sequences[key] for v in seq]
+            assert is_subset_aggregate(agg, values), f"{row} is no aggregate of input rows of key {key!r}"
+        last[key] = row["n"]
+    expected = {key: combined([t[-1] for t in key_tables]) for key, key_tables in tables.items()}
+    assert latest_aggs(committed) == expected, "the last committed row per key is the aggregate of all its input"
 
 
 def latest_aggs(rows: Sequence[dict[str, Any]]) -> dict[Any, Agg]:
@@ -187,7 +218,7 @@ def scripts(draw: st.DrawFn, partitions: int = 1, max_aborts: int = 3, max_rows:
     return Script(key_type, rows, items, draw(st.integers(1, 6)), aborts)
 
 
-def aggregate_flow(script: Script, sink: hw.sinks.base.Sink, clean: bool = False, union: bool = False) -> hw.Dataflow:
+def aggregate_flow(script: Script, sink: Sink, clean: bool = False, union: bool = False) -> hw.Dataflow:
     """Running count/sum/min/max per key. ``union``: the last partition is a second source, unioned in."""
     items = [without_markers(part) if clean else part for part in script.items]
     flow = hw.Dataflow("exactly_once")
@@ -215,8 +246,8 @@ def check_recovery(script: Script, base: Path, executor: str, parallelism: int, 
     else:  # two subtasks may both reach their ABORT before the attempt is torn down
         assert 1 <= result.restarts <= script.aborts
     assert result.last_checkpoint.kind == "final"
-    committed = out.rows()
-    assert_clean_changelog(committed, script.rows)
+    # a union with more subtasks than its inputs redistributes rows round-robin: their order is not kept
+    assert_clean_changelog(out.rows(), script.rows, ordered=not union or parallelism == 1)
     assert out.latest(["k"]) == clean.latest(["k"])
     read_by_last_attempt = sum(result.rows_out(s) for s in ("in", "extra") if s in result.steps)
     event("resumed mid-input" if read_by_last_attempt < script.total_rows else "resumed from the start")
@@ -234,7 +265,7 @@ def test_aborts_anywhere_lose_and_duplicate_nothing(
 
 @pytest.mark.parametrize("parallelism", [1, 3])
 @settings(LOCAL, max_examples=15)
-@given(script=scripts(partitions=3))
+@given(script=scripts(partitions=3, max_rows=15))
 def test_aborts_in_partitioned_and_unioned_sources_lose_and_duplicate_nothing(
     tmp_path_factory: pytest.TempPathFactory, parallelism: int, script: Script
 ) -> None:
@@ -267,7 +298,9 @@ def test_aborts_anywhere_on_ray(ray_cluster: Any, tmp_path_factory: pytest.TempP
 ))
 def test_recovery_of_an_aggregate_keyed_by_a_nullable_integer(tmp_path: Path) -> None:
     rows = [{"k": 1, "v": 1}, {"k": 2, "v": 2}, {"k": None, "v": 100}, {"k": 1, "v": 1}, {"k": None, "v": 1}]
-    script = Script(pa.int64(), [rows], [rows[:3] + [PAUSE(0.1), ABORT()] + rows[3:]], 1, 1)
+    # pauses longer than the linger keep the first keys in separate batches: slots 1 -> 0, 2 -> 1, None -> 2
+    items = [rows[0], PAUSE(0.05), rows[1], PAUSE(0.05), rows[2], PAUSE(0.1), ABORT(), *rows[3:]]
+    script = Script(pa.int64(), [rows], [items], 1, 1)
     out = TestingSink(tmp_path / "out")
     result = hw.run(aggregate_flow(script, out), executor="local", checkpoint=checkpointing(tmp_path / "chk"))
     assert result.restarts == 1
@@ -278,7 +311,7 @@ def test_recovery_of_an_aggregate_keyed_by_a_nullable_integer(tmp_path: Path) ->
 PART_FILE = re.compile(r"^part-\d{6}-\d{4}-\d{4}\.parquet$")
 
 
-def stateless_flow(items: Sequence[Sequence[Any]], sink: hw.sinks.base.Sink, schema: pa.Schema,
+def stateless_flow(items: Sequence[Sequence[Any]], sink: Sink, schema: pa.Schema,
                    batch_size: int = 4) -> hw.Dataflow:
     flow = hw.Dataflow("files")
     (
@@ -303,7 +336,7 @@ def as_multiset(rows: Sequence[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
 
 def assert_only_committed_files_visible(directory: Path) -> None:
     visible = [p for p in directory.rglob("*") if p.is_file() and "_staging" not in p.relative_to(directory).parts]
-    assert visible and all(PART_FILE.match(p.name) and p.parent == directory for p in visible), visible
+    assert all(PART_FILE.match(p.name) and p.parent == directory for p in visible), visible
     leftovers = [p.name for p in (directory / "_staging").glob("inprogress-*")]
     assert leftovers == [], f"in-progress files of failed attempts were not cleaned up: {leftovers}"
 
@@ -348,33 +381,37 @@ def slow_partitions(rows: int, partitions: int, pause: float = 0.004, keys: int 
     return parts
 
 
-def slow_aggregate_flow(items: list[list[Any]], sink: hw.sinks.base.Sink, step_id: str = "per_key",
+def slow_aggregate_flow(items: list[list[Any]], sink: Sink, step_id: str = "per_key",
                         emit: str = "updates") -> hw.Dataflow:
     schema = pa.schema([("k", pa.string()), ("v", pa.int64())])
     flow = hw.Dataflow("resumable")
     flow.source("in", TestingSource(partitions=items, batch_size=1, schema=schema)).key_by("k").aggregate(
-        step_id=step_id, emit=emit, n=hw.count(), total=hw.sum("v"), low=hw.min("v"), high=hw.max("v")  # type: ignore[arg-type]
+        step_id=step_id, emit=emit, n=hw.count(), total=hw.sum("v"), low=hw.min("v"), high=hw.max("v")
     ).sink("out", sink)
     return flow
 
 
 def start_and_stop_after_checkpoints(flow: hw.Dataflow, directory: Path, checkpoints: int = 2,
-                                     savepoint: bool = False, **options: Any) -> hw.JobResult:
+                                     savepoint: bool = False, settle: float = 0.0, **options: Any) -> hw.JobResult:
+    """Start ``flow``, wait for ``checkpoints`` new complete checkpoints (and ``settle`` seconds more), stop."""
     config = options.pop("checkpoint", None) or checkpointing(directory, interval=timedelta(milliseconds=30))
+    last = CheckpointStorage(str(config.dir)).next_id() - 1
     job = hw.start(flow, checkpoint=config, **options)
-    last = 0
     for _ in range(checkpoints):
         last = wait_for_checkpoint(Path(config.dir), after=last)
+    time.sleep(settle)
     job.stop(savepoint=savepoint)
-    return job.wait()
+    result = job.wait()
+    assert result.stopped, "the job ended before it was stopped: give it more input"
+    return result
 
 
 def test_stop_and_resume_stateless_commits_every_row_once(tmp_path: Path) -> None:
     items = slow_partitions(300, partitions=2)
     schema = pa.schema([("k", pa.string()), ("v", pa.int64())])
-    hw.run(stateless_flow([without_markers(p) for p in items], first := TestingSink(tmp_path / "clean"), schema),
-           executor="local")
-    clean = as_multiset(first.rows())
+    reference = TestingSink(tmp_path / "clean")
+    hw.run(stateless_flow([without_markers(p) for p in items], reference, schema), executor="local")
+    clean = as_multiset(reference.rows())
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
 
     stopped = start_and_stop_after_checkpoints(stateless_flow(items, out1, schema), tmp_path / "chk",
@@ -413,7 +450,8 @@ def test_stop_and_resume_a_paced_nexmark_job_on_ray(ray_cluster: Any, tmp_path: 
         )
         return flow
 
-    hw.run(flow(clean := TestingSink(tmp_path / "clean"), rate=None), executor="local", parallelism=2)
+    clean = TestingSink(tmp_path / "clean")
+    hw.run(flow(clean, rate=None), executor="local", parallelism=2)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
     config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=150))
 
@@ -495,11 +533,12 @@ def test_rescale_one_two_one_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     "input whose output the savepoint already committed (counts go back)"
 ))
 def test_rescale_through_a_savepoint_in_the_same_dir(tmp_path: Path) -> None:
-    items = slow_partitions(300, partitions=4, keys=7)
+    items = slow_partitions(600, partitions=4, keys=7)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
-    config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=100))
+    config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=150))
     stopped = start_and_stop_after_checkpoints(slow_aggregate_flow(items, out1), tmp_path / "chk", checkpoints=1,
-                                               savepoint=True, checkpoint=config, executor="local", parallelism=1)
+                                               savepoint=True, settle=0.05, checkpoint=config, executor="local",
+                                               parallelism=1)
     time_of_savepoint = CheckpointStorage(str(tmp_path / "chk")).load(stopped.savepoint_path)
     assert time_of_savepoint.kind == "savepoint"
     hw.run(slow_aggregate_flow(items, out2), executor="local", parallelism=2, checkpoint=config)
@@ -574,7 +613,7 @@ def test_upgrade_from_a_savepoint_keeps_state_and_starts_new_steps_empty(
     for row in v1.rows() + counts.rows():  # the kept step continues: counts keep growing from the savepoint's
         assert row["n"] > changelog.get(row["k"], 0)
         changelog[row["k"]] = row["n"]
-    expected_totals = Counter()
+    expected_totals: Counter[str] = Counter()
     for row in after:
         expected_totals[row["k"]] += row["v"] * 10
     assert {k: row["total"] for k, row in totals.latest(["k"]).items()} == dict(expected_totals), (
@@ -619,9 +658,9 @@ def test_stop_with_savepoint_needs_checkpointing(tmp_path: Path) -> None:
 def test_restore_from_wins_over_older_checkpoints_in_the_dir(tmp_path: Path) -> None:
     items = slow_items(300)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
-    config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=100))
+    config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=300))
     stopped = start_and_stop_after_checkpoints(counting_flow(items, out1), tmp_path / "chk", checkpoints=1,
-                                               savepoint=True, checkpoint=config, executor="local")
+                                               savepoint=True, settle=0.1, checkpoint=config, executor="local")
     hw.run(counting_flow(items, out2), executor="local",
            checkpoint=dataclasses.replace(config, restore_from=stopped.savepoint_path))
     changelog: dict[str, int] = {}
@@ -644,11 +683,29 @@ def test_upgrade_into_a_new_dir_keeps_every_committed_file(tmp_path: Path, inter
     out = tmp_path / "parquet"
     stopped = start_and_stop_after_checkpoints(stateless_flow([items], ParquetSink(out), SCHEMA), tmp_path / "v1",
                                                savepoint=True, executor="local")
-    hw.run(stateless_flow([without_markers(items)], ParquetSink(out), SCHEMA), executor="local",
+    hw.run(stateless_flow([items], ParquetSink(out), SCHEMA), executor="local",
            checkpoint=checkpointing(tmp_path / "v2", interval=timedelta(milliseconds=interval_ms),
                                     restore_from=stopped.savepoint_path))
     expected = [r for r in without_markers(items) if r["v"] % 3 != 0]
     assert sorted(r["v"] for r in parquet_rows(out)) == [r["v"] for r in expected]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: restoring into a pipeline whose ParquetSink writes to a new directory fails before it starts: "
+    "settle_sinks (headwater/engine/recovery.py) re-commits the savepoint's tokens through the *new* sink, and "
+    "FileSinkPartition.commit (headwater/sinks/files.py) then fsyncs its own root, which does not exist yet "
+    "(SinkError 'No such file or directory'), although every file of the token was committed already"
+))
+def test_upgrade_to_a_new_output_directory(tmp_path: Path) -> None:
+    items = slow_items(300)
+    config = checkpointing(tmp_path / "v1", interval=timedelta(milliseconds=300))
+    stopped = start_and_stop_after_checkpoints(stateless_flow([items], ParquetSink(tmp_path / "v1-out"), SCHEMA),
+                                               tmp_path / "v1", checkpoints=1, savepoint=True, settle=0.1,
+                                               checkpoint=config, executor="local")  # output pending at the stop
+    hw.run(stateless_flow([items], ParquetSink(tmp_path / "v2-out"), SCHEMA), executor="local",
+           checkpoint=checkpointing(tmp_path / "v2", restore_from=stopped.savepoint_path))
+    got = parquet_rows(tmp_path / "v1-out") + parquet_rows(tmp_path / "v2-out")
+    assert sorted(r["v"] for r in got) == [r["v"] for r in without_markers(items) if r["v"] % 3 != 0]
 
 
 # -- 6. damaged checkpoints end to end ---------------------------------------------------------------------------------
@@ -679,6 +736,15 @@ def delete_the_metadata(checkpoint: Path) -> Path:
     return victim
 
 
+def damage_any(checkpoint: Path) -> Path:
+    """Truncate a state file of ``checkpoint``, or make its metadata unreadable if it has none."""
+    if any(checkpoint.rglob("*.arrow")):
+        return truncate_a_state_file(checkpoint)
+    victim = checkpoint / METADATA
+    victim.write_bytes(b"garbage")
+    return victim
+
+
 @pytest.mark.parametrize("damage", [truncate_a_state_file, delete_a_state_file, delete_the_metadata])
 def test_resume_after_the_newest_checkpoint_was_damaged(
     tmp_path: Path, damage: Any, caplog: pytest.LogCaptureFixture
@@ -694,6 +760,7 @@ def test_resume_after_the_newest_checkpoint_was_damaged(
     (previous, _), (newest, newest_dir) = storage.completed()[-2:]
     assert newest == stopped.last_checkpoint.checkpoint_id
     victim = damage(Path(newest_dir))
+    second.mkdir()  # see test_upgrade_to_a_new_output_directory for what happens without it
 
     with caplog.at_level(logging.WARNING, logger="headwater.checkpoint"):
         resumed = hw.run(slow_aggregate_flow(items, ParquetSink(second)), executor="local", parallelism=2,
@@ -713,6 +780,7 @@ def test_stateless_resume_after_the_newest_checkpoint_lost_its_metadata(tmp_path
                                      executor="local", parallelism=2)
     (previous, _), (_, newest_dir) = CheckpointStorage(str(tmp_path / "chk")).completed()[-2:]
     delete_the_metadata(Path(newest_dir))
+    second.mkdir()  # see test_upgrade_to_a_new_output_directory for what happens without it
 
     hw.run(stateless_flow(items, ParquetSink(second), SCHEMA), executor="local", parallelism=2,
            checkpoint=checkpointing(tmp_path / "chk"))
@@ -727,7 +795,7 @@ def test_every_checkpoint_damaged_fails_naming_the_file(tmp_path: Path) -> None:
     items = slow_partitions(200, partitions=1)
     start_and_stop_after_checkpoints(slow_aggregate_flow(items, TestingSink(tmp_path / "out1")), tmp_path / "chk",
                                      executor="local")
-    victims = [truncate_a_state_file(Path(d)) for _, d in CheckpointStorage(str(tmp_path / "chk")).completed()]
+    victims = [damage_any(Path(d)) for _, d in CheckpointStorage(str(tmp_path / "chk")).completed()]
     again = TestingSink(tmp_path / "out2")
 
     with pytest.raises(CheckpointCorruptError) as raised:
@@ -800,12 +868,3 @@ def test_testing_source_aborts_fire_once_per_source_object(tmp_path: Path) -> No
         result = hw.run(aggregate_flow(script, TestingSink(tmp_path / f"out{run}")), executor="local",
                         checkpoint=checkpointing(tmp_path / f"chk{run}"))
         assert result.restarts == 1
-
-
-def test_sink_is_shared_by_the_tests_helpers_only_through_committed_files(tmp_path: Path) -> None:
-    """Guard for the helpers: a shutil-copied TestingSink directory reads the same committed rows."""
-    out = TestingSink(tmp_path / "out")
-    rows = [{"k": "a", "v": i} for i in range(5)]
-    hw.run(aggregate_flow(Script(pa.string(), [rows], [rows], 2, 0), out), executor="local")
-    copy = shutil.copytree(out.directory, tmp_path / "copy")
-    assert TestingSink(copy).rows() == out.rows() and out.latest(["k"])["a"]["n"] == 5
