@@ -35,6 +35,7 @@ from headwater.windows import SlidingWindow, TumblingWindow
 PANE = "__pane"
 ALL = "__all"  # the constant key of an unkeyed window
 _FIRED = "__fired_until"
+_WINDOW = "__window"
 MAX_WATERMARK = np.iinfo(np.int64).max
 
 
@@ -160,7 +161,8 @@ class WindowAggregateOperator(Operator):
             slots = state.slots_for([rows.column(k).combine_chunks() for k in self.keys])
             self.accumulators.merge(state, rows, slots)
             refire |= {s for s in self._windows_of(start) if s + self.size <= self.state.fired_until}
-        return [self._result(start) for start in sorted(refire)]
+        out = self._results(sorted(refire))
+        return [out] if out is not None and out.num_rows else []
 
     def take_side_output(self) -> list[pa.RecordBatch]:
         taken, self._side = self._side, []
@@ -178,36 +180,41 @@ class WindowAggregateOperator(Operator):
             start for pane in self.state.panes for start in self._windows_of(pane)
             if self.state.fired_until < start + self.size <= self.watermark
         })
-        out = [self._result(start) for start in due]
+        out = self._results(due)
         self.state.fired_until = max(self.state.fired_until, self.watermark)
         for pane in [p for p in self.state.panes if p + self.size + self.lateness <= self.watermark]:
             del self.state.panes[pane]
-        return [b for b in out if b.num_rows]
+        return [out] if out is not None and out.num_rows else []
 
     def finish(self) -> list[pa.RecordBatch]:
         return self.on_watermark(MAX_WATERMARK)
 
-    def _result(self, start: int) -> pa.RecordBatch:
-        """The window ``[start, start + size)``: its panes combined per key, finalised."""
+    def _results(self, starts: list[int]) -> pa.RecordBatch | None:
+        """Results of the windows starting at ``starts``, in one batch: every window's panes are exported
+        with the window's start, combined per (key, window) when a window has several panes, finalised."""
         assert self.state is not None
-        panes = [self.state.panes[p] for p in range(start, start + self.size, self.slide) if p in self.state.panes]
-        if len(panes) == 1:
-            source: Any = panes[0]
-            keys = source.key_columns()
-            slots = np.arange(len(source))
-        else:
-            combined = self.accumulators.combine(pa.concat_tables([self._export(p) for p in panes]), self.keys)
-            keys = [combined.column(k).combine_chunks() for k in self.keys]
-            source = SimpleNamespace(columns={
-                name: (combined.column(name).to_numpy(zero_copy_only=False) if name in combined.column_names else None)
-                for name in (panes[0].columns if panes else {})
-            })
-            slots = np.arange(combined.num_rows)
-        results = self.accumulators.results(source, slots)
-        rows = len(slots)
+        exported: dict[int, pa.Table] = {}
+        parts = []
+        for start in starts:
+            for pane in range(start, start + self.size, self.slide):
+                if pane in self.state.panes:
+                    if pane not in exported:
+                        exported[pane] = self._export(self.state.panes[pane])
+                    table = exported[pane]
+                    parts.append(table.append_column(_WINDOW, pa.array(np.full(table.num_rows, start, np.int64))))
+        if not parts:
+            return None
+        table = pa.concat_tables(parts)
+        if self.slide != self.size:
+            table = self.accumulators.combine(table, [*self.keys, _WINDOW])
+        table = table.combine_chunks()
+        columns = SimpleNamespace(columns={n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
+        results = self.accumulators.results(columns, np.arange(table.num_rows))
+        window_starts = np.asarray(table.column(_WINDOW))
         names = [*(self.keys if self.keyed else ()), *(n for n, _ in results), "window_start", "window_end"]
-        arrays = [*(keys if self.keyed else ()), *(a for _, a in results),
-                  self._times(np.full(rows, start, np.int64)), self._times(np.full(rows, start + self.size, np.int64))]
+        arrays = [*(table.column(k).chunk(0) if table.column(k).num_chunks else table.column(k).combine_chunks()
+                    for k in (self.keys if self.keyed else ())),
+                  *(a for _, a in results), self._times(window_starts), self._times(window_starts + self.size)]
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def _export(self, pane: KeyedColumns) -> pa.Table:

@@ -106,23 +106,29 @@ class WindowJoinOperator(Operator):
         self.watermark = max(self.watermark, watermark_ms)
         left, right = self.sides
         due = sorted(s for s in set(left.windows) | set(right.windows) if s + self.size <= self.watermark)
-        out = []
-        for start in due:
-            left_rows, right_rows = left.take(start), right.take(start)
-            if left_rows is None or right_rows is None:
-                continue
-            joined = join_tables(left_rows, right_rows, *self.on)
-            if joined.num_rows == 0:
-                continue
-            if self.add_window_columns:
-                rows = joined.num_rows
-                for name, value in (("window_start", start), ("window_end", start + self.size)):
-                    array = pa.array(np.full(rows, value, np.int64))
-                    if pa.types.is_timestamp(self.time_type):
-                        array = array.view(pa.timestamp("ms", self.time_type.tz))
-                    joined = joined.append_column(name, array)
-            out.extend(joined.combine_chunks().to_batches())
-        return out
+        sides = []
+        for rows in (left, right):
+            parts = []
+            for start in due:
+                table = rows.take(start)
+                if table is not None:
+                    parts.append(table.append_column(_WINDOW, pa.array(np.full(table.num_rows, start, np.int64))))
+            sides.append(pa.concat_tables(parts) if parts else None)
+        if sides[0] is None or sides[1] is None or not due:
+            return []
+        # One hash join for every due window: the window is part of the key.
+        joined = join_tables(sides[0], sides[1], [*self.on[0], _WINDOW], [*self.on[1], _WINDOW])
+        if joined.num_rows == 0:
+            return []
+        starts = np.asarray(joined.column(_WINDOW).combine_chunks())
+        joined = joined.drop_columns([_WINDOW])
+        if self.add_window_columns:
+            for name, values in (("window_start", starts), ("window_end", starts + self.size)):
+                array = pa.array(values, pa.int64())
+                if pa.types.is_timestamp(self.time_type):
+                    array = array.view(pa.timestamp("ms", self.time_type.tz))
+                joined = joined.append_column(name, array)
+        return joined.combine_chunks().to_batches()
 
     def finish(self) -> list[pa.RecordBatch]:
         return self.on_watermark(MAX_WATERMARK)

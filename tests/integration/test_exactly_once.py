@@ -204,17 +204,21 @@ def scripts(draw: st.DrawFn, partitions: int = 1, max_aborts: int = 3, max_rows:
     keys = pool[: draw(st.integers(1, len(pool)))]
     row = st.builds(lambda k, v: {"k": k, "v": v}, st.sampled_from(keys), st.integers(-50, 50))
     rows = [draw(st.lists(row, min_size=1, max_size=max_rows)) for _ in range(partitions)]
-    markers: list[tuple[int, int, int, Any]] = []
+    pause = st.floats(0.01, 0.03).map(PAUSE)
+    markers: list[tuple[int, int, int, Any]] = []  # (partition, row position, order at that position, marker)
     aborts = draw(st.integers(1, max_aborts))
     for _ in range(aborts):
         part = draw(st.integers(0, partitions - 1))
-        markers.append((part, draw(st.integers(0, len(rows[part]))), 0, ABORT()))
-    for _ in range(draw(st.integers(0, 4))):
+        position = draw(st.integers(0, len(rows[part])))
+        markers.append((part, position, 1, ABORT()))
+        if draw(st.booleans()):  # time for a checkpoint right before the crash
+            markers.append((part, position, 0, draw(pause)))
+    for _ in range(draw(st.integers(0, 3))):
         part = draw(st.integers(0, partitions - 1))
-        markers.append((part, draw(st.integers(0, len(rows[part]))), 1, PAUSE(draw(st.floats(0.01, 0.03)))))
+        markers.append((part, draw(st.integers(0, len(rows[part]))), 2, draw(pause)))
     items: list[list[Any]] = [list(part) for part in rows]
     for part, position, _, marker in sorted(markers, key=lambda m: m[:3], reverse=True):
-        items[part].insert(position, marker)  # highest position first: positions refer to the rows
+        items[part].insert(position, marker)  # last first: positions refer to the rows, lower orders go first
     return Script(key_type, rows, items, draw(st.integers(1, 6)), aborts)
 
 
