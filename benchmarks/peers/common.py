@@ -316,7 +316,7 @@ def manifest(events_dir: str) -> dict[str, Any]:
 
 def table_path(events_dir: str, table: str) -> str:
     """Directory of ``table``'s Parquet files (``<events_dir>/<table>.parquet/part-*.parquet``)."""
-    return str(Path(events_dir, f"{table}.parquet"))
+    return str(Path(events_dir, f"{table}.parquet").resolve())
 
 
 def table_files(events_dir: str, table: str) -> list[str]:

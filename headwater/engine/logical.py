@@ -546,3 +546,25 @@ class WindowPartialStep(Step):
 
     def describe(self) -> str:
         return f"local pre-aggregation for {self.target.step_id}"
+
+
+@dataclass(eq=False)
+class SessionWindowStep(WindowAggregateStep):
+    """Session windows per key (see :mod:`headwater.operators.session`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.kind = "session_window"
+        for name, agg in self.aggregations:
+            if agg.kind == "max_by":
+                raise ConfigError(f"{self.where}: max_by() is not supported in session windows ({name})")
+
+    def local_partial(self) -> WindowPartialStep | None:
+        return None
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.session import SessionWindowOperator
+
+        assert self._time is not None
+        return SessionWindowOperator(self.keys, self.window, self.aggregations, self._time[0], self._time[1],
+                                     self.allowed_lateness_ms, self._input_schema, self._time_type)

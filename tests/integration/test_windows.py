@@ -187,3 +187,82 @@ def test_sliding_windows_match_reference_for_any_order() -> None:
     got = {(r["k"], r["window_start"]): [r["n"], r["top"]] for r in out.rows()}
     assert got == {k: v for k, v in expected.items()}
     assert len(out.rows()) == len(expected)  # no lateness: each window is emitted exactly once
+
+
+# -- sessions and recovery ----------------------------------------------------------------------------------
+
+def _session_rows() -> list[dict]:
+    rows, t = [], 0
+    for i in range(300):  # bursts per key with gaps of 100 ms inside and 2 s between bursts
+        t += 2_000 if i % 25 == 0 else 100
+        rows.append({"k": i % 3, "t": t + (i % 3), "v": i})
+    return rows
+
+
+def _session_reference(rows: list[dict], gap: int) -> list[tuple]:
+    out = []
+    for key in sorted({r["k"] for r in rows}):
+        times = sorted((r["t"], r["v"]) for r in rows if r["k"] == key)
+        start, last, n, total = times[0][0], times[0][0], 0, 0
+        for t, v in times:
+            if t - last >= gap:
+                out.append((key, start, last + gap, n, total))
+                start, n, total = t, 0, 0
+            last = t
+            n += 1
+            total += v
+        out.append((key, start, last + gap, n, total))
+    return sorted(out)
+
+
+def _session_flow(items: list, out: TestingSink) -> hw.Dataflow:
+    flow = hw.Dataflow("sessions")
+    stream = flow.source("in", TestingSource(items, batch_size=7, schema=SCHEMA), event_time="t",
+                         max_out_of_orderness=timedelta(seconds=1))
+    stream.key_by("k").window(hw.SessionWindow(gap=timedelta(milliseconds=500))).aggregate(
+        step_id="sessions", n=hw.count(), total=hw.sum("v")).sink("out", out)
+    return flow
+
+
+def test_session_windows_merge_across_batches_and_recovery(runner, tmp_path: Path) -> None:
+    rows = _session_rows()
+    shuffled = sorted(rows, key=lambda r: (r["t"] // 700, -r["t"]))  # out of order within 700 ms
+    items: list = []
+    for i, row in enumerate(shuffled):
+        items.append(row)
+        if i % 40 == 39:
+            items.append(TestingSource.PAUSE(0.03))
+        if i == 150:
+            items.append(TestingSource.ABORT())
+    out = TestingSink()
+    result = runner(_session_flow(items, out), parallelism=2,
+                    checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=20)))
+    assert result.restarts == 1
+    got = sorted((r["k"], r["window_start"], r["window_end"], r["n"], r["total"]) for r in out.rows())
+    assert got == _session_reference(rows, 500)
+
+
+def test_recovery_mid_window_gives_identical_results(runner, tmp_path: Path) -> None:
+    rows = [{"k": i % 5, "t": i * 37, "v": i} for i in range(2_000)]
+    items: list = []
+    for i, row in enumerate(rows):
+        items.append(row)
+        if i % 200 == 199:
+            items.append(TestingSource.PAUSE(0.02))
+        if i in (700, 1_450):
+            items.append(TestingSource.ABORT())
+
+    def build(source_items: list, out: TestingSink) -> hw.Dataflow:
+        flow = hw.Dataflow("mid-window")
+        stream = flow.source("in", TestingSource(source_items, batch_size=50, schema=SCHEMA), event_time="t")
+        stream.key_by("k").window(hw.SlidingWindow(size=timedelta(seconds=3), slide=timedelta(seconds=1))).aggregate(
+            step_id="w", n=hw.count(), top=hw.max("v"), first=hw.first("v")).sink("out", out)
+        return flow
+
+    clean, recovered = TestingSink(), TestingSink()
+    runner(build(rows, clean), parallelism=2)
+    result = runner(build(items, recovered), parallelism=2,
+                    checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=20)))
+    assert result.restarts == 2
+    key = lambda r: (r["k"], r["window_start"])  # noqa: E731
+    assert sorted(recovered.rows(), key=key) == sorted(clean.rows(), key=key)
