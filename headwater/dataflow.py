@@ -274,10 +274,12 @@ class Stream:
             raise ConfigError(f"union() got the same stream twice: {inputs}")
         return self.flow._add(UnionStep(self._next_id("union", step_id), inputs))
 
-    def window(self, window: Window, *, allowed_lateness: timedelta = timedelta(0)) -> WindowedStream:
+    def window(
+        self, window: Window, *, allowed_lateness: timedelta = timedelta(0), early_interval: timedelta | None = None
+    ) -> WindowedStream:
         """Group the whole stream into event-time windows (one global window per time range; runs as one
         subtask — key_by(...) first to parallelise)."""
-        return WindowedStream(self, (), window, allowed_lateness)
+        return WindowedStream(self, (), window, allowed_lateness, early_interval)
 
     def late_records(self, *, step_id: str | None = None) -> Stream:
         """The records a window aggregation dropped as too late, with ``late_reason`` and ``lateness_ms``."""
@@ -340,9 +342,14 @@ class KeyedStream:
         )
         return flow._add(step)
 
-    def window(self, window: Window, *, allowed_lateness: timedelta = timedelta(0)) -> WindowedStream:
-        """Per-key event-time windows: ``.window(hw.TumblingWindow(seconds=10)).aggregate(n=hw.count())``."""
-        return WindowedStream(self.stream, self.keys, window, allowed_lateness)
+    def window(
+        self, window: Window, *, allowed_lateness: timedelta = timedelta(0), early_interval: timedelta | None = None
+    ) -> WindowedStream:
+        """Per-key event-time windows: ``.window(hw.TumblingWindow(seconds=10)).aggregate(n=hw.count())``.
+
+        ``allowed_lateness`` keeps windows open for late records (re-emitting updated results);
+        ``early_interval`` also emits open windows' current results periodically (processing time)."""
+        return WindowedStream(self.stream, self.keys, window, allowed_lateness, early_interval)
 
     def __repr__(self) -> str:
         return f"KeyedStream({self.stream!r}, keys={self.keys})"
@@ -351,7 +358,10 @@ class KeyedStream:
 class WindowedStream:
     """A stream grouped into event-time windows (optionally per key), awaiting ``aggregate``."""
 
-    def __init__(self, stream: Stream, keys: tuple[str, ...], window: Window, allowed_lateness: timedelta) -> None:
+    def __init__(
+        self, stream: Stream, keys: tuple[str, ...], window: Window, allowed_lateness: timedelta,
+        early_interval: timedelta | None = None,
+    ) -> None:
         if not isinstance(window, (TumblingWindow, SlidingWindow, SessionWindow)):
             raise ConfigError(f"window() takes hw.TumblingWindow, hw.SlidingWindow or hw.SessionWindow, got {window!r}")
         if not isinstance(allowed_lateness, timedelta) or allowed_lateness < timedelta(0):
@@ -360,6 +370,11 @@ class WindowedStream:
         self.keys = keys
         self.window = window
         self.allowed_lateness_ms = int(allowed_lateness / timedelta(milliseconds=1))
+        if early_interval is not None and (not isinstance(early_interval, timedelta) or early_interval <= timedelta(0)):
+            raise ConfigError(f"early_interval must be a positive datetime.timedelta, got {early_interval!r}")
+        if early_interval is not None and isinstance(window, SessionWindow):
+            raise ConfigError("early_interval is not supported for session windows")
+        self.early_ms = None if early_interval is None else int(early_interval / timedelta(milliseconds=1))
 
     def aggregate(self, *, step_id: str | None = None, **aggregations: Aggregation) -> Stream:
         """Aggregates per window (and key), emitted when the watermark passes the window's end; results carry
@@ -376,7 +391,7 @@ class WindowedStream:
             step = WindowAggregateStep(
                 self.stream._next_id("window", step_id), (self.stream.step_id,), keys=self.keys,
                 window=self.window, aggregations=tuple(aggregations.items()),
-                allowed_lateness_ms=self.allowed_lateness_ms,
+                allowed_lateness_ms=self.allowed_lateness_ms, early_ms=self.early_ms,
             )
         return self.stream.flow._add(step)
 

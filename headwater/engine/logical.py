@@ -357,6 +357,7 @@ class WindowAggregateStep(Step):
     allowed_lateness_ms: int = 0
     #: Input rows are partial aggregates from a fused WindowPartialStep (set by the planner).
     merge_partials: bool = False
+    early_ms: int | None = None
 
     def __post_init__(self) -> None:
         self.kind = "window"
@@ -413,7 +414,7 @@ class WindowAggregateStep(Step):
         assert self._time is not None
         return WindowAggregateOperator(self.keys, self.window, self.aggregations, self._time[0], self._time[1],
                                        self.allowed_lateness_ms, self._input_schema, self._time_type,
-                                       self.merge_partials)
+                                       self.merge_partials, self.early_ms)
 
     def local_partial(self) -> WindowPartialStep | None:
         """The fusable pre-aggregation step that can run before this one in the upstream's actors, or ``None``

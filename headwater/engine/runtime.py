@@ -408,15 +408,26 @@ class SubtaskRuntime:
 
     # -- timers ---------------------------------------------------------------------------------------------
     def poll_timers(self, now: float | None = None) -> list[Outgoing]:
-        """Flush output buffers whose linger time has passed."""
+        """Fire operators' processing-time timers that are due, then flush output buffers whose linger time
+        has passed."""
         now = time.monotonic() if now is None else now
         out: list[Outgoing] = []
+        if not self.finished:
+            now_ns = time.time_ns()
+            for position, (step_id, operator) in enumerate(self.operators):
+                due = operator.next_timer()
+                if due is not None and due <= now:
+                    for b in self._guard(step_id, operator.on_processing_time, now):
+                        self.counters[step_id].rows_out += b.num_rows
+                        out.extend(self._continue_from(position + 1, b, now_ns))
         for writer in self.writers:
             out.extend((writer.edge.edge_id, r, m) for r, m in writer.flush_due(now))
         return out
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (w.next_deadline() for w in self.writers) if d is not None]
+        if not self.finished:
+            deadlines += [t for t in (op.next_timer() for _, op in self.operators) if t is not None]
         return min(deadlines) if deadlines else None
 
     # -- figures --------------------------------------------------------------------------------------------

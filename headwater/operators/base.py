@@ -46,6 +46,14 @@ class Operator(ABC):
         """Event time advanced to ``watermark_ms`` (no earlier events will follow): emit what it completes."""
         return []
 
+    def next_timer(self) -> float | None:
+        """``time.monotonic()`` at which the operator wants :meth:`on_processing_time` called (``None``: never)."""
+        return None
+
+    def on_processing_time(self, now: float) -> list[pa.RecordBatch]:
+        """A processing-time timer fired (early window results, table refreshes, flush deadlines)."""
+        return []
+
     def take_side_output(self) -> list[pa.RecordBatch]:
         """Batches for the step's side output (late records), collected since the last call."""
         return []

@@ -6,6 +6,9 @@ accumulators (:class:`~headwater.engine.state.KeyedColumns`). A window ``[start,
 of its ``size / slide`` panes: when the watermark passes its end, its panes' partials are combined per key
 (Arrow again) and emitted as one batch with ``window_start`` and ``window_end``.
 
+Early results: with ``early_interval`` E, open windows that received data are also emitted (their current,
+partial values) at most every E of processing time; the final result follows when the watermark passes.
+
 Lateness: with ``allowed_lateness`` L, a window stays in state until the watermark passes ``end + L``; a record
 arriving for a window that already fired (but within L) re-emits that window's updated results (an update:
 the latest row per key and window is the result). A record whose every window is past ``end + L`` goes to
@@ -17,6 +20,7 @@ group, and how far windows have fired — so a restore neither loses a pane nor 
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -87,9 +91,12 @@ class WindowAggregateOperator(Operator):
         self, keys: Sequence[str], window: TumblingWindow | SlidingWindow,
         aggregations: Sequence[tuple[str, Aggregation]], time_column: str, time_offset_ms: int,
         allowed_lateness_ms: int, input_schema: pa.Schema | None, time_type: pa.DataType,
-        merge_partials: bool = False,
+        merge_partials: bool = False, early_ms: int | None = None,
     ) -> None:
         self.merge_partials = merge_partials
+        self.early = None if early_ms is None else early_ms / 1000
+        self._next_early: float | None = None
+        self._dirty: set[int] = set()
         self.late_partials = 0
         self.keys = tuple(keys) if keys else (ALL,)
         self.keyed = bool(keys)
@@ -161,6 +168,10 @@ class WindowAggregateOperator(Operator):
             slots = state.slots_for([rows.column(k).combine_chunks() for k in self.keys])
             self.accumulators.merge(state, rows, slots)
             refire |= {s for s in self._windows_of(start) if s + self.size <= self.state.fired_until}
+            if self.early is not None:
+                self._dirty.add(start)
+                if self._next_early is None:
+                    self._next_early = time.monotonic() + self.early
         out = self._results(sorted(refire))
         return [out] if out is not None and out.num_rows else []
 
@@ -188,6 +199,20 @@ class WindowAggregateOperator(Operator):
 
     def finish(self) -> list[pa.RecordBatch]:
         return self.on_watermark(MAX_WATERMARK)
+
+    def next_timer(self) -> float | None:
+        return self._next_early
+
+    def on_processing_time(self, now: float) -> list[pa.RecordBatch]:
+        """Early results: the current values of open windows that changed since the last early emission."""
+        assert self.state is not None
+        dirty, self._dirty, self._next_early = self._dirty, set(), None
+        starts = sorted({
+            s for pane in dirty if pane in self.state.panes for s in self._windows_of(pane)
+            if s + self.size > self.state.fired_until
+        })
+        out = self._results(starts)
+        return [out] if out is not None and out.num_rows else []
 
     def _results(self, starts: list[int]) -> pa.RecordBatch | None:
         """Results of the windows starting at ``starts``, in one batch: every window's panes are exported
