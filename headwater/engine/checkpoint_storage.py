@@ -63,6 +63,7 @@ class SubtaskAck:
     values: dict[str, dict[str, bytes]] = field(default_factory=dict)
     sink_tokens: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     finished: bool = False
+    drained: bool = False  # a final snapshot taken after operators emitted what they held (end of input)
     bytes_written: int = 0
     sync_ms: float = 0.0  # time the subtask stopped processing to copy its state
     async_ms: float = 0.0  # time spent writing it in the background
@@ -263,9 +264,10 @@ class CheckpointStorage:
                 self.read_state(metadata, state_file)
 
     def latest_valid(self) -> CheckpointMetadata | None:
-        """The newest complete checkpoint that verifies, falling back past damaged ones (each logged)."""
+        """The newest complete checkpoint or savepoint that verifies, falling back past damaged ones (each
+        logged). Ids grow across both, so a job stopped with a savepoint resumes from that savepoint."""
         damaged: list[CheckpointCorruptError] = []
-        for _, directory in reversed(self.completed()):
+        for _, directory in reversed(self.completed(include_savepoints=True)):
             try:
                 metadata = self.load(directory)
                 self.verify(metadata)

@@ -48,12 +48,16 @@ class Attempt(Protocol):
 
 
 def load_restore_point(
-    storage: CheckpointStorage, config: CheckpointConfig
+    storage: CheckpointStorage, config: CheckpointConfig, own_from: int | None = None
 ) -> tuple[CheckpointMetadata, CheckpointStorage] | None:
-    """The checkpoint to start from — the latest in the directory, else ``restore_from``, else none — and the
-    storage its state files are read from."""
+    """The checkpoint to start from, and the storage its state files are read from.
+
+    ``restore_from`` (when set) wins over older checkpoints in the directory; once this run has written
+    checkpoints of its own (ids >= ``own_from``), the latest of those wins — that is how a run started from a
+    savepoint recovers from a crash. Without ``restore_from`` the latest checkpoint in the directory is used.
+    """
     metadata = storage.latest_valid()
-    if metadata is not None:
+    if metadata is not None and (config.restore_from is None or (own_from is not None and metadata.checkpoint_id >= own_from)):
         return metadata, storage
     if config.restore_from is None:
         return None
@@ -61,9 +65,9 @@ def load_restore_point(
     if "://" not in location:
         location = str(Path(location).resolve())
     source = CheckpointStorage(location.rsplit("/", 1)[0])
-    metadata = source.load(location)
-    source.verify(metadata)
-    return metadata, source
+    restored = source.load(location)
+    source.verify(restored)
+    return restored, source
 
 
 def check_compatibility(plan: PhysicalPlan, metadata: CheckpointMetadata, config: CheckpointConfig) -> None:
@@ -115,15 +119,18 @@ def run_with_recovery(
     storage = CheckpointStorage(config.uri)
     restarts = 0
     started = time.monotonic()
+    own_from = storage.next_id()  # checkpoints with this id or more are written by this run
     while True:
-        found = load_restore_point(storage, config)
+        found = load_restore_point(storage, config, own_from)
         metadata, restore = None, None
         if found is not None:
             metadata, source = found
             check_compatibility(plan, metadata, config)
             restore = SubtaskRestore.of(source, metadata)
         settle_sinks(plan, metadata)
-        attempt = start_attempt(restore, storage.next_id())
+        # ids never repeat: neither this directory's nor those of the checkpoint restored from elsewhere
+        first_id = max(storage.next_id(), metadata.checkpoint_id + 1 if metadata is not None else 1)
+        attempt = start_attempt(restore, first_id)
         try:
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             result = attempt.wait(remaining)

@@ -271,10 +271,12 @@ class SubtaskRuntime:
         that holds this subtask's final snapshot. Then end of stream goes downstream."""
         out: list[Outgoing] = []
         now_ns = time.time_ns()
+        already_drained = self.restore is not None and self.restore.drained
+        drain_operators = drain and not already_drained  # restored after a drained end: it was emitted already
         for position, (step_id, operator) in enumerate(self.operators):
             if isinstance(operator, SinkOperator):
                 continue
-            held = self._guard(step_id, operator.finish) if drain else []
+            held = self._guard(step_id, operator.finish) if drain_operators else []
             for b in held:
                 self.counters[step_id].rows_out += b.num_rows
                 out.extend(self._continue_from(position + 1, b, now_ns))
@@ -287,14 +289,14 @@ class SubtaskRuntime:
             else:
                 self._guard(step_id, sink.commit, token)
         if self.checkpointing:
-            self.final_snapshot = self._capture(final_id, finished=True)
+            self.final_snapshot = self._capture(final_id, finished=True, drained=drain or already_drained)
         for writer in self.writers:
             out.extend((writer.edge.edge_id, r, m) for r, m in writer.end_of_stream(drain))
         self.finished = True
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def _capture(self, checkpoint_id: int, finished: bool) -> PendingSnapshot:
+    def _capture(self, checkpoint_id: int, finished: bool, drained: bool = False) -> PendingSnapshot:
         started = time.perf_counter()
         positions: dict[str, dict[str, Any]] = {}
         if self.source_step is not None:
@@ -304,7 +306,7 @@ class SubtaskRuntime:
             positions[self.source_step.step_id] = parts
         return capture(
             checkpoint_id, self.stage.stage_id, self.subtask, self.stage.parallelism, self.key_groups, positions,
-            self.state_stores, self.uncommitted, finished, started,
+            self.state_stores, self.uncommitted, finished, started, drained,
         )
 
     def _snapshot_and_forward(self, checkpoint_id: int) -> list[Outgoing]:

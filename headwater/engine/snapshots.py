@@ -72,12 +72,13 @@ class PendingSnapshot:
     sink_tokens: dict[str, list[tuple[int, Any]]]
     finished: bool
     sync_ms: float
+    drained: bool = False
 
 
 def capture(
     checkpoint_id: int, stage_id: int, subtask: int, parallelism: int, key_group_range: range,
     source_positions: dict[str, dict[str, Any]], stores: dict[str, OperatorStateStore],
-    sink_tokens: dict[str, list[tuple[int, Any]]], finished: bool, started: float,
+    sink_tokens: dict[str, list[tuple[int, Any]]], finished: bool, started: float, drained: bool = False,
 ) -> PendingSnapshot:
     tables: dict[str, dict[str, pa.Table]] = {}
     values: dict[str, dict[str, bytes]] = {}
@@ -91,7 +92,7 @@ def capture(
             values[step_id] = step_values
     return PendingSnapshot(
         checkpoint_id, stage_id, subtask, parallelism, key_group_range, source_positions, tables, values,
-        {k: list(v) for k, v in sink_tokens.items()}, finished, (time.perf_counter() - started) * 1000,
+        {k: list(v) for k, v in sink_tokens.items()}, finished, (time.perf_counter() - started) * 1000, drained,
     )
 
 
@@ -109,6 +110,7 @@ def persist(snapshot: PendingSnapshot, storage: CheckpointStorage) -> SubtaskAck
         checkpoint_id=snapshot.checkpoint_id, stage_id=snapshot.stage_id, subtask=snapshot.subtask,
         parallelism=snapshot.parallelism, source_positions=snapshot.source_positions, state_files=files,
         values=snapshot.values, sink_tokens=snapshot.sink_tokens, finished=snapshot.finished,
+        drained=snapshot.drained,
         bytes_written=sum(f.size for f in files), sync_ms=snapshot.sync_ms,
         async_ms=(time.perf_counter() - started) * 1000,
     )
@@ -129,6 +131,12 @@ class SubtaskRestore:
     @property
     def checkpoint_id(self) -> int:
         return self.metadata.checkpoint_id
+
+    @property
+    def drained(self) -> bool:
+        """The checkpoint was taken after the job's input ended and operators emitted what they held: its
+        operators must not emit it again."""
+        return bool(self.metadata.acks) and all(a.drained for a in self.metadata.acks)
 
     def position(self, step_id: str, part: str) -> Any | None:
         return self.positions.get(step_id, {}).get(part)

@@ -99,19 +99,25 @@ class KeyedColumns:
         table = table.combine_chunks()
         keys = [table.column(k).combine_chunks() for k in self.key_names]
         self.index = make_key_index([k.type for k in keys])
-        self.index.slots_for(keys)  # rows get slots 0..n-1 in table order
+        slots = self.index.slots_for(keys)  # new slots 0..n-1, in an order the index chooses
         value_names = [n for n in table.column_names if n not in self.key_names and n != KEY_GROUP_COLUMN]
         self._capacity = 0
         for name in value_names:
             field = table.schema.field(name)
             if field.metadata and field.metadata.get(_PICKLED):
-                values = [pickle.loads(b) for b in table.column(name).to_pylist()]
+                values: Any = [pickle.loads(b) for b in table.column(name).to_pylist()]
                 column = np.empty(len(values), dtype=object)
-                column[:] = values
-                self.columns[name] = column
             else:
-                self.columns[name] = table.column(name).to_numpy(zero_copy_only=False).copy()
-            self._capacity = len(self.columns[name])
+                values = table.column(name).to_numpy(zero_copy_only=False)
+                column = np.empty(len(values), dtype=values.dtype)
+            column[slots] = values  # place every row at the slot its key received
+            self.columns[name] = column
+            self._capacity = len(column)
+        for name, column in self.columns.items():  # columns declared but absent from the snapshot (new aggregates)
+            if len(column) < self._capacity:
+                grown = np.full(self._capacity, self._fills.get(name, 0), dtype=column.dtype)
+                grown[: len(column)] = column
+                self.columns[name] = grown
         self._ensure(table.num_rows)
 
 
@@ -138,9 +144,12 @@ class KeyedObjects:
         self.values.pop(key, None)
 
     def snapshot(self) -> pa.Table | None:
-        if not self.values or self._key_types is None:
+        if not self.values:
             return None
         keys = list(self.values)
+        if self._key_types is None:  # never bound: infer the key types from the keys themselves
+            columns = [keys] if len(self.key_names) == 1 else [list(c) for c in zip(*keys)]
+            self._key_types = [pa.array(c).type for c in columns]
         if len(self.key_names) == 1:
             key_arrays = [pa.array(keys, type=self._key_types[0])]
         else:

@@ -213,8 +213,8 @@ class FileSinkPartition(SinkPartition):
                         f"{staged!r} exists; the staging directory was cleaned by hand or by another job writing "
                         f"to {self._sink.path!r}. Give each job its own output directory"
                     )
-            if token.files:
-                self._store.sync(self._store.root)
+            for directory in sorted({final.rsplit("/", 1)[0] for _, final in token.files}):
+                self._store.sync(directory)  # the token's own directory: it may belong to an earlier job
         except OSError as exc:
             raise self._error("commit", final, exc) from exc
 

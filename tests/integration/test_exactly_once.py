@@ -198,13 +198,14 @@ class Script:
 
 
 @st.composite
-def scripts(draw: st.DrawFn, partitions: int = 1, max_aborts: int = 3, max_rows: int = 30) -> Script:
+def scripts(draw: st.DrawFn, partitions: int = 1, max_aborts: int = 3, max_rows: int = 30,
+            pauses: tuple[float, float] = (0.01, 0.03)) -> Script:
     key_type = draw(st.sampled_from([pa.string(), pa.int64()]))
     pool: list[Any] = ["a", "b", "c", "d", "e"] if key_type == pa.string() else [-3, 0, 7, 2**40, 11]
     keys = pool[: draw(st.integers(1, len(pool)))]
     row = st.builds(lambda k, v: {"k": k, "v": v}, st.sampled_from(keys), st.integers(-50, 50))
     rows = [draw(st.lists(row, min_size=1, max_size=max_rows)) for _ in range(partitions)]
-    pause = st.floats(0.01, 0.03).map(PAUSE)
+    pause = st.floats(*pauses).map(PAUSE)
     markers: list[tuple[int, int, int, Any]] = []  # (partition, row position, order at that position, marker)
     aborts = draw(st.integers(1, max_aborts))
     for _ in range(aborts):
@@ -289,17 +290,11 @@ def test_restart_resumes_from_the_checkpoint_not_from_the_start(tmp_path: Path) 
 @pytest.mark.ray
 @pytest.mark.chaos
 @ON_RAY
-@given(script=scripts(max_aborts=2, max_rows=20))
+@given(script=scripts(max_aborts=2, max_rows=20, pauses=(0.2, 0.4)))  # a checkpoint on Ray takes ~0.1 s
 def test_aborts_anywhere_on_ray(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory, script: Script) -> None:
     check_recovery(script, tmp_path_factory.mktemp("ray-recovery"), "ray", parallelism=2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: after a restore, an aggregate keyed by a nullable integer column mixes up the accumulators of the "
-    "null key and the other keys when the null key was not the first key seen: KeyedColumns.restore "
-    "(headwater/engine/state.py) assumes rows get slots in table order, IntegerKeyIndex.slots_for "
-    "(headwater/operators/key_index.py) gives the null key a slot before the new keys of the same call"
-))
 def test_recovery_of_an_aggregate_keyed_by_a_nullable_integer(tmp_path: Path) -> None:
     rows = [{"k": 1, "v": 1}, {"k": 2, "v": 2}, {"k": None, "v": 100}, {"k": 1, "v": 1}, {"k": None, "v": 1}]
     # pauses longer than the linger keep the first keys in separate batches: slots 1 -> 0, 2 -> 1, None -> 2
@@ -345,7 +340,7 @@ def assert_only_committed_files_visible(directory: Path) -> None:
     assert leftovers == [], f"in-progress files of failed attempts were not cleaned up: {leftovers}"
 
 
-def check_files_exactly_once(script: Script, base: Path, executor: str, parallelism: int) -> None:
+def check_files_exactly_once(script: Script, base: Path, executor: str, parallelism: int) -> hw.JobResult:
     hw.run(stateless_flow([without_markers(p) for p in script.items], ParquetSink(base / "clean"), script.schema,
                           script.batch_size), executor="local", parallelism=parallelism)
     out = base / "out"
@@ -356,6 +351,7 @@ def check_files_exactly_once(script: Script, base: Path, executor: str, parallel
     assert sum(expected.values()) == sum(1 for p in script.rows for r in p if r["v"] % 3 != 0)
     assert as_multiset(parquet_rows(out)) == expected
     assert_only_committed_files_visible(out)
+    return result
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -371,9 +367,10 @@ def test_aborts_with_a_parquet_sink_commit_every_row_once(
 @pytest.mark.chaos
 def test_aborts_with_a_parquet_sink_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     rows = [[{"k": f"k{i % 4}", "v": i} for i in range(p, 200, 2)] for p in range(2)]
-    items = [rows[0][:30] + [PAUSE(0.2), ABORT()] + rows[0][30:], rows[1][:60] + [PAUSE(0.3), ABORT()] + rows[1][60:]]
+    items = [rows[0][:30] + [PAUSE(0.5), ABORT()] + rows[0][30:], rows[1][:60] + [PAUSE(0.8), ABORT()] + rows[1][60:]]
     script = Script(pa.string(), rows, items, 5, 2)
-    check_files_exactly_once(script, tmp_path, "ray", parallelism=2)
+    result = check_files_exactly_once(script, tmp_path, "ray", parallelism=2)
+    assert result.rows_out("in") < 200, "the last attempt resumed from a checkpoint, not from the start"
 
 
 # -- 3. stop and resume -------------------------------------------------------------------------------------------------
@@ -481,12 +478,6 @@ def test_a_finished_job_run_again_commits_nothing_new(tmp_path: Path) -> None:
     assert_clean_changelog(first.rows(), items)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a finished job's final snapshot is taken after operators' finish(), so running it again with the "
-    "same dir restores that state, finds the sources at their end, calls finish() again and an "
-    "emit='final' aggregate emits every key a second time (headwater/engine/runtime.py SubtaskRuntime._finish "
-    "drains restored operators; docs/exactly-once.md says a finished job 'finishes at once')"
-))
 def test_a_finished_job_with_final_emission_run_again_commits_nothing_new(tmp_path: Path) -> None:
     items = [[{"k": f"k{i % 3}", "v": i} for i in range(30)]]
     config = checkpointing(tmp_path / "chk")
@@ -530,12 +521,6 @@ def test_rescale_one_two_one_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     rescale(tmp_path, "ray", [1, 2, 1], rows=600, pause=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: resuming with the same dir after stop(savepoint=True) ignores that savepoint: "
-    "CheckpointStorage.latest_valid() only considers completed() without savepoints "
-    "(headwater/engine/checkpoint_storage.py), so the run restores the older periodic checkpoint and replays "
-    "input whose output the savepoint already committed (counts go back)"
-))
 def test_rescale_through_a_savepoint_in_the_same_dir(tmp_path: Path) -> None:
     items = slow_partitions(600, partitions=4, keys=7)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
@@ -641,6 +626,30 @@ def test_renamed_stateful_step_is_refused_unless_allowed(tmp_path: Path) -> None
     assert {k: row["n"] for k, row in renamed.latest(["k"]).items()} == count_keys(without_markers(items[position:]))
 
 
+def test_upgrade_that_adds_an_aggregation_to_a_kept_step(tmp_path: Path) -> None:
+    items = slow_items(200)
+    savepoint, position, _ = savepoint_of_a_stopped_job(tmp_path, items)
+    out = TestingSink(tmp_path / "v2")
+    flow = hw.Dataflow("upgrade")
+    flow.source("in", TestingSource(items, batch_size=1, schema=SCHEMA)).key_by("k").aggregate(
+        step_id="counts", n=hw.count(), total=hw.sum("v")
+    ).sink("out", out)
+    try:
+        hw.run(flow, executor="local", checkpoint=checkpointing(tmp_path / "v2-chk", restore_from=savepoint))
+    except StateCompatibilityError as refused:
+        assert "'counts'" in str(refused)
+        return
+    assert {k: row["n"] for k, row in out.latest(["k"]).items()} == count_keys(without_markers(items))
+
+
+def test_restoring_with_other_max_key_groups_is_refused(tmp_path: Path) -> None:
+    items = slow_items(200)
+    savepoint, _, _ = savepoint_of_a_stopped_job(tmp_path, items)
+    with pytest.raises(StateCompatibilityError, match="max_key_groups=128"):
+        hw.run(counting_flow(items, TestingSink(tmp_path / "v2")), executor="local", max_key_groups=64,
+               checkpoint=checkpointing(tmp_path / "v2-chk", restore_from=savepoint))
+
+
 def test_stop_with_savepoint_needs_checkpointing(tmp_path: Path) -> None:
     out = TestingSink(tmp_path / "out")
     job = hw.start(counting_flow(slow_items(100), out), executor="local")
@@ -653,12 +662,6 @@ def test_stop_with_savepoint_needs_checkpointing(tmp_path: Path) -> None:
     assert result.stopped and result.savepoint_path is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: CheckpointConfig.restore_from is documented to start 'from this checkpoint or savepoint directory "
-    "instead of the latest one in dir' (headwater/engine/config.py), but load_restore_point "
-    "(headwater/engine/recovery.py) uses it only when dir holds no checkpoint, so a restore_from savepoint "
-    "with the job's own dir silently restores an older checkpoint and replays committed output"
-))
 def test_restore_from_wins_over_older_checkpoints_in_the_dir(tmp_path: Path) -> None:
     items = slow_items(300)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
@@ -674,14 +677,6 @@ def test_restore_from_wins_over_older_checkpoints_in_the_dir(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("interval_ms", [20, 60_000])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a run restored from restore_from into a new dir numbers its checkpoints from "
-    "CheckpointStorage(new dir).next_id() == 1 (headwater/engine/recovery.py run_with_recovery), while its "
-    "subtasks continue from the restored id (SubtaskRuntime.last_checkpoint_id, headwater/engine/runtime.py). "
-    "With checkpoints, ParquetSink names part-000001... repeat and overwrite the old run's committed files; "
-    "without one, sinks prepare their final output under savepoint id + 1, above the final checkpoint's id, "
-    "so it is never committed (left in _staging)"
-))
 def test_upgrade_into_a_new_dir_keeps_every_committed_file(tmp_path: Path, interval_ms: int) -> None:
     items = slow_items(300)
     out = tmp_path / "parquet"
@@ -694,12 +689,6 @@ def test_upgrade_into_a_new_dir_keeps_every_committed_file(tmp_path: Path, inter
     assert sorted(r["v"] for r in parquet_rows(out)) == [r["v"] for r in expected]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: restoring into a pipeline whose ParquetSink writes to a new directory fails before it starts: "
-    "settle_sinks (headwater/engine/recovery.py) re-commits the savepoint's tokens through the *new* sink, and "
-    "FileSinkPartition.commit (headwater/sinks/files.py) then fsyncs its own root, which does not exist yet "
-    "(SinkError 'No such file or directory'), although every file of the token was committed already"
-))
 def test_upgrade_to_a_new_output_directory(tmp_path: Path) -> None:
     items = slow_items(300)
     config = checkpointing(tmp_path / "v1", interval=timedelta(milliseconds=300))

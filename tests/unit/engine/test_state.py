@@ -114,12 +114,6 @@ def test_empty_keyed_columns_snapshot_nothing_and_restore_nothing() -> None:
     assert len(state) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: KeyedColumns.restore (headwater/engine/state.py) assumes the key index gives the table's rows slots "
-    "0..n-1 in row order, but IntegerKeyIndex.slots_for (headwater/operators/key_index.py) gives a null key the "
-    "next free slot *before* the new non-null keys of the same call: restoring keys [1, 2, None] with values "
-    "[10, 20, 99] yields {None: 10, 1: 20, 2: 99}"
-))
 def test_keyed_columns_restore_keeps_values_of_a_null_integer_key() -> None:
     state = KeyedColumns(("id",), G)
     state.add_column("v", np.int64, 0)
@@ -134,6 +128,22 @@ def test_keyed_columns_restore_keeps_values_of_a_null_integer_key() -> None:
 
     slots = restored.slots_for([pa.array([1, 2, None], pa.int64())])
     assert restored.columns["v"][slots].tolist() == [10, 20, 99]
+
+
+def test_keyed_columns_restore_fills_a_column_the_snapshot_lacks() -> None:
+    old = KeyedColumns(("id",), G)
+    old.add_column("count", np.int64, 0)
+    slots = old.slots_for(INT_KEYS)
+    old.columns["count"][slots] = 1
+
+    new = KeyedColumns(("id",), G)
+    new.add_column("count", np.int64, 0)
+    new.add_column("total", np.int64, 0)  # declared by the upgraded operator, absent from the snapshot
+    new.restore(old.snapshot())
+
+    slots = new.slots_for([pa.array([0, 5], pa.int64())])  # restored keys only: no new key grows the columns
+    assert new.columns["count"][slots].tolist() == [1, 1]
+    assert new.columns["total"][slots].tolist() == [0, 0]
 
 
 # -- KeyedObjects ------------------------------------------------------------------------------------------------
@@ -172,11 +182,6 @@ def test_keyed_objects_delete_and_get() -> None:
     assert 0 not in restored.values and len(restored.values) == len(INT_KEYS[0]) - 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (silent state loss): KeyedObjects.snapshot (headwater/engine/state.py) returns None when values were "
-    "set but bind_key_types() was never called, so a checkpoint silently drops that state; it should infer the "
-    "key types or raise"
-))
 def test_keyed_objects_state_is_never_silently_dropped() -> None:
     state = KeyedObjects(("user",), G)
     state.set("alice", {1, 2})
