@@ -14,11 +14,12 @@ from headwater.engine.job import JobResult
 from headwater.engine.runner import plan_flow, run, start
 from headwater.errors import HeadwaterError
 from headwater.expressions import Expr, col, fn, lit, when
+from headwater.operators.lookup import LookupTable
 from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "RunConfig", "Stream",
+    "Aggregation", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "RunConfig", "Stream",
     "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
 ]

@@ -29,6 +29,15 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 
 from headwater.aggregations import Aggregation
+from headwater.engine.logical_time import (
+    DeduplicateStep,
+    IntervalJoinStep,
+    LateRecordsStep,
+    LookupJoinStep,
+    WindowAggregateStep,
+    WindowJoinStep,
+)
+from headwater.operators.lookup import LookupTable
 from headwater.engine.logical import (
     AggregateStep,
     FilterStep,
@@ -36,12 +45,9 @@ from headwater.engine.logical import (
     MapRowsStep,
     ProjectStep,
     SinkStep,
-    LateRecordsStep,
     SourceStep,
     Step,
     UnionStep,
-    WindowAggregateStep,
-    WindowJoinStep,
 )
 from headwater.errors import BuildError, ConfigError, DuplicateStepError, InvalidStepIdError, UnknownColumnError
 from headwater.expressions import Expr, _unknown_column_message, col, lit
@@ -306,6 +312,43 @@ class Stream:
                               right_on=right, window=window)
         return self.flow._add(step)
 
+    def interval_join(
+        self, other: Stream, *, lower: timedelta, upper: timedelta, on: str | Sequence[str] | None = None,
+        left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,
+        step_id: str | None = None,
+    ) -> Stream:
+        """Inner equi-join with ``other`` where ``other.time + lower <= self.time <= other.time + upper``; matches
+        are emitted as soon as both rows arrived."""
+        if not isinstance(other, Stream) or other.flow is not self.flow:
+            raise ConfigError("interval_join() takes a stream of the same dataflow")
+        if on is not None:
+            left_on = right_on = on
+        if left_on is None or right_on is None:
+            raise ConfigError("interval_join() needs on=... or both left_on=... and right_on=...")
+        for name, value in (("lower", lower), ("upper", upper)):
+            if not isinstance(value, timedelta):
+                raise ConfigError(f"interval_join() {name} must be a datetime.timedelta, got {value!r}")
+        step = IntervalJoinStep(
+            self._next_id("interval_join", step_id), (self.step_id, other.step_id),
+            left_on=(left_on,) if isinstance(left_on, str) else tuple(left_on),
+            right_on=(right_on,) if isinstance(right_on, str) else tuple(right_on),
+            window=None, lower_ms=int(lower / timedelta(milliseconds=1)), upper_ms=int(upper / timedelta(milliseconds=1)),
+        )
+        return self.flow._add(step)
+
+    def lookup_join(
+        self, table: LookupTable, *, on: str | Sequence[str], how: str = "left",
+        columns: Sequence[str] | None = None, step_id: str | None = None,
+    ) -> Stream:
+        """Enrich each record with the columns of the row of ``table`` whose key equals ``on`` (see
+        :class:`headwater.LookupTable`: Parquet or SQL, refreshed on a timer)."""
+        if not isinstance(table, LookupTable):
+            raise ConfigError("lookup_join() takes a hw.LookupTable (LookupTable.parquet(...) or LookupTable.sql(...))")
+        step = LookupJoinStep(self._next_id("lookup_join", step_id), (self.step_id,), table=table,
+                              on=(on,) if isinstance(on, str) else tuple(on), how=how,
+                              columns=tuple(columns) if columns is not None else None)
+        return self.flow._add(step)
+
     def sink(self, step_id: str, sink: Sink) -> None:
         """Write the stream to ``sink`` (a terminal step)."""
         if not isinstance(sink, Sink):
@@ -341,6 +384,15 @@ class KeyedStream:
             aggregations=tuple(aggregations.items()), emit=emit,
         )
         return flow._add(step)
+
+    def deduplicate(self, *, within: timedelta, step_id: str | None = None) -> Stream:
+        """Drop records whose key already passed less than ``within`` earlier (event time if the stream has
+        one, else arrival time)."""
+        if not isinstance(within, timedelta):
+            raise ConfigError(f"deduplicate(within=...) takes a datetime.timedelta, got {within!r}")
+        step = DeduplicateStep(self.stream._next_id("deduplicate", step_id), (self.stream.step_id,),
+                               keys=self.keys, within_ms=int(within / timedelta(milliseconds=1)))
+        return self.stream.flow._add(step)
 
     def window(
         self, window: Window, *, allowed_lateness: timedelta = timedelta(0), early_interval: timedelta | None = None
@@ -380,7 +432,7 @@ class WindowedStream:
         """Aggregates per window (and key), emitted when the watermark passes the window's end; results carry
         ``window_start`` and ``window_end``."""
         if isinstance(self.window, SessionWindow):
-            from headwater.engine.logical import SessionWindowStep
+            from headwater.engine.logical_time import SessionWindowStep
 
             step: Step = SessionWindowStep(
                 self.stream._next_id("session_window", step_id), (self.stream.step_id,), keys=self.keys,

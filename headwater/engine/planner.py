@@ -22,15 +22,13 @@ import copy
 
 from headwater.dataflow import Dataflow
 from headwater.engine.config import RunConfig
+from headwater.engine.logical_time import LateRecordsStep, WindowAggregateStep, WindowJoinStep
 from headwater.engine.logical import (
     AggregateStep,
-    LateRecordsStep,
     Partitioning,
     SourceStep,
     Step,
     UnionStep,
-    WindowAggregateStep,
-    WindowJoinStep,
 )
 from headwater.engine.plan import Edge, PhysicalPlan, Stage
 from headwater.errors import BuildError, ConfigError
@@ -44,7 +42,7 @@ def _wanted_parallelism(step: Step, flow: Dataflow, chosen: dict[str, int], defa
         return min(default, len(parts))
     if step.explicit_parallelism is not None:
         return step.explicit_parallelism
-    if isinstance(step, (AggregateStep, UnionStep, WindowAggregateStep, WindowJoinStep)):
+    if isinstance(step, (UnionStep, WindowJoinStep)) or step.partition_keys(0):
         return default
     return chosen[step.inputs[0]]
 
@@ -52,10 +50,9 @@ def _wanted_parallelism(step: Step, flow: Dataflow, chosen: dict[str, int], defa
 def _partitioning(
     step: Step, input_index: int, upstream_parallelism: int, parallelism: int
 ) -> tuple[Partitioning, tuple[str, ...]]:
-    if isinstance(step, (AggregateStep, WindowAggregateStep)) and step.keys:
-        return "hash", step.keys
-    if isinstance(step, WindowJoinStep):
-        return "hash", step.keys_for_input(input_index)
+    keys = step.partition_keys(input_index)
+    if keys:
+        return "hash", keys
     return ("forward" if upstream_parallelism == parallelism else "round_robin"), ()
 
 
