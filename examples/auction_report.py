@@ -30,6 +30,12 @@ def main(output: str) -> int:
     for row in top.to_pylist():
         print(f"  auction {row['auction']:>8}  bids {row['bids']:>7,}  volume {row['volume_eur']:>16,.2f}  "
               f"top bid {row['top_bid_eur']:>14,.2f}  last bid {row['last_bid_at']}")
+    minutes = ds.dataset(root / "channel_minutes", format="parquet").to_table()
+    if minutes.num_rows:
+        busiest = minutes.sort_by([("bids", "descending")]).slice(0, 3).to_pylist()
+        print(f"\n{minutes.num_rows:,} (channel, minute) windows; busiest:")
+        for row in busiest:
+            print(f"  {row['channel']:<12} {row['window_start']} .. {row['window_end']}  bids {row['bids']:>7,}")
     print("\nBids per price band (all channels):")
     bands = channels.group_by("price_band").aggregate([("bids", "sum")]).sort_by("price_band")
     for row in bands.to_pylist():

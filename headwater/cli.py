@@ -1,12 +1,14 @@
 """The ``headwater`` command.
 
     headwater run path/to/pipeline.py [--parallelism N] [--executor ray|local] [--timeout S] [--no-progress]
+                                      [--checkpoint-dir DIR] [--checkpoint-interval S] [--no-checkpoint]
     headwater plan path/to/pipeline.py [--parallelism N]      # the physical plan
     headwater graph path/to/pipeline.py                        # the logical graph as Mermaid
 
 A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
 name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
-run the flow: guard ``hw.run(flow)`` with ``if __name__ == "__main__":``.
+run the flow: guard ``hw.run(flow)`` with ``if __name__ == "__main__":``. A module-level
+:class:`~headwater.CheckpointConfig` (exactly one) makes ``headwater run`` exactly-once and resumable.
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dataclasses import replace
+from datetime import timedelta
+
 from headwater.dataflow import Dataflow
+from headwater.engine.config import CheckpointConfig
 from headwater.engine.runner import plan_flow, run
 from headwater.errors import HeadwaterError, PipelineNotFoundError
 
 
 def load_dataflow(path: str | Path, name: str | None = None) -> Dataflow:
     """Import the pipeline file at ``path`` and return its dataflow (the one named ``name`` if given)."""
+    return load_pipeline(path, name)[0]
+
+
+def load_pipeline(path: str | Path, name: str | None = None) -> tuple[Dataflow, CheckpointConfig | None]:
+    """Import the pipeline file: its dataflow, and its ``CheckpointConfig`` if it defines exactly one."""
     file = Path(path).resolve()
     if not file.is_file():
         raise PipelineNotFoundError(f"pipeline file {str(path)!r} does not exist")
@@ -47,7 +58,8 @@ def load_dataflow(path: str | Path, name: str | None = None) -> Dataflow:
     if len(unique) > 1:
         names = ", ".join(f.name for f in unique)
         raise PipelineNotFoundError(f"{file} defines several dataflows ({names}); choose one with --flow NAME")
-    return unique[0]
+    checkpoints = [v for v in vars(module).values() if isinstance(v, CheckpointConfig)]
+    return unique[0], checkpoints[0] if len(checkpoints) == 1 else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,13 +81,17 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--progress", dest="progress", action="store_true", default=None,
                              help="live rows/s display (default: on when stderr is a terminal)")
             sub.add_argument("--no-progress", dest="progress", action="store_false")
+            sub.add_argument("--checkpoint-dir", default=None,
+                             help="checkpoint here (exactly-once; resumes from it); default: the file's CheckpointConfig")
+            sub.add_argument("--checkpoint-interval", type=float, default=None, help="seconds between checkpoints")
+            sub.add_argument("--no-checkpoint", action="store_true", help="ignore the file's CheckpointConfig")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        flow = load_dataflow(args.pipeline, args.flow)
+        flow, checkpoint = load_pipeline(args.pipeline, args.flow)
         if args.command == "graph":
             print(flow.to_mermaid())
             return 0
@@ -86,7 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(plan_flow(flow, **options).describe())
             return 0
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        result = run(flow, timeout=args.timeout, progress=progress, **options)
+        if args.checkpoint_dir is not None:
+            checkpoint = CheckpointConfig(dir=args.checkpoint_dir)
+        if checkpoint is not None and args.checkpoint_interval is not None:
+            checkpoint = replace(checkpoint, interval=timedelta(seconds=args.checkpoint_interval))
+        if args.no_checkpoint:
+            checkpoint = None
+        result = run(flow, timeout=args.timeout, progress=progress, checkpoint=checkpoint, **options)
         print(result)
         return 0
     except HeadwaterError as exc:

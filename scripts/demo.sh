@@ -6,6 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 output="${HEADWATER_OUTPUT:-output/auction_analytics}"
-rm -rf "$output"
+checkpoints="${HEADWATER_CHECKPOINTS:-.headwater/checkpoints/auction-analytics}"
+rm -rf "$output" "$checkpoints"   # a fresh run each time (the same directory would resume the last one)
 .venv/bin/headwater run examples/auction_analytics.py
 .venv/bin/python examples/auction_report.py "$output"

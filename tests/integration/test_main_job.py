@@ -64,11 +64,13 @@ def test_backfill_over_parquet_equals_streaming_run(ray_cluster, tmp_path: Path)
 def test_cli_plan_graph_and_local_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("HEADWATER_EVENTS", "20000")
     monkeypatch.setenv("HEADWATER_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("HEADWATER_CHECKPOINTS", str(tmp_path / "checkpoints"))
     example = str(ROOT / "examples" / "auction_analytics.py")
 
     assert main(["plan", example, "--parallelism", "2"]) == 0
     plan_text = capsys.readouterr().out
     assert "stage 0 x2: bids -> valid_bids -> enriched" in plan_text
+    assert "TumblingWindow(60000 ms) by channel" in plan_text
     assert "[hash by (auction)] columns (auction, price_eur, date_time)" in plan_text
 
     assert main(["graph", example]) == 0
@@ -78,6 +80,12 @@ def test_cli_plan_graph_and_local_run(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "auction_stats" in capsys.readouterr().out
     auctions, _ = _results(tmp_path / "out")
     assert sum(r["bids"] for r in auctions) == 18_400  # 46 of every 50 events are bids
+    assert (tmp_path / "checkpoints").is_dir()  # the file's CheckpointConfig made the run exactly-once
+
+    # Running again with the same checkpoint directory resumes after the finished run: nothing new is written.
+    assert main(["run", example, "--executor", "local", "--no-progress"]) == 0
+    auctions_again, _ = _results(tmp_path / "out")
+    assert sum(r["bids"] for r in auctions_again) == 18_400
 
 
 def test_cli_reports_a_file_without_dataflow(tmp_path: Path, capsys) -> None:
