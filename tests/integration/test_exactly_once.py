@@ -77,6 +77,12 @@ def without_markers(items: Sequence[Any]) -> list[Any]:
     return [item for item in items if isinstance(item, dict)]
 
 
+def unpaused(items: Sequence[Any]) -> list[Any]:
+    """``items`` with every pause made 0 s: same positions (a checkpoint's resume state still fits), no waiting.
+    Stopped runs read slow input, so they cannot end before the stop; runs that resume them read it fast."""
+    return [PAUSE(0) if isinstance(item, type(PAUSE(0))) else item for item in items]
+
+
 # -- the reference model of the running aggregate ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Agg:
@@ -408,7 +414,7 @@ def start_and_stop_after_checkpoints(flow: hw.Dataflow, directory: Path, checkpo
 
 
 def test_stop_and_resume_stateless_commits_every_row_once(tmp_path: Path) -> None:
-    items = slow_partitions(300, partitions=2)
+    items = slow_partitions(1_000, partitions=2)
     schema = pa.schema([("k", pa.string()), ("v", pa.int64())])
     reference = TestingSink(tmp_path / "clean")
     hw.run(stateless_flow([without_markers(p) for p in items], reference, schema), executor="local")
@@ -417,21 +423,22 @@ def test_stop_and_resume_stateless_commits_every_row_once(tmp_path: Path) -> Non
 
     stopped = start_and_stop_after_checkpoints(stateless_flow(items, out1, schema), tmp_path / "chk",
                                                executor="local", parallelism=2)
-    resumed = hw.run(stateless_flow(items, out2, schema), executor="local", parallelism=2,
+    resumed = hw.run(stateless_flow([unpaused(p) for p in items], out2, schema), executor="local", parallelism=2,
                      checkpoint=checkpointing(tmp_path / "chk"))
 
     assert stopped.stopped and stopped.last_checkpoint.kind == "final"
     assert 0 < len(out1.rows()) < sum(clean.values()), "the first run was stopped mid-input"
-    assert 0 < resumed.rows_out("in") < 300, "the second run read only what the first had not"
+    assert 0 < resumed.rows_out("in") < 1_000, "the second run read only what the first had not"
     assert as_multiset(out1.rows() + out2.rows()) == clean
 
 
 def test_stop_and_resume_aggregate_continues_its_state(tmp_path: Path) -> None:
-    items = slow_partitions(300, partitions=2)
+    items = slow_partitions(1_000, partitions=2)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
     start_and_stop_after_checkpoints(slow_aggregate_flow(items, out1), tmp_path / "chk", executor="local",
                                      parallelism=2)
-    hw.run(slow_aggregate_flow(items, out2), executor="local", parallelism=2, checkpoint=checkpointing(tmp_path / "chk"))
+    hw.run(slow_aggregate_flow([unpaused(p) for p in items], out2), executor="local", parallelism=2,
+           checkpoint=checkpointing(tmp_path / "chk"))
 
     rows = [without_markers(p) for p in items]
     assert out1.rows() and out2.rows()
@@ -499,8 +506,8 @@ def rescale(tmp_path: Path, executor: str, parallelisms: Sequence[int], rows: in
         stopped = start_and_stop_after_checkpoints(slow_aggregate_flow(items, sink), directory, checkpoints=1,
                                                    checkpoint=config, executor=executor, parallelism=parallelism)
         assert stopped.last_checkpoint.checkpoint_id > last
-    final = hw.run(slow_aggregate_flow(items, sinks[-1]), executor=executor, parallelism=parallelisms[-1],
-                   checkpoint=config)
+    final = hw.run(slow_aggregate_flow([unpaused(p) for p in items], sinks[-1]), executor=executor,
+                   parallelism=parallelisms[-1], checkpoint=config)
 
     assert final.last_checkpoint.kind == "final"
     assert all(sink.rows() for sink in sinks[:-1]), "every run before the last committed output"
@@ -509,20 +516,20 @@ def rescale(tmp_path: Path, executor: str, parallelisms: Sequence[int], rows: in
 
 
 def test_rescale_one_two_one_keeps_every_keys_state(tmp_path: Path) -> None:
-    rescale(tmp_path, "local", [1, 2, 1], rows=400, pause=0.004)
+    rescale(tmp_path, "local", [1, 2, 1], rows=2_000, pause=0.004)
 
 
 def test_rescale_three_to_two(tmp_path: Path) -> None:
-    rescale(tmp_path, "local", [3, 2], rows=200, pause=0.004)
+    rescale(tmp_path, "local", [3, 2], rows=1_000, pause=0.004)
 
 
 @pytest.mark.ray
 def test_rescale_one_two_one_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
-    rescale(tmp_path, "ray", [1, 2, 1], rows=600, pause=0.01)
+    rescale(tmp_path, "ray", [1, 2, 1], rows=2_000, pause=0.01)
 
 
 def test_rescale_through_a_savepoint_in_the_same_dir(tmp_path: Path) -> None:
-    items = slow_partitions(600, partitions=4, keys=7)
+    items = slow_partitions(2_000, partitions=4, keys=7)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
     config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=150))
     stopped = start_and_stop_after_checkpoints(slow_aggregate_flow(items, out1), tmp_path / "chk", checkpoints=1,
@@ -530,7 +537,8 @@ def test_rescale_through_a_savepoint_in_the_same_dir(tmp_path: Path) -> None:
                                                parallelism=1)
     time_of_savepoint = CheckpointStorage(str(tmp_path / "chk")).load(stopped.savepoint_path)
     assert time_of_savepoint.kind == "savepoint"
-    hw.run(slow_aggregate_flow(items, out2), executor="local", parallelism=2, checkpoint=config)
+    hw.run(slow_aggregate_flow([unpaused(p) for p in items], out2), executor="local", parallelism=2,
+           checkpoint=config)
     assert_clean_changelog(out1.rows() + out2.rows(), [without_markers(p) for p in items])
 
 
@@ -589,11 +597,11 @@ def test_upgrade_from_a_savepoint_keeps_state_and_starts_new_steps_empty(
 ) -> None:
     if executor == "ray":
         request.getfixturevalue("ray_cluster")
-    items = slow_items(300 if executor == "local" else 500, pause=0.004 if executor == "local" else 0.008)
+    items = slow_items(1_000 if executor == "local" else 2_000, pause=0.004 if executor == "local" else 0.008)
     savepoint, position, v1 = savepoint_of_a_stopped_job(tmp_path, items, executor)
     counts, totals = TestingSink(tmp_path / "v2-counts"), TestingSink(tmp_path / "v2-totals")
 
-    hw.run(upgraded_flow(items, counts, totals), executor=executor, parallelism=2,
+    hw.run(upgraded_flow(unpaused(items), counts, totals), executor=executor, parallelism=2,
            checkpoint=checkpointing(tmp_path / "v2-chk", restore_from=savepoint))
 
     everything, after = without_markers(items), without_markers(items[position:])
@@ -611,7 +619,7 @@ def test_upgrade_from_a_savepoint_keeps_state_and_starts_new_steps_empty(
 
 
 def test_renamed_stateful_step_is_refused_unless_allowed(tmp_path: Path) -> None:
-    items = slow_items(200)
+    items = slow_items(1_000)
     savepoint, position, _ = savepoint_of_a_stopped_job(tmp_path, items)
     renamed = TestingSink(tmp_path / "renamed")
 
@@ -621,17 +629,17 @@ def test_renamed_stateful_step_is_refused_unless_allowed(tmp_path: Path) -> None
     assert "allow_non_restored_state" in str(refused.value)
     assert renamed.rows() == []
 
-    hw.run(counting_flow(items, renamed, counts_id="counts_v2"), executor="local",
+    hw.run(counting_flow(unpaused(items), renamed, counts_id="counts_v2"), executor="local",
            checkpoint=checkpointing(tmp_path / "allowed-chk", restore_from=savepoint, allow_non_restored_state=True))
     assert {k: row["n"] for k, row in renamed.latest(["k"]).items()} == count_keys(without_markers(items[position:]))
 
 
 def test_upgrade_that_adds_an_aggregation_to_a_kept_step(tmp_path: Path) -> None:
-    items = slow_items(200)
+    items = slow_items(1_000)
     savepoint, position, _ = savepoint_of_a_stopped_job(tmp_path, items)
     out = TestingSink(tmp_path / "v2")
     flow = hw.Dataflow("upgrade")
-    flow.source("in", TestingSource(items, batch_size=1, schema=SCHEMA)).key_by("k").aggregate(
+    flow.source("in", TestingSource(unpaused(items), batch_size=1, schema=SCHEMA)).key_by("k").aggregate(
         step_id="counts", n=hw.count(), total=hw.sum("v")
     ).sink("out", out)
     try:
@@ -643,7 +651,7 @@ def test_upgrade_that_adds_an_aggregation_to_a_kept_step(tmp_path: Path) -> None
 
 
 def test_restoring_with_other_max_key_groups_is_refused(tmp_path: Path) -> None:
-    items = slow_items(200)
+    items = slow_items(1_000)
     savepoint, _, _ = savepoint_of_a_stopped_job(tmp_path, items)
     with pytest.raises(StateCompatibilityError, match="max_key_groups=128"):
         hw.run(counting_flow(items, TestingSink(tmp_path / "v2")), executor="local", max_key_groups=64,
@@ -652,7 +660,7 @@ def test_restoring_with_other_max_key_groups_is_refused(tmp_path: Path) -> None:
 
 def test_stop_with_savepoint_needs_checkpointing(tmp_path: Path) -> None:
     out = TestingSink(tmp_path / "out")
-    job = hw.start(counting_flow(slow_items(100), out), executor="local")
+    job = hw.start(counting_flow(slow_items(1_000), out), executor="local")
     try:
         with pytest.raises(ConfigError, match="needs checkpointing"):
             job.stop(savepoint=True)
@@ -663,12 +671,12 @@ def test_stop_with_savepoint_needs_checkpointing(tmp_path: Path) -> None:
 
 
 def test_restore_from_wins_over_older_checkpoints_in_the_dir(tmp_path: Path) -> None:
-    items = slow_items(300)
+    items = slow_items(1_000)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")
     config = checkpointing(tmp_path / "chk", interval=timedelta(milliseconds=300))
     stopped = start_and_stop_after_checkpoints(counting_flow(items, out1), tmp_path / "chk", checkpoints=1,
                                                savepoint=True, settle=0.1, checkpoint=config, executor="local")
-    hw.run(counting_flow(items, out2), executor="local",
+    hw.run(counting_flow(unpaused(items), out2), executor="local",
            checkpoint=dataclasses.replace(config, restore_from=stopped.savepoint_path))
     changelog: dict[str, int] = {}
     for row in out1.rows() + out2.rows():
@@ -678,11 +686,11 @@ def test_restore_from_wins_over_older_checkpoints_in_the_dir(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("interval_ms", [20, 60_000])
 def test_upgrade_into_a_new_dir_keeps_every_committed_file(tmp_path: Path, interval_ms: int) -> None:
-    items = slow_items(300)
+    items = slow_items(1_000)
     out = tmp_path / "parquet"
     stopped = start_and_stop_after_checkpoints(stateless_flow([items], ParquetSink(out), SCHEMA), tmp_path / "v1",
                                                savepoint=True, executor="local")
-    hw.run(stateless_flow([items], ParquetSink(out), SCHEMA), executor="local",
+    hw.run(stateless_flow([unpaused(items)], ParquetSink(out), SCHEMA), executor="local",
            checkpoint=checkpointing(tmp_path / "v2", interval=timedelta(milliseconds=interval_ms),
                                     restore_from=stopped.savepoint_path))
     expected = [r for r in without_markers(items) if r["v"] % 3 != 0]
@@ -690,12 +698,12 @@ def test_upgrade_into_a_new_dir_keeps_every_committed_file(tmp_path: Path, inter
 
 
 def test_upgrade_to_a_new_output_directory(tmp_path: Path) -> None:
-    items = slow_items(300)
+    items = slow_items(1_000)
     config = checkpointing(tmp_path / "v1", interval=timedelta(milliseconds=300))
     stopped = start_and_stop_after_checkpoints(stateless_flow([items], ParquetSink(tmp_path / "v1-out"), SCHEMA),
                                                tmp_path / "v1", checkpoints=1, savepoint=True, settle=0.1,
                                                checkpoint=config, executor="local")  # output pending at the stop
-    hw.run(stateless_flow([items], ParquetSink(tmp_path / "v2-out"), SCHEMA), executor="local",
+    hw.run(stateless_flow([unpaused(items)], ParquetSink(tmp_path / "v2-out"), SCHEMA), executor="local",
            checkpoint=checkpointing(tmp_path / "v2", restore_from=stopped.savepoint_path))
     got = parquet_rows(tmp_path / "v1-out") + parquet_rows(tmp_path / "v2-out")
     assert sorted(r["v"] for r in got) == [r["v"] for r in without_markers(items) if r["v"] % 3 != 0]
@@ -745,7 +753,7 @@ def test_resume_after_the_newest_checkpoint_was_damaged(
     """The resumed run falls back to the previous checkpoint and is exactly-once *relative to it*: the output
     committed up to that checkpoint plus the resumed run's output is a clean, complete changelog. (Output the
     damaged checkpoint had committed after it is produced again: a sink cannot take back published output.)"""
-    items = slow_partitions(300, partitions=2)
+    items = slow_partitions(1_000, partitions=2)
     first, second = tmp_path / "out1", tmp_path / "out2"
     stopped = start_and_stop_after_checkpoints(slow_aggregate_flow(items, ParquetSink(first)), tmp_path / "chk",
                                                checkpoints=2, executor="local", parallelism=2)
@@ -753,10 +761,10 @@ def test_resume_after_the_newest_checkpoint_was_damaged(
     (previous, _), (newest, newest_dir) = storage.completed()[-2:]
     assert newest == stopped.last_checkpoint.checkpoint_id
     victim = damage(Path(newest_dir))
-    second.mkdir()  # see test_upgrade_to_a_new_output_directory for what happens without it
 
     with caplog.at_level(logging.WARNING, logger="headwater.checkpoint"):
-        resumed = hw.run(slow_aggregate_flow(items, ParquetSink(second)), executor="local", parallelism=2,
+        resumed = hw.run(slow_aggregate_flow([unpaused(p) for p in items], ParquetSink(second)), executor="local",
+                         parallelism=2,
                          checkpoint=checkpointing(tmp_path / "chk"))
 
     if victim.name != METADATA:  # a checkpoint without _metadata simply does not exist: nothing to warn about
@@ -767,15 +775,14 @@ def test_resume_after_the_newest_checkpoint_was_damaged(
 
 
 def test_stateless_resume_after_the_newest_checkpoint_lost_its_metadata(tmp_path: Path) -> None:
-    items = slow_partitions(300, partitions=2)
+    items = slow_partitions(1_000, partitions=2)
     first, second = tmp_path / "out1", tmp_path / "out2"
     start_and_stop_after_checkpoints(stateless_flow(items, ParquetSink(first), SCHEMA), tmp_path / "chk",
                                      executor="local", parallelism=2)
     (previous, _), (_, newest_dir) = CheckpointStorage(str(tmp_path / "chk")).completed()[-2:]
     delete_the_metadata(Path(newest_dir))
-    second.mkdir()  # see test_upgrade_to_a_new_output_directory for what happens without it
 
-    hw.run(stateless_flow(items, ParquetSink(second), SCHEMA), executor="local", parallelism=2,
+    hw.run(stateless_flow([unpaused(p) for p in items], ParquetSink(second), SCHEMA), executor="local", parallelism=2,
            checkpoint=checkpointing(tmp_path / "chk"))
 
     expected = [r for p in items for r in without_markers(p) if r["v"] % 3 != 0]
@@ -785,7 +792,7 @@ def test_stateless_resume_after_the_newest_checkpoint_lost_its_metadata(tmp_path
 
 
 def test_every_checkpoint_damaged_fails_naming_the_file(tmp_path: Path) -> None:
-    items = slow_partitions(200, partitions=1)
+    items = slow_partitions(1_000, partitions=1)
     start_and_stop_after_checkpoints(slow_aggregate_flow(items, TestingSink(tmp_path / "out1")), tmp_path / "chk",
                                      executor="local")
     victims = [damage_any(Path(d)) for _, d in CheckpointStorage(str(tmp_path / "chk")).completed()]
