@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import pyarrow as pa  # noqa: E402
+
 import headwater as hw  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
@@ -115,8 +117,7 @@ def _rows(partition: Any, columns: tuple[str, ...]):
         if batch is None:
             continue
         arrays = [batch.column(c) for c in columns]
-        yield batch.num_rows, [(a.cast("int64") if a.type.id == 18 or "timestamp" in str(a.type) else a).to_pylist()
-                               for a in arrays]
+        yield batch.num_rows, [(a.cast("int64") if pa.types.is_timestamp(a.type) else a).to_pylist() for a in arrays]
 
 
 def _reference_worker(args: tuple[str, int, int, int, int]) -> tuple[int, Any]:
