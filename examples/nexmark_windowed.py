@@ -2,8 +2,8 @@
 
 * q5 — hot items: bids per auction over a 10 s window sliding every 2 s; per window, the auction(s) with the
   most bids. Output: auction, num, window_start, window_end.
-* q7 — highest bid: per 10 s tumbling window, the highest price and the bid that has it (the earliest such
-  bid on ties). Output: window_start, window_end, price, auction, bidder.
+* q7 — highest bid: per 10 s tumbling window, the highest price and a bid that has it (any one of them on
+  ties). Output: window_start, window_end, price, auction, bidder.
 * q8 — new users: persons who opened an auction in the same 10 s tumbling window in which they registered.
   Output: id, name, window_start, window_end.
 

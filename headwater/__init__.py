@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregation", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "RunConfig", "Stream",
-    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "mean", "min", "plan_flow", "run", "start", "sum", "when",
+    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "when",
 ]

@@ -68,8 +68,11 @@ class SlidingWindow:
     def __init__(self, size: timedelta | float, slide: timedelta | float) -> None:
         size_ms = _millis(size, "SlidingWindow size")
         slide_ms = _millis(slide, "SlidingWindow slide")
-        if slide_ms > size_ms:
-            raise ConfigError(f"SlidingWindow slide ({slide_ms} ms) must not exceed its size ({size_ms} ms)")
+        if slide_ms > size_ms or size_ms % slide_ms:
+            raise ConfigError(
+                f"SlidingWindow size ({size_ms} ms) must be a multiple of its slide ({slide_ms} ms), e.g. "
+                "size=10 s with slide=2 s"
+            )
         object.__setattr__(self, "size_ms", size_ms)
         object.__setattr__(self, "slide_ms", slide_ms)
 

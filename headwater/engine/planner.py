@@ -131,7 +131,8 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
             raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
     edges = tuple(
         Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index,
-             None if isinstance(steps[dst], LateRecordsStep) else steps[dst].required_columns(),
+             None if isinstance(steps[dst], LateRecordsStep) or any(
+                 isinstance(steps[c], LateRecordsStep) for c in consumers(dst)) else steps[dst].required_columns(),
              src_port=1 if isinstance(steps[dst], LateRecordsStep) else 0)
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )

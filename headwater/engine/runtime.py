@@ -33,7 +33,7 @@ from headwater.engine.partitioning import key_group_range
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
 from headwater.engine.state import OperatorStateStore
-from headwater.errors import HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
+from headwater.errors import BuildError, CheckpointError, HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
 from headwater.operators.base import Operator, OperatorContext
 from headwater.operators.sink import SinkOperator
 from headwater.sources.base import SourcePartition
@@ -47,6 +47,8 @@ def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure
         if error.step_id is not None:
             return error
         located = type(error)(error.message, step_id=step_id, subtask=subtask)
+    elif isinstance(error, (BuildError, CheckpointError)):
+        return error  # configuration and checkpoint problems keep their own type
     elif isinstance(error, HeadwaterError):
         located = UserCodeError(str(error), step_id=step_id, subtask=subtask)
     else:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.engine.partitioning import key_groups
-from headwater.errors import ConfigError
+from headwater.errors import ConfigError, StateCompatibilityError
 from headwater.operators.key_index import KeyIndex, make_key_index
 
 KEY_GROUP_COLUMN = "_key_group"
@@ -228,8 +228,10 @@ class OperatorStateStore:
         """Load snapshot rows of this subtask's key groups; unknown state names are an error."""
         for name, table in tables.items():
             if name not in self.keyed:
-                raise ConfigError(
-                    f"step {self.step_id!r}: the checkpoint holds state {name!r} that the operator no longer declares"
+                raise StateCompatibilityError(
+                    f"step {self.step_id!r}: the checkpoint holds state {name!r} that the operator no longer declares "
+                    "(did the step change kind?); give the changed step a new step id, and pass "
+                    "allow_non_restored_state=True to drop the old state"
                 )
             groups = table.column(KEY_GROUP_COLUMN)
             start, stop = self.key_group_range.start, self.key_group_range.stop

@@ -42,7 +42,9 @@ class DeduplicateOperator(Operator):
     def _times(self, batch: pa.RecordBatch) -> np.ndarray:
         if self.time is not None:
             return event_times_ms(batch, *self.time)
-        return np.full(batch.num_rows, time.time_ns() // 1_000_000, dtype=np.int64)
+        now = time.time_ns() // 1_000_000
+        self.on_watermark(now)  # arrival time: the clock is the watermark (drives compaction)
+        return np.full(batch.num_rows, now, dtype=np.int64)
 
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         assert self.state is not None

@@ -92,6 +92,13 @@ class SessionWindowOperator(Operator):
         if not self.accumulators.value_types and self.input_schema is None:
             self.accumulators.declare(_Sink(), batch.schema)
         times = event_times_ms(batch, self.time_column, self.time_offset)
+        missing = times == MIN_WATERMARK
+        if missing.any():
+            self._side.append(late_rows(batch.filter(pa.array(missing)), np.zeros(int(missing.sum()), np.int64),
+                                        0, "missing event time"))
+            batch, times = batch.filter(pa.array(~missing)), times[~missing]
+            if batch.num_rows == 0:
+                return []
         late = times + self.gap + self.lateness <= self.watermark
         if late.any():
             self._side.append(late_rows(batch.filter(pa.array(late)), times[late], self.watermark,

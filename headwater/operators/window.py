@@ -132,6 +132,13 @@ class WindowAggregateOperator(Operator):
         if self.merge_partials:
             return self._merge(self._merge_input(batch))
         times = event_times_ms(batch, self.time_column, self.time_offset)
+        missing = times == MIN_WATERMARK
+        if missing.any():  # no event time: the record cannot belong to any window
+            self._side.append(late_rows(batch.filter(pa.array(missing)), np.zeros(int(missing.sum()), np.int64),
+                                        0, "missing event time"))
+            batch, times = batch.filter(pa.array(~missing)), times[~missing]
+            if batch.num_rows == 0:
+                return []
         panes = (times // self.slide) * self.slide
         closed = panes + self.size + self.lateness <= self.watermark
         if closed.any():
@@ -167,7 +174,9 @@ class WindowAggregateOperator(Operator):
             self.accumulators.declare(state, self._schema)  # idempotent; restored panes need their fill values
             slots = state.slots_for([rows.column(k).combine_chunks() for k in self.keys])
             self.accumulators.merge(state, rows, slots)
-            refire |= {s for s in self._windows_of(start) if s + self.size <= self.state.fired_until}
+            # fired windows still kept for allowed lateness are re-emitted with their updated values
+            refire |= {s for s in self._windows_of(start)
+                       if s + self.size <= self.state.fired_until and s + self.size + self.lateness > self.watermark}
             if self.early is not None:
                 self._dirty.add(start)
                 if self._next_early is None:
@@ -281,14 +290,24 @@ class WindowPartialOperator(Operator):
         self.accumulators = AccumulatorSet(aggregations)
         self.time_column = time_column
         self.time_offset = time_offset_ms
+        self.missing_time = 0
 
     def open(self, ctx: OperatorContext) -> None:
         pa.table({"k": [0]}).group_by("k").aggregate([("k", "count")])  # load Acero before data flows
+
+    def metrics(self) -> dict[str, float]:
+        return {"missing_event_time": float(self.missing_time)}
 
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         if batch.num_rows == 0:
             return []
         times = event_times_ms(batch, self.time_column, self.time_offset)
+        if (times == MIN_WATERMARK).any():  # records without event time belong to no window
+            keep = times != MIN_WATERMARK
+            self.missing_time += int((~keep).sum())
+            batch, times = batch.filter(pa.array(keep)), times[keep]
+            if batch.num_rows == 0:
+                return []
         table = pa.Table.from_batches([batch]).append_column(PANE, pa.array((times // self.slide) * self.slide))
         if not self.keyed:
             table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))

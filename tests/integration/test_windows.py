@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater as hw
+from headwater.errors import ConfigError
 from headwater.sources import NexmarkSource
 from headwater.testing import TestingSink, TestingSource, run_local
 
@@ -266,3 +267,46 @@ def test_recovery_mid_window_gives_identical_results(runner, tmp_path: Path) -> 
     assert result.restarts == 2
     key = lambda r: (r["k"], r["window_start"])  # noqa: E731
     assert sorted(recovered.rows(), key=key) == sorted(clean.rows(), key=key)
+
+
+# -- regressions --------------------------------------------------------------------------------------------
+
+def test_sliding_size_must_be_a_multiple_of_the_slide() -> None:
+    with pytest.raises(ConfigError, match="multiple"):
+        hw.SlidingWindow(size=timedelta(milliseconds=3), slide=timedelta(milliseconds=2))
+
+
+def test_late_records_keep_every_column_and_missing_times_are_reported() -> None:
+    schema = pa.schema([("k", pa.int64()), ("t", pa.int64()), ("v", pa.int64()), ("note", pa.string())])
+    batches = [
+        pa.RecordBatch.from_pylist([{"k": 1, "t": 5_000, "v": 1, "note": "a"}], schema=schema),
+        pa.RecordBatch.from_pylist([{"k": 1, "t": 100, "v": 2, "note": "late"},
+                                    {"k": 1, "t": None, "v": 3, "note": "no time"}], schema=schema),
+    ]
+    flow = hw.Dataflow("late-columns")
+    out, late = TestingSink(), TestingSink()
+    stream = flow.source("in", TestingSource(batches, schema=schema), event_time="t")
+    result = stream.key_by("k").window(hw.TumblingWindow(seconds=1)).aggregate(n=hw.count())
+    result.sink("out", out)
+    result.late_records().sink("late", late)
+    run_local(flow, watermark_interval=timedelta(0))
+    rows = sorted(late.rows(), key=lambda r: r["v"])
+    assert [(r["note"], r["late_reason"]) for r in rows] == [
+        ("late", rows[0]["late_reason"]), ("no time", "missing event time")]
+    assert "lateness" in rows[0]["late_reason"] and rows[0]["lateness_ms"] == 4_900
+    assert [(r["window_start"], r["n"]) for r in out.rows()] == [(5_000, 1)]
+
+
+def test_allowed_lateness_re_emits_only_windows_still_kept() -> None:
+    rows = [{"k": 1, "t": t, "v": 1} for t in (100, 1_100, 2_100, 5_100, 1_200, 5_200)]
+    flow = hw.Dataflow("refire")
+    out = TestingSink()
+    stream = flow.source("in", TestingSource(rows, batch_size=1, schema=SCHEMA), event_time="t")
+    stream.key_by("k").window(hw.SlidingWindow(size=timedelta(seconds=2), slide=timedelta(seconds=1)),
+                              allowed_lateness=timedelta(milliseconds=1_500)).aggregate(n=hw.count()).sink("out", out)
+    run_local(flow, watermark_interval=timedelta(0))
+    emitted = [(r["window_start"], r["n"]) for r in out.rows()]
+    # the record at 1200 arrives at watermark 5100: window [0, 2000) ended 3100 ms before, beyond the 1500 ms
+    # lateness, so it is not re-emitted; window [1000, 3000) ended 2100 ms before: also closed.
+    assert (0, 3) not in emitted and (1_000, 3) not in emitted
+    assert max(n for _, n in emitted) <= 2

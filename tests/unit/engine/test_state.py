@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS, key_group_range, key_groups
 from headwater.engine.state import KEY_GROUP_COLUMN, KeyedColumns, KeyedObjects, OperatorStateStore
-from headwater.errors import ConfigError, HeadwaterError
+from headwater.errors import ConfigError, HeadwaterError, StateCompatibilityError
 
 G = DEFAULT_MAX_KEY_GROUPS
 FAST = settings(max_examples=40, deadline=None)
@@ -278,7 +278,7 @@ def test_restore_of_a_state_the_operator_no_longer_declares_is_refused() -> None
     tables, values = full_store(("id",), INT_KEYS).snapshot()
     store = OperatorStateStore("agg", G, range(G))
     store.keyed_columns("acc", ("id",)).add_column("count", np.int64, 0)
-    with pytest.raises(ConfigError, match="'seen'"):
+    with pytest.raises(StateCompatibilityError, match="'seen'"):
         store.restore(tables, values)
 
 
