@@ -34,6 +34,20 @@ def event_times_ms(batch: pa.RecordBatch, column: str, offset_ms: int = 0) -> np
     return times + offset_ms if offset_ms else times
 
 
+def time_array(values: np.ndarray, time_type: pa.DataType) -> pa.Array:
+    """Milliseconds since the epoch as an Arrow array of ``time_type`` (a ms timestamp, or int64)."""
+    array = pa.array(values, pa.int64())
+    return array.view(pa.timestamp("ms", time_type.tz)) if pa.types.is_timestamp(time_type) else array
+
+
+def split_missing_times(batch: pa.RecordBatch, times: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray, pa.RecordBatch | None]:
+    """(rows with an event time, their times, rows without one — or ``None``)."""
+    missing = times == MIN_WATERMARK
+    if not missing.any():
+        return batch, times, None
+    return batch.filter(pa.array(~missing)), times[~missing], batch.filter(pa.array(missing))
+
+
 class SourceWatermarks:
     """Per-partition watermark generation of one source subtask."""
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from headwater.aggregations import Aggregation
 from headwater.engine.arrays import as_int64, is_integer_like
-from headwater.engine.event_time import MIN_WATERMARK, event_times_ms
+from headwater.engine.event_time import MIN_WATERMARK, event_times_ms, split_missing_times, time_array
 from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
 from headwater.engine.state import KeyedObjects, OperatorStateStore
 from headwater.operators.accumulators import AccumulatorSet
@@ -91,12 +91,9 @@ class SessionWindowOperator(Operator):
             return []
         if not self.accumulators.value_types and self.input_schema is None:
             self.accumulators.declare(_Sink(), batch.schema)
-        times = event_times_ms(batch, self.time_column, self.time_offset)
-        missing = times == MIN_WATERMARK
-        if missing.any():
-            self._side.append(late_rows(batch.filter(pa.array(missing)), np.zeros(int(missing.sum()), np.int64),
-                                        0, "missing event time"))
-            batch, times = batch.filter(pa.array(~missing)), times[~missing]
+        batch, times, missing = split_missing_times(batch, event_times_ms(batch, self.time_column, self.time_offset))
+        if missing is not None:
+            self._side.append(late_rows(missing, np.zeros(missing.num_rows, np.int64), 0, "missing event time"))
             if batch.num_rows == 0:
                 return []
         late = times + self.gap + self.lateness <= self.watermark
@@ -207,8 +204,7 @@ class SessionWindowOperator(Operator):
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def _times(self, values: np.ndarray) -> pa.Array:
-        array = pa.array(values, pa.int64())
-        return array.view(pa.timestamp("ms", self.time_type.tz)) if pa.types.is_timestamp(self.time_type) else array
+        return time_array(values, self.time_type)
 
     def metrics(self) -> dict[str, float]:
         open_sessions = sum(len(v) for v in self.sessions.values.values()) if self.sessions is not None else 0

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.aggregations import Aggregation
-from headwater.engine.event_time import MIN_WATERMARK, event_times_ms
+from headwater.engine.event_time import MIN_WATERMARK, event_times_ms, split_missing_times, time_array
 from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
 from headwater.engine.state import KEY_GROUP_COLUMN, KeyedColumns, OperatorStateStore
 from headwater.operators.accumulators import AccumulatorSet
@@ -131,12 +131,9 @@ class WindowAggregateOperator(Operator):
             self._schema = batch.schema
         if self.merge_partials:
             return self._merge(self._merge_input(batch))
-        times = event_times_ms(batch, self.time_column, self.time_offset)
-        missing = times == MIN_WATERMARK
-        if missing.any():  # no event time: the record cannot belong to any window
-            self._side.append(late_rows(batch.filter(pa.array(missing)), np.zeros(int(missing.sum()), np.int64),
-                                        0, "missing event time"))
-            batch, times = batch.filter(pa.array(~missing)), times[~missing]
+        batch, times, missing = split_missing_times(batch, event_times_ms(batch, self.time_column, self.time_offset))
+        if missing is not None:  # no event time: the record cannot belong to any window
+            self._side.append(late_rows(missing, np.zeros(missing.num_rows, np.int64), 0, "missing event time"))
             if batch.num_rows == 0:
                 return []
         panes = (times // self.slide) * self.slide
@@ -264,10 +261,7 @@ class WindowAggregateOperator(Operator):
         return pa.table(columns)
 
     def _times(self, values: np.ndarray) -> pa.Array:
-        array = pa.array(values, pa.int64())
-        if pa.types.is_timestamp(self.time_type):
-            return array.view(pa.timestamp("ms", self.time_type.tz))
-        return array
+        return time_array(values, self.time_type)
 
     def metrics(self) -> dict[str, float]:
         panes = self.state.panes if self.state is not None else {}
@@ -301,11 +295,9 @@ class WindowPartialOperator(Operator):
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         if batch.num_rows == 0:
             return []
-        times = event_times_ms(batch, self.time_column, self.time_offset)
-        if (times == MIN_WATERMARK).any():  # records without event time belong to no window
-            keep = times != MIN_WATERMARK
-            self.missing_time += int((~keep).sum())
-            batch, times = batch.filter(pa.array(keep)), times[keep]
+        batch, times, missing = split_missing_times(batch, event_times_ms(batch, self.time_column, self.time_offset))
+        if missing is not None:  # records without event time belong to no window
+            self.missing_time += missing.num_rows
             if batch.num_rows == 0:
                 return []
         table = pa.Table.from_batches([batch]).append_column(PANE, pa.array((times // self.slide) * self.slide))

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.engine.event_time import MIN_WATERMARK, event_times_ms
+from headwater.engine.event_time import MIN_WATERMARK, event_times_ms, split_missing_times, time_array
 from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS, key_groups
 from headwater.engine.state import KEY_GROUP_COLUMN, OperatorStateStore
 from headwater.operators.base import Operator, OperatorContext
@@ -90,7 +90,8 @@ class WindowJoinOperator(Operator):
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         assert self.sides is not None, "open() was not called"
         column, offset = self.times[input_index]
-        times = event_times_ms(batch, column, offset)
+        batch, times, missing = split_missing_times(batch, event_times_ms(batch, column, offset))
+        self.late += missing.num_rows if missing is not None else 0
         starts = (times // self.size) * self.size
         open_ = starts + self.size > self.watermark
         self.late += int((~open_).sum())
@@ -124,10 +125,7 @@ class WindowJoinOperator(Operator):
         joined = joined.drop_columns([_WINDOW])
         if self.add_window_columns:
             for name, values in (("window_start", starts), ("window_end", starts + self.size)):
-                array = pa.array(values, pa.int64())
-                if pa.types.is_timestamp(self.time_type):
-                    array = array.view(pa.timestamp("ms", self.time_type.tz))
-                joined = joined.append_column(name, array)
+                joined = joined.append_column(name, time_array(values, self.time_type))
         return joined.combine_chunks().to_batches()
 
     def finish(self) -> list[pa.RecordBatch]:
