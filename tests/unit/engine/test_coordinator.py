@@ -150,8 +150,9 @@ def ack(core: CheckpointCoordinator, checkpoint_id: int, stage: int, subtask: in
     if with_state:
         table = pa.table({"k": [stage * 10 + subtask], "_key_group": pa.array([0], pa.int32())})
         files.append(core.storage.write_state(checkpoint_id, "agg", "acc", stage, subtask, table, range(G)))
+    token = f"token-{checkpoint_id}-{stage}-{subtask}"
     return SubtaskAck(checkpoint_id, stage, subtask, 2, state_files=files, finished=finished,
-                      bytes_written=sum(f.size for f in files), sink_tokens={"out": [(checkpoint_id, f"token-{checkpoint_id}-{stage}-{subtask}")]})
+                      bytes_written=sum(f.size for f in files), sink_tokens={"out": [(checkpoint_id, token)]})
 
 
 def complete(core: CheckpointCoordinator, subtasks: list[tuple[int, int]] = SUBTASKS):  # type: ignore[no-untyped-def]

@@ -207,7 +207,9 @@ def full_store(names: tuple[str, ...], arrays: list[pa.Array]) -> OperatorStateS
     return store
 
 
-def subtask_store(names: tuple[str, ...], subtask: int, parallelism: int, max_key_groups: int = G) -> OperatorStateStore:
+def subtask_store(
+    names: tuple[str, ...], subtask: int, parallelism: int, max_key_groups: int = G
+) -> OperatorStateStore:
     store = OperatorStateStore("agg", max_key_groups, key_group_range(subtask, parallelism, max_key_groups))
     store.keyed_columns("acc", names).add_column("count", np.int64, 0)
     store.keyed_objects("seen", names)
