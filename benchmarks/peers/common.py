@@ -145,6 +145,7 @@ class Digest:
         self._rows = 0
         self._total = 0
         self._buffer: list[tuple] = []
+        self._removed: list[tuple] = []
         self._dump: list[str] | None = [] if dump else None
         self._dump_path = dump
 
@@ -157,6 +158,12 @@ class Digest:
     def add_all(self, rows: Iterable[tuple]) -> None:
         for row in rows:
             self.add(row)
+
+    def remove(self, row: tuple) -> None:
+        """Retract one row added before (for engines whose output is a changelog, e.g. Pathway's)."""
+        self._removed.append(row)
+        if len(self._removed) >= self.FLUSH:
+            self._flush()
 
     def add_columns(self, columns: dict[str, list[Any]]) -> None:
         """Rows given as ``{column: values}`` holding (at least) the query's output columns."""
@@ -181,25 +188,29 @@ class Digest:
         self.add_columns(cols)
 
     def _flush(self) -> None:
-        if not self._buffer:
-            return
-        rows, self._buffer = self._buffer, []
-        width = len(self.kinds)
-        for row in rows:
-            if len(row) != width:
-                raise ValueError(f"{self.query}: expected {width} columns {self.names}, got {row!r}")
-        columns = list(zip(*rows))
-        self._add_encoded([_encode_column(k, list(c)) for k, c in zip(self.kinds, columns)])
+        for sign, rows in ((1, self._buffer), (-1, self._removed)):
+            if not rows:
+                continue
+            width = len(self.kinds)
+            for row in rows:
+                if len(row) != width:
+                    raise ValueError(f"{self.query}: expected {width} columns {self.names}, got {row!r}")
+            columns = list(zip(*rows))
+            self._add_encoded([_encode_column(k, list(c)) for k, c in zip(self.kinds, columns)], sign)
+        self._buffer, self._removed = [], []
 
-    def _add_encoded(self, encoded: list[list[str]]) -> None:
-        blake, frombytes, total, n = hashlib.blake2b, int.from_bytes, self._total, 0
+    def _add_encoded(self, encoded: list[list[str]], sign: int = 1) -> None:
+        blake, frombytes, total, n = hashlib.blake2b, int.from_bytes, 0, 0
         for line in map("\x1f".join, zip(*encoded)):
             total += frombytes(blake(line.encode(), digest_size=16).digest(), "big")
             n += 1
             if self._dump is not None:
-                self._dump.append(line)
-        self._total = total & _MASK
-        self._rows += n
+                if sign > 0:
+                    self._dump.append(line)
+                else:
+                    self._dump.remove(line)
+        self._total = (self._total + sign * total) & _MASK
+        self._rows += sign * n
 
     @property
     def rows(self) -> int:

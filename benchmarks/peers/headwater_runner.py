@@ -3,10 +3,11 @@
 Run with the project's venv: ``.venv/bin/python benchmarks/peers/headwater_runner.py --query q1 ...``.
 
 * q0-q2 are the builders of ``examples/nexmark_queries.py`` (the ones ``benchmarks/nexmark.py`` times).
-* q5/q7/q8 come from ``examples/nexmark_windowed.py`` **if that module exists**; it must define
-  ``q5(bids, sink)``, ``q7(bids, sink)`` and ``q8(persons, auctions, sink)`` (or a ``QUERIES`` dict of them)
-  whose sink input has the columns of ``common.OUTPUT`` (q5: window_start, window_end, auction, num; q7:
-  window_start, window_end, auction, bidder, price; q8: window_start, id, name). Without it the result says
+* q5/q7/q8 come from ``examples/nexmark_windowed.py`` **if that module exists**: ``q5(flow, bids, sink)``,
+  ``q7(flow, bids, sink)`` and ``q8(flow, persons, auctions, sink)`` taking sources (event time
+  ``date_time``, per-partition watermarks, i.e. per Parquet file), whose sink input holds (at least) the
+  columns of ``common.OUTPUT`` (q5: window_start, window_end, auction, num; q7: window_start, window_end,
+  auction, bidder, price; q8: window_start, id, name). Without the module the result says
   ``"skipped": "windows not yet available"``.
 
 Timing: Ray is started first (``ray.init``: all CPUs, 1 GiB object store, no dashboard, as
@@ -18,7 +19,6 @@ actor start-up, the query, the final commit). The timed run writes to ``NullSink
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import shutil
 import sys
@@ -37,6 +37,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import common  # noqa: E402
 
 BATCH_SIZE = 131_072  # as benchmarks/nexmark.py (twice the engine default)
+
+
+STEP_IDS = {"bid": "bids", "person": "persons", "auction": "auctions"}  # the source step ids the examples use
 
 
 def _windowed_module() -> Any | None:
@@ -59,27 +62,26 @@ def _builder(query: str) -> Any:
     module = _windowed_module()
     if module is None:
         raise common.SkipQuery("windows not yet available (examples/nexmark_windowed.py does not exist)")
-    fn = getattr(module, "QUERIES", {}).get(query) or getattr(module, query, None)
+    fn = getattr(module, query, None)
     if fn is None:
         raise common.SkipQuery(f"examples/nexmark_windowed.py defines no {query}")
     return fn
 
 
-def build(flow: Any, query: str, events_dir: str, parallelism: int, sink: Any) -> None:
+def build(flow: Any, query: str, events_dir: str, sink: Any) -> None:
+    """q0-q2: ``QUERIES[q](flow.source("bids", src), sink)``; q5/q7: ``q(flow, bid_src, sink)``;
+    q8: ``q8(flow, person_src, auction_src, sink)`` (the signatures of the two example modules)."""
     from headwater.sources import ParquetSource
 
     fn = _builder(query)
-    streams = [flow.source(table, ParquetSource(common.table_path(events_dir, table), batch_size=BATCH_SIZE,
-                                                columns=columns))
-               for table, columns in common.INPUT[query].items()]
-    if query == "q8":
-        persons, auctions = streams  # INPUT["q8"] lists person first
-        params = len(inspect.signature(fn).parameters)
-        if params != 3:
-            raise common.SkipQuery(f"nexmark_windowed.q8 takes {params} arguments, expected (persons, auctions, sink)")
-        fn(persons, auctions, sink)
+    sources = {table: ParquetSource(common.table_path(events_dir, table), batch_size=BATCH_SIZE, columns=columns)
+               for table, columns in common.INPUT[query].items()}
+    if query in ("q0", "q1", "q2"):
+        fn(flow.source(STEP_IDS["bid"], sources["bid"]), sink)
+    elif query == "q8":
+        fn(flow, sources["person"], sources["auction"], sink)
     else:
-        fn(streams[0], sink)
+        fn(flow, sources["bid"], sink)
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -103,13 +105,13 @@ def run(args: Any) -> dict[str, Any]:
             sink_dir = sink.directory
         else:
             sink = NullSink()
-        build(flow, args.query, args.events_dir, args.parallelism, sink)
+        build(flow, args.query, args.events_dir, sink)
         started = time.perf_counter()
         result = hw.run(flow, parallelism=args.parallelism, batch_size=BATCH_SIZE)
         elapsed = time.perf_counter() - started
     finally:
         ray.shutdown()
-    read = sum(result.rows_out(table) for table in common.INPUT[args.query])
+    read = sum(result.rows_out(STEP_IDS[table]) for table in common.INPUT[args.query])
     expected = common.input_rows(args.events_dir, args.query)
     if read != expected:
         raise SystemExit(f"headwater runner: the query read {read} rows, expected {expected}")
