@@ -40,7 +40,7 @@ def _modulo(left: Any, right: Any) -> Any:
     if pa.types.is_floating(remainder.type):
         return remainder
     # x % -1 is 0 for every integer; the unchecked division above wraps for INT64_MIN // -1.
-    return pc.if_else(pc.equal(right, -1), pc.cast(pa.scalar(0), remainder.type), remainder)
+    return pc.if_else(pc.equal(right, -1), pc.multiply(left, 0), remainder)  # left * 0 keeps nulls null
 
 
 # Python semantics for // and % (floor), which Arrow does not ship as kernels.

@@ -8,18 +8,18 @@ Layout::
 
 A checkpoint **exists** only once its ``_metadata`` exists: subtasks write their state files first, the
 coordinator writes ``_metadata`` (to a temporary name, then renamed) only after every subtask acknowledged.
-The metadata records each state file's size and SHA-256, so a restore detects missing, truncated or altered
+The metadata records each state file's size and CRC-32, so a restore detects missing, truncated or altered
 files (:class:`~headwater.errors.CheckpointCorruptError` naming the file) and falls back to the previous
 complete checkpoint instead of restoring part of the state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,7 +41,7 @@ class StateFile:
     state_name: str
     path: str  # relative to the storage root (a final snapshot written once is referenced by later checkpoints)
     size: int
-    sha256: str
+    checksum: str  # CRC-32 of the file's bytes, hex
     key_group_range: tuple[int, int]  # [start, stop) owned by the subtask that wrote it
 
 
@@ -158,7 +158,7 @@ class CheckpointStorage:
                 out.write(data)
         except (OSError, pa.ArrowException) as exc:
             raise CheckpointError(f"could not write checkpoint state {path}: {exc}") from exc
-        digest = hashlib.sha256(memoryview(data)).hexdigest()
+        digest = f"{zlib.crc32(memoryview(data)):08x}"
         return StateFile(step_id, state_name, relative, data.size, digest, (key_group_range.start, key_group_range.stop))
 
     def _make_self_contained(self, metadata: CheckpointMetadata, directory: str) -> None:
@@ -253,7 +253,7 @@ class CheckpointStorage:
                 data = stream.read()
         except (OSError, pa.ArrowException) as exc:
             raise CheckpointCorruptError(f"checkpoint state file {path} cannot be read: {exc}", path) from exc
-        if hashlib.sha256(data).hexdigest() != state_file.sha256:
+        if f"{zlib.crc32(data):08x}" != state_file.checksum:
             raise CheckpointCorruptError(f"checkpoint state file {path} does not match its checksum", path)
         return ipc.open_file(pa.BufferReader(data)).read_all()
 

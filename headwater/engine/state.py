@@ -42,6 +42,7 @@ class KeyedColumns:
         self.columns: dict[str, np.ndarray] = {}
         self._fills: dict[str, Any] = {}
         self._capacity = 0
+        self._groups = np.empty(0, dtype=np.int32)  # key group per slot, computed once when a key arrives
 
     def __len__(self) -> int:
         return len(self.index) if self.index is not None else 0
@@ -56,9 +57,21 @@ class KeyedColumns:
         """Slots of the given distinct keys, creating rows (at the declared fill values) for new keys."""
         if self.index is None:
             self.index = make_key_index([k.type for k in keys])
+        before = len(self.index)
         slots = self.index.slots_for(keys)
         self._ensure(len(self.index))
+        self._record_groups(keys, slots, before)
         return slots
+
+    def _record_groups(self, keys: Sequence[pa.Array], slots: np.ndarray, before: int) -> None:
+        """Remember the key group of keys that just got a slot (so snapshots need not hash every key)."""
+        fresh = slots >= before
+        if not fresh.any():
+            return
+        if len(self._groups) < self._capacity:
+            self._groups = np.resize(self._groups, self._capacity)
+        mask = pa.array(fresh)
+        self._groups[slots[fresh]] = key_groups([k.filter(mask) for k in keys], self.max_key_groups)
 
     def _ensure(self, size: int) -> None:
         if size <= self._capacity:
@@ -88,7 +101,7 @@ class KeyedColumns:
             else:
                 arrays.append(pa.array(column[:size].copy()))
                 fields.append(pa.field(name, arrays[-1].type))
-        arrays.append(pa.array(key_groups(keys, self.max_key_groups), pa.int32()))
+        arrays.append(pa.array(self._groups[:size].copy(), pa.int32()))
         fields.append(pa.field(KEY_GROUP_COLUMN, pa.int32()))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
@@ -100,6 +113,8 @@ class KeyedColumns:
         keys = [table.column(k).combine_chunks() for k in self.key_names]
         self.index = make_key_index([k.type for k in keys])
         slots = self.index.slots_for(keys)  # new slots 0..n-1, in an order the index chooses
+        self._groups = np.empty(len(slots), dtype=np.int32)
+        self._groups[slots] = np.asarray(table.column(KEY_GROUP_COLUMN).combine_chunks(), dtype=np.int32)
         value_names = [n for n in table.column_names if n not in self.key_names and n != KEY_GROUP_COLUMN]
         self._capacity = 0
         for name in value_names:
