@@ -377,7 +377,7 @@ def fn(function: str, *args: Any) -> Expr:
 def to_array(value: pa.Array | pa.ChunkedArray | pa.Scalar, length: int) -> pa.Array:
     """Broadcast a scalar result to ``length`` rows; flatten a chunked result into one array."""
     if isinstance(value, pa.Scalar):
-        return pa.array([value.as_py()] * length, type=value.type) if length else pa.array([], type=value.type)
+        return pa.repeat(value, length)  # vectorised broadcast, no per-row Python
     if isinstance(value, pa.ChunkedArray):
         return value.combine_chunks()
     return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
@@ -70,16 +70,3 @@ class JobResult:
                 f"max {summary['max_ms']:.1f} ms"
             )
         return "\n".join(lines)
-
-
-class Job(Protocol):
-    """A running job: stop it gracefully or wait for it."""
-
-    def stop(self) -> None:
-        """Ask sources to stop; in-flight data drains and sinks commit. Returns at once."""
-
-    def wait(self, timeout: float | None = None) -> JobResult:
-        """Block until the job ends; raise its failure if it failed."""
-
-    def metrics(self) -> list[SubtaskMetrics]:
-        """Current figures of every subtask."""

@@ -146,7 +146,7 @@ class AccumulatorSet:
                 column[slots[keep]] = np.array(values, dtype=object)[keep]
             elif function == "first":
                 current = column[slots]
-                fresh = np.array([c is None for c in current], dtype=bool) & np.asarray(partial.is_valid(), dtype=bool)
+                fresh = np.equal(current, None) & np.asarray(partial.is_valid(), dtype=bool)  # elementwise, vectorised
                 column[slots[fresh]] = np.array(values, dtype=object)[fresh]
             else:
                 for slot, distinct in zip(slots.tolist(), values):

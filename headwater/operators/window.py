@@ -45,7 +45,7 @@ MAX_WATERMARK = np.iinfo(np.int64).max
 
 def late_rows(batch: pa.RecordBatch, times: np.ndarray, watermark: int, reason: str) -> pa.RecordBatch:
     """``batch`` with ``late_reason`` and ``lateness_ms`` (how far behind the watermark each row was)."""
-    return batch.append_column("late_reason", pa.array([reason] * batch.num_rows, pa.string())).append_column(
+    return batch.append_column("late_reason", pa.repeat(pa.scalar(reason, pa.string()), batch.num_rows)).append_column(
         "lateness_ms", pa.array(watermark - times, pa.int64())
     )
 
@@ -243,8 +243,7 @@ class WindowAggregateOperator(Operator):
         results = self.accumulators.results(columns, np.arange(table.num_rows))
         window_starts = np.asarray(table.column(_WINDOW))
         names = [*(self.keys if self.keyed else ()), *(n for n, _ in results), "window_start", "window_end"]
-        arrays = [*(table.column(k).chunk(0) if table.column(k).num_chunks else table.column(k).combine_chunks()
-                    for k in (self.keys if self.keyed else ())),
+        arrays = [*(table.column(k).combine_chunks() for k in (self.keys if self.keyed else ())),
                   *(a for _, a in results), self._times(window_starts), self._times(window_starts + self.size)]
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
