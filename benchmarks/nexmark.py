@@ -108,6 +108,15 @@ def run_headwater(query: str, events: int, parallelism: int, rate: float | None,
     }
 
 
+#: the columns each reference loop reads, per query and source
+REFERENCE_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    **{q: {"bids": ("auction", "bidder", "price", "date_time", "extra")} for q in ("q0", "q1", "q2")},
+    "q5": {"bids": ("auction", "date_time")},
+    "q7": {"bids": ("auction", "bidder", "price", "date_time")},
+    "q8": {"persons": ("id", "name", "date_time"), "auctions": ("seller", "date_time")},
+}
+
+
 def _rows(partition: Any, columns: tuple[str, ...]):
     while True:
         try:
@@ -124,6 +133,9 @@ def _reference_worker(args: tuple[str, int, int, int, int]) -> tuple[int, Any]:
     """One process's share of the plain-Python reference: the query's per-row loop over its partition(s)."""
     query, events, parallelism, k, batch_size = args
     sources = sources_for(query, events, parallelism, None, batch_size)
+    # The loop generates only the columns it reads, as Headwater's sources do (projection pushdown).
+    sources = {name: source.project(REFERENCE_COLUMNS.get(query, {}).get(name, source.schema().names))
+               for name, source in sources.items()}
     parts = {name: source.build_part(source.list_parts()[k], None) for name, source in sources.items()}
     produced = 0
     if query in REFERENCES:

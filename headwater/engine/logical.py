@@ -73,6 +73,14 @@ class Step:
         edges into the step onto these, so shuffles move only what is needed."""
         return None
 
+    def input_columns(self, needed: tuple[str, ...] | None, input_index: int) -> tuple[str, ...] | None:
+        """The input columns this step needs so that its output can provide ``needed`` (``None``: all of them).
+
+        Used to push projections into sources. Steps that pass their input through refine it from ``needed``;
+        the default is :meth:`required_columns`, which is exact for steps that consume their input.
+        """
+        return self.required_columns()
+
     @property
     def explicit_parallelism(self) -> int | None:
         return None
@@ -137,6 +145,9 @@ class FilterStep(Step):
     def make_operator(self) -> Operator:
         return FilterOperator(self.predicate)
 
+    def input_columns(self, needed: tuple[str, ...] | None, input_index: int) -> tuple[str, ...] | None:
+        return None if needed is None else _ordered_union(needed, self.predicate.columns())
+
     def describe(self) -> str:
         return f"filter {self.predicate!r}"
 
@@ -173,6 +184,15 @@ class ProjectStep(Step):
 
     def make_operator(self) -> Operator:
         return ProjectOperator(self.outputs, self.keep_input)
+
+    def input_columns(self, needed: tuple[str, ...] | None, input_index: int) -> tuple[str, ...] | None:
+        read: set[str] = set().union(*(expr.columns() for _, expr in self.outputs))
+        if not self.keep_input:
+            return _ordered_union((), read)
+        if needed is None:
+            return None
+        computed = {name for name, _ in self.outputs}
+        return _ordered_union(tuple(c for c in needed if c not in computed), read)
 
     def describe(self) -> str:
         return f"{self.kind} " + ", ".join(f"{name}={expr!r}" for name, expr in self.outputs)
@@ -332,6 +352,10 @@ class SinkStep(Step):
 
     def describe(self) -> str:
         return f"sink {type(self.sink).__name__}"
+
+
+def _ordered_union(first: tuple[str, ...], more: set[str]) -> tuple[str, ...]:
+    return first + tuple(sorted(more - set(first)))
 
 
 Partitioning = Literal["forward", "hash", "round_robin", "broadcast"]

@@ -240,6 +240,9 @@ class WindowPartialStep(Step):
         return WindowPartialOperator(target.keys, target.window, target.aggregations, target._time[0],
                                      target._time[1], target._input_schema)
 
+    def required_columns(self) -> tuple[str, ...] | None:
+        return self.target.required_columns()
+
     def describe(self) -> str:
         return f"local pre-aggregation for {self.target.step_id}"
 

@@ -58,6 +58,8 @@ class PhysicalPlan:
     edges: tuple[Edge, ...]
     max_key_groups: int
     source_parts: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: per source step that need not produce every column: the columns it reads (in its schema's order)
+    source_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def inputs_of(self, stage_id: int) -> list[Edge]:
         return [e for e in self.edges if e.dst == stage_id]
@@ -89,6 +91,8 @@ class PhysicalPlan:
             if stage.stage_id in self.source_parts:
                 parts = self.source_parts[stage.stage_id]
                 lines.append(f"      partitions: {len(parts)}")
+                if stage.head in self.source_columns:
+                    lines.append(f"      reads columns: {', '.join(self.source_columns[stage.head])}")
         for edge in self.edges:
             keys = f" by ({', '.join(edge.keys)})" if edge.keys else ""
             columns = f" columns ({', '.join(edge.columns)})" if edge.columns is not None else ""

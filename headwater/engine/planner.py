@@ -9,6 +9,8 @@ Rules, applied in step order (which is a topological order, since a step can onl
   parallelism is equal, ``round_robin`` when it differs.
 * **Projection pushdown.** An edge into a step that reads only some columns (an aggregate reads its keys and
   aggregated columns) carries that column list; the sender drops the rest before partitioning and sending.
+* **Projection into sources.** A source reads only the columns that the steps after it need (see
+  ``_source_columns``): a Parquet source then decodes fewer columns, a generator generates fewer.
 * **Local pre-aggregation.** A window aggregate gets a fused partial-aggregation step before its shuffle when
   its input has no other consumer and its late records are not read (see ``_with_local_aggregation``).
 * **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
@@ -19,6 +21,7 @@ Rules, applied in step order (which is a topological order, since a step can onl
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 from headwater.dataflow import Dataflow
 from headwater.engine.config import RunConfig
@@ -74,6 +77,39 @@ def _with_local_aggregation(flow: Dataflow) -> dict[str, Step]:
                 continue
         steps[step.step_id] = step
     return steps
+
+
+def _source_columns(steps: dict[str, Step], consumers: Callable[[str], list[str]]) -> dict[str, tuple[str, ...]]:
+    """Rule: the columns each source must produce — those its downstream steps need (walking back from the
+    sinks, see :meth:`Step.input_columns`), in the source schema's order, plus its event-time column.
+    Sources whose every column is needed, or whose schema is unknown, are left out."""
+    needed: dict[str, tuple[str, ...] | None] = {}
+
+    def wanted_from(step_id: str) -> tuple[str, ...] | None:
+        wanted: list[str] = []
+        for consumer_id in consumers(step_id):
+            consumer = steps[consumer_id]
+            if any(isinstance(steps[c], LateRecordsStep) for c in consumers(consumer_id)):
+                return None  # late records carry the consumer's whole input
+            for index, input_id in enumerate(consumer.inputs):
+                if input_id == step_id:
+                    columns = consumer.input_columns(needed[consumer_id], index)
+                    if columns is None:
+                        return None
+                    wanted += [c for c in columns if c not in wanted]
+        return tuple(wanted)
+
+    for step in reversed(list(steps.values())):  # a step's consumers come after it
+        needed[step.step_id] = wanted_from(step.step_id)
+    projections: dict[str, tuple[str, ...]] = {}
+    for step in steps.values():
+        columns = needed.get(step.step_id)
+        if not isinstance(step, SourceStep) or step.schema is None or columns is None:
+            continue
+        keep = tuple(n for n in step.schema.names if n in columns or n == step.time_column)
+        if len(keep) < len(step.schema.names):
+            projections[step.step_id] = keep
+    return projections
 
 
 def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> PhysicalPlan:
@@ -141,4 +177,5 @@ def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> Physica
         for stage in stages
         if isinstance(steps[stage.head], SourceStep)
     }
-    return PhysicalPlan(flow.name, steps, stages, edges, config.max_key_groups, source_parts)
+    return PhysicalPlan(flow.name, steps, stages, edges, config.max_key_groups, source_parts,
+                        _source_columns(steps, consumers))

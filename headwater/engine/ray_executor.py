@@ -1,11 +1,19 @@
-"""Ray executor: one async actor per subtask, credit-based channels between them.
+"""Ray executor: subtasks hosted by worker actors (slot sharing), credit-based channels between workers.
 
-Channel protocol (sender side, in :meth:`SubtaskActor._send`): every message to a receiver is an actor call
-``push(edge, sender, seq, message)``. A sender keeps at most ``channel_credits`` calls in flight per receiver;
-when all credits are used it awaits the oldest call. A receiver's ``push`` returns only once its inbox is at
-or below its bound, so a slow receiver holds its senders' credits and the backpressure reaches the sources —
-memory stays bounded by (credits x senders + inbox bound) batches per receiver, whatever the input size.
-Calls are pipelined (never awaited one at a time), which is what makes actor messaging cheap enough.
+Placement (:func:`place_subtasks`): like Flink's slot sharing, the job gets one worker actor per *slot*, as
+many slots as the widest stage's parallelism, and every slot hosts at most one subtask of each stage. A stage
+that asks for its own CPUs (``map_batches(num_cpus=...)``) gets a dedicated worker per subtask instead. So a
+four-stage job at parallelism 2 runs in two processes, not eight: fewer processes to start, no context
+switching between them on a small machine, and a message between two subtasks of one worker is a function
+call — no serialisation, no object store.
+
+Channel protocol between workers (sender side, :meth:`SubtaskHost._send`): every message to a remote receiver
+is an actor call ``push(stage, subtask, edge, sender, seq, message)``. A sender keeps at most
+``channel_credits`` calls in flight per receiver; when all credits are used it awaits the oldest call. A
+receiver's ``push`` returns only once its inbox is at or below its bound, so a slow receiver holds its
+senders' credits and the backpressure reaches the sources — memory stays bounded by (credits x senders +
+inbox bound) batches per receiver, whatever the input size. A receiver in the same worker is pushed to
+directly, awaiting the same inbox bound.
 
 ``seq`` numbers each (edge, sender) stream; the receiver re-orders by it, so the order of data and in-band
 markers holds even if Ray runs async calls out of order.
@@ -31,15 +39,34 @@ from headwater.errors import HeadwaterError, JobFailedError
 
 _SOURCE_IDLE_S = 0.005
 
+SubtaskId = tuple[int, int]  # (stage id, subtask index)
 
-class SubtaskActor:
-    """Runs one :class:`SubtaskRuntime`; created by :class:`RayJob` as a Ray actor."""
+
+def place_subtasks(plan: PhysicalPlan) -> list[list[SubtaskId]]:
+    """The subtasks each worker hosts (see the module docstring); every subtask appears exactly once.
+
+    Shared slots come first. A stage narrower than the slot count goes to the least-loaded slots, so that
+    e.g. a parallelism-1 step does not always land next to subtask 0 of everything else."""
+    shared = [s for s in plan.stages if s.num_cpus is None]
+    slots: list[list[SubtaskId]] = [[] for _ in range(max((s.parallelism for s in shared), default=0))]
+    for stage in sorted(shared, key=lambda s: -s.parallelism):
+        order = sorted(range(len(slots)), key=lambda k: (len(slots[k]), k))
+        for i in range(stage.parallelism):
+            slots[order[i]].append((stage.stage_id, i))
+    dedicated = [[(s.stage_id, i)] for s in plan.stages if s.num_cpus is not None for i in range(s.parallelism)]
+    return slots + dedicated
+
+
+class SubtaskHost:
+    """Runs one :class:`SubtaskRuntime` inside a :class:`WorkerActor`'s event loop."""
 
     def __init__(
         self, plan: PhysicalPlan, stage_id: int, subtask: int, config: RunConfig,
         storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
     ) -> None:
         self.runtime = SubtaskRuntime(plan, stage_id, subtask, config, storage is not None, restore)
+        self.plan = plan
+        self.stage_id = stage_id
         self.storage = storage
         self.coordinator: Any = None
         self.triggers: deque[int] = deque()
@@ -54,26 +81,20 @@ class SubtaskActor:
         self.inbox: deque[tuple[int, int, Message]] = deque()
         self.expected: dict[tuple[int, int], int] = {}
         self.out_of_order: dict[tuple[int, int], dict[int, Message]] = defaultdict(dict)
-        self.receivers: dict[int, list[Any]] = {}
+        # per outgoing edge, per receiver subtask: a local SubtaskHost, or the remote worker's actor handle
+        self.receivers: dict[int, list[SubtaskHost | Any]] = {}
         self.inflight: dict[tuple[int, int], deque[Any]] = defaultdict(deque)
         self.next_seq: dict[tuple[int, int], int] = defaultdict(int)
         self.has_items = asyncio.Event()
         self.space = asyncio.Event()
         self.stop_requested = False
 
-    async def connect(self, receivers: dict[int, list[Any]], coordinator: Any = None) -> None:
-        """Receive the handles of the downstream subtasks (per outgoing edge id) and of the checkpoint
-        coordinator, and open the operators and source partitions (restoring state), so that no source starts
-        before every subtask is ready to take data."""
+    def connect(self, receivers: dict[int, list[SubtaskHost | Any]], coordinator: Any) -> None:
         self.receivers = receivers
         self.coordinator = coordinator
-        self.runtime.open()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    async def trigger_checkpoint(self, checkpoint_id: int) -> None:
-        self.triggers.append(checkpoint_id)
-
-    async def notify_complete(self, checkpoint_id: int) -> None:
+    def notify_complete(self, checkpoint_id: int) -> None:
         self.runtime.notify_checkpoint_complete(checkpoint_id)
         self.committed.set()
 
@@ -120,12 +141,17 @@ class SubtaskActor:
     async def _send(self, outgoing: list[Outgoing]) -> None:
         for edge_id, receiver, message in outgoing:
             key = (edge_id, receiver)
+            seq = self.next_seq[key]
+            self.next_seq[key] = seq + 1
+            target = self.receivers[edge_id][receiver]
+            if isinstance(target, SubtaskHost):
+                await target.push(edge_id, self.subtask, seq, message)
+                continue
             inflight = self.inflight[key]
             while len(inflight) >= self.credits:
                 await inflight.popleft()
-            seq = self.next_seq[key]
-            self.next_seq[key] = seq + 1
-            inflight.append(self.receivers[edge_id][receiver].push.remote(edge_id, self.subtask, seq, message))
+            dst = self.plan.edges[edge_id].dst
+            inflight.append(target.push.remote(dst, receiver, edge_id, self.subtask, seq, message))
 
     async def _drain_inflight(self) -> None:
         for inflight in self.inflight.values():
@@ -160,7 +186,7 @@ class SubtaskActor:
             await self._send(runtime.poll_timers())
             self._acknowledge_snapshots()
             if produced or runtime.finished:
-                await asyncio.sleep(0)  # let stop() and metrics() calls in
+                await asyncio.sleep(0)  # let the worker's other subtasks, stop() and metrics() calls in
                 continue
             now = time.monotonic()
             wake = [now + _SOURCE_IDLE_S]
@@ -186,14 +212,58 @@ class SubtaskActor:
                     self.space.set()
                 await self._send(runtime.on_message(edge_id, sender, message))
                 self._acknowledge_snapshots()
+                await asyncio.sleep(0)  # local pushes never suspend: give the worker's other subtasks a turn
             await self._send(runtime.poll_timers())
         self.space.set()
 
-    async def stop(self) -> None:
-        self.stop_requested = True
-
-    async def metrics(self) -> SubtaskMetrics:
+    def metrics(self) -> SubtaskMetrics:
         return self.runtime.metrics(backlog=len(self.inbox))
+
+
+class WorkerActor:
+    """One process of the job: hosts the subtasks :func:`place_subtasks` gave it, in one event loop."""
+
+    def __init__(self, plan: PhysicalPlan, subtasks: list[SubtaskId], config: RunConfig,
+                 storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None) -> None:
+        self.hosts = {(s, i): SubtaskHost(plan, s, i, config, storage, restore) for s, i in subtasks}
+        self.plan = plan
+
+    async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], coordinator: Any = None) -> None:
+        """Learn where every subtask runs (worker index per subtask, and the workers' handles), then open
+        the hosted operators and source partitions (restoring state), so that no source starts before every
+        subtask is ready to take data."""
+        plan = self.plan
+        for (stage_id, _), host in self.hosts.items():
+            receivers: dict[int, list[SubtaskHost | Any]] = {}
+            for edge in plan.outputs_of(stage_id):
+                receivers[edge.edge_id] = [
+                    self.hosts.get((edge.dst, j)) or workers[placement[(edge.dst, j)]]
+                    for j in range(plan.stages[edge.dst].parallelism)
+                ]
+            host.connect(receivers, coordinator)
+        for host in self.hosts.values():
+            host.runtime.open()
+
+    async def push(self, stage_id: int, subtask: int, edge_id: int, sender: int, seq: int, message: Message) -> None:
+        await self.hosts[(stage_id, subtask)].push(edge_id, sender, seq, message)
+
+    async def trigger_checkpoint(self, stage_id: int, subtask: int, checkpoint_id: int) -> None:
+        self.hosts[(stage_id, subtask)].triggers.append(checkpoint_id)
+
+    async def notify_complete(self, checkpoint_id: int) -> None:
+        for host in self.hosts.values():
+            host.notify_complete(checkpoint_id)
+
+    async def run(self) -> list[SubtaskMetrics]:
+        """Run every hosted subtask to its end; the first failure is raised (the driver then stops the job)."""
+        return list(await asyncio.gather(*(host.run() for host in self.hosts.values())))
+
+    async def stop(self) -> None:
+        for host in self.hosts.values():
+            host.stop_requested = True
+
+    async def metrics(self) -> list[SubtaskMetrics]:
+        return [host.metrics() for host in self.hosts.values()]
 
 
 class CoordinatorActor:
@@ -201,13 +271,13 @@ class CoordinatorActor:
 
     def __init__(self, core: CheckpointCoordinator) -> None:
         self.core = core
-        self.sources: list[Any] = []
-        self.subtasks: list[Any] = []
+        self.sources: list[tuple[Any, SubtaskId]] = []
+        self.workers: list[Any] = []
         self.stopping = False
         self.loop: asyncio.Task[None] | None = None
 
-    async def start(self, sources: list[Any], subtasks: list[Any]) -> None:
-        self.sources, self.subtasks = sources, subtasks
+    async def start(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any]) -> None:
+        self.sources, self.workers = sources, workers
         self.loop = asyncio.create_task(self._trigger_loop())
 
     async def _trigger_loop(self) -> None:
@@ -216,13 +286,13 @@ class CoordinatorActor:
             self.core.expire()
             if not self.stopping and self.core.due():
                 checkpoint_id = self.core.begin()
-                for source in self.sources:
-                    source.trigger_checkpoint.remote(checkpoint_id)
+                for worker, (stage_id, subtask) in self.sources:
+                    worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
 
     def _notify(self, metadata: CheckpointMetadata | None) -> None:
         if metadata is not None:
-            for subtask in self.subtasks:
-                subtask.notify_complete.remote(metadata.checkpoint_id)
+            for worker in self.workers:
+                worker.notify_complete.remote(metadata.checkpoint_id)
 
     async def ack(self, ack: SubtaskAck) -> None:
         self._notify(self.core.ack(ack))
@@ -252,7 +322,7 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 class RayJob:
-    """A job whose subtasks run as Ray actors. Construct with an initialised ``ray``; then :meth:`wait`."""
+    """A job whose subtasks run in Ray worker actors. Construct with an initialised ``ray``; then :meth:`wait`."""
 
     def __init__(self, plan: PhysicalPlan, config: RunConfig, ray: Any,
                  on_progress: Callable[[list[SubtaskMetrics], float], None] | None = None,
@@ -262,30 +332,25 @@ class RayJob:
         self.ray = ray
         self.on_progress = on_progress
         self.started = time.monotonic()
-        self.actors: dict[tuple[int, int], Any] = {}
         self.coordinator: Any = None
         storage = coordinator.storage if coordinator is not None else None
         if coordinator is not None:
             self.coordinator = ray.remote(CoordinatorActor).options(num_cpus=0, max_concurrency=1000).remote(coordinator)
-        actor_class = ray.remote(SubtaskActor)
+        worker_class = ray.remote(WorkerActor)
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
-        for stage in plan.stages:
-            for i in range(stage.parallelism):
-                self.actors[(stage.stage_id, i)] = actor_class.options(
-                    num_cpus=stage.num_cpus if stage.num_cpus is not None else 0,
-                    max_concurrency=1000,
-                    name=None,
-                ).remote(plan_ref, stage.stage_id, i, config, storage, restore_ref)
-        connections = []
-        for (stage_id, i), actor in self.actors.items():
-            receivers = {
-                e.edge_id: [self.actors[(e.dst, j)] for j in range(plan.stages[e.dst].parallelism)]
-                for e in plan.outputs_of(stage_id)
-            }
-            connections.append(actor.connect.remote(receivers, self.coordinator))
+        self.assignments = place_subtasks(plan)
+        self.workers: list[Any] = []
+        placement: dict[SubtaskId, int] = {}
+        for index, subtasks in enumerate(self.assignments):
+            cpus = plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None
+            self.workers.append(worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(
+                plan_ref, subtasks, config, storage, restore_ref))
+            placement.update({subtask: index for subtask in subtasks})
+        #: the worker actor hosting each (stage id, subtask)
+        self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
         try:
-            ray.get(connections)
+            ray.get([w.connect.remote(placement, self.workers, self.coordinator) for w in self.workers])
         except Exception as exc:
             self._kill_all()
             original = _unwrap(exc)
@@ -293,23 +358,22 @@ class RayJob:
                 raise original from None
             raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
         if self.coordinator is not None:
-            sources = [a for (stage_id, _), a in self.actors.items() if plan.is_source(stage_id)]
-            ray.get(self.coordinator.start.remote(sources, list(self.actors.values())))
-        self.runs = {actor.run.remote(): key for key, actor in self.actors.items()}
+            sources = [(self.workers[i], key) for key, i in placement.items() if plan.is_source(key[0])]
+            ray.get(self.coordinator.start.remote(sources, self.workers))
+        self.runs = {worker.run.remote(): index for index, worker in enumerate(self.workers)}
         self._stopped = False
 
     def stop(self, savepoint: bool = False) -> None:
         self._stopped = True
         if self.coordinator is not None:
             self.ray.get(self.coordinator.prepare_stop.remote(savepoint))
-        for (stage_id, _), actor in self.actors.items():
-            if self.plan.is_source(stage_id):
-                actor.stop.remote()
+        for worker in self.workers:
+            worker.stop.remote()
 
     def metrics(self, timeout: float = 5.0) -> list[SubtaskMetrics]:
-        refs = [a.metrics.remote() for a in self.actors.values()]
+        refs = [w.metrics.remote() for w in self.workers]
         ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        return [self.ray.get(r) for r in ready]
+        return [m for r in ready for m in self.ray.get(r)]
 
     def wait(self, timeout: float | None = None) -> JobResult:
         ray = self.ray
@@ -325,7 +389,7 @@ class RayJob:
                         self.stop()
                     done, pending = ray.wait(pending, num_returns=1, timeout=min(interval, 0.5))
                     for ref in done:
-                        finished.append(self._result_of(ref))
+                        finished.extend(self._result_of(ref))
                     if self.on_progress and time.monotonic() - last_progress >= interval:
                         last_progress = time.monotonic()
                         self.on_progress(self.metrics(timeout=interval), last_progress - self.started)
@@ -344,22 +408,23 @@ class RayJob:
         finally:
             self._kill_all()
 
-    def _result_of(self, ref: Any) -> SubtaskMetrics:
-        stage_id, subtask = self.runs[ref]
+    def _result_of(self, ref: Any) -> list[SubtaskMetrics]:
+        hosted = self.assignments[self.runs[ref]]
         try:
             return self.ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - translated into Headwater's errors below
             original = _unwrap(exc)
             if isinstance(original, HeadwaterError):
                 raise original from None
-            stage = self.plan.stages[stage_id]
+            stage_id, subtask = hosted[0]
+            steps = ", ".join(dict.fromkeys(self.plan.stages[s].head for s, _ in hosted))
             raise JobFailedError(
-                f"subtask failed or died ({type(original).__name__}: {original})",
-                step_id=stage.head, subtask=subtask,
+                f"the worker hosting step(s) {steps} failed or died ({type(original).__name__}: {original})",
+                step_id=self.plan.stages[stage_id].head, subtask=subtask,
             ) from original
 
     def _kill_all(self) -> None:
-        for actor in [*self.actors.values(), *([self.coordinator] if self.coordinator is not None else [])]:
+        for actor in [*self.workers, *([self.coordinator] if self.coordinator is not None else [])]:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already dead

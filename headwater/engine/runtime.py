@@ -89,6 +89,7 @@ class SubtaskRuntime:
             self.pending_ends.update((edge.edge_id, s) for s in senders)
         self.partitions: list[tuple[str, SourcePartition]] = []
         self._source_schema: pa.Schema | None = self.source_step.schema if self.source_step else None
+        self._source_columns: list[str] | None = None  # columns to keep when the source cannot project
         self._next_partition = 0
         self._stop_requested = False
         self._drain_on_end = True
@@ -128,6 +129,14 @@ class SubtaskRuntime:
         if self.source_step is not None:
             step_id = self.source_step.step_id
             source = self.source_step.source
+            columns = self.plan.source_columns.get(step_id)
+            if columns is not None:
+                # projection pushdown: the source reads only what the pipeline needs, or we drop the rest
+                projected = self._guard(step_id, source.project, columns)
+                self._source_columns = None if projected is not None else list(columns)
+                source = projected if projected is not None else source
+                assert self._source_schema is not None
+                self._source_schema = pa.schema([self._source_schema.field(c) for c in columns])
             for part in self.plan.parts_for(self.stage.stage_id, self.subtask):
                 position = self.restore.position(step_id, part) if self.restore is not None else None
                 self.partitions.append((part, self._guard(step_id, source.build_part, part, position)))
@@ -386,12 +395,21 @@ class SubtaskRuntime:
                 raise _located(exc, step_id, self.subtask) from exc
             if batch is None or batch.num_rows == 0:
                 continue
+            if self._source_columns is not None:
+                batch = self._select_source_columns(batch, part)
             self._check_source_schema(batch, part)
             self.counters[step_id].rows_out += batch.num_rows
             if self.source_watermarks is not None:
                 self._guard(step_id, self.source_watermarks.observe, part, batch)
             return self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
         return self._source_watermark(), False
+
+    def _select_source_columns(self, batch: pa.RecordBatch, part: str) -> pa.RecordBatch:
+        assert self._source_columns is not None
+        missing = [c for c in self._source_columns if batch.schema.get_field_index(c) < 0]
+        if missing:
+            self._check_source_schema(batch, part)  # raises, naming the schemas
+        return batch.select(self._source_columns)
 
     def _check_source_schema(self, batch: pa.RecordBatch, part: str) -> None:
         if self._source_schema is None:

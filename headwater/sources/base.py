@@ -15,7 +15,7 @@ Shaped after Bytewax's fixed-partition sources, but batch-oriented:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow as pa
 
@@ -56,6 +56,15 @@ class Source(ABC):
 
         A known schema lets the planner check expressions and keys at build time, and lets the engine reject
         a batch whose schema differs (``SchemaMismatchError`` naming the step).
+        """
+        return None
+
+    def project(self, columns: Sequence[str]) -> Source | None:
+        """A source like this one whose batches hold only ``columns`` (names of :meth:`schema`, in its order),
+        or ``None`` when it cannot read fewer columns (the engine then drops the others after reading).
+
+        The planner calls it with the columns the pipeline actually reads. The projected source must have the
+        same partitions and resume states as this one, so a checkpoint restores whatever the projection.
         """
         return None
 

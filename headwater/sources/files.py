@@ -21,6 +21,7 @@ Every source streams: at most ``batch_size`` rows per batch, one reader block (o
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 from abc import abstractmethod
@@ -248,6 +249,14 @@ class ParquetSource(_FileSource):
                     )
             self._schema = first
         return self._schema
+
+    def project(self, columns: Sequence[str]) -> ParquetSource:
+        """The same files, decoding only ``columns``."""
+        schema = self.schema()
+        projected = copy.copy(self)
+        projected.columns = [c for c in schema.names if c in columns]
+        projected._schema = pa.schema([schema.field(c) for c in projected.columns])
+        return projected
 
     def _read_schema(self, path: str) -> pa.Schema:
         try:

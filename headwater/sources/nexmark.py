@@ -43,11 +43,12 @@ measured with (``T`` = bid, auction or person)::
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 import time
 from datetime import datetime, timedelta, timezone
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -268,9 +269,20 @@ class NexmarkSource(Source):
         self._delay_us = 1e6 / self.event_rate
         seed_spread = _spread(np.array([self.seed % (1 << 64)], dtype=np.uint64))
         self._keys = [int(_hash(seed_spread, _SALTS[table] + i)[0]) for i in range(4)]
+        self._columns: tuple[str, ...] | None = None  # a projection (see project()); None: every column
 
     def schema(self) -> pa.Schema:
-        return SCHEMAS[self.table]
+        full = SCHEMAS[self.table]
+        return full if self._columns is None else pa.schema([full.field(c) for c in self._columns])
+
+    def project(self, columns: Sequence[str]) -> NexmarkSource:
+        """The same events with only ``columns`` built (string columns are most of the generation cost)."""
+        unknown = [c for c in columns if SCHEMAS[self.table].get_field_index(c) < 0]
+        if unknown:
+            raise ConfigError(f"NexmarkSource: no column(s) {unknown} in the {self.table!r} table")
+        projected = copy.copy(self)
+        projected._columns = tuple(c for c in SCHEMAS[self.table].names if c in columns)
+        return projected
 
     def list_parts(self) -> list[str]:
         return [f"nexmark-{self.table}-{k}-of-{self.partitions}" for k in range(self.partitions)]
@@ -326,10 +338,18 @@ class NexmarkSource(Source):
                 "extra": (h3 & np.uint64(1023)).view(np.int64)}
 
     def _bid_batch(self, c: dict[str, np.ndarray]) -> pa.RecordBatch:
-        p, channel = _pools(), pa.array(c["channel"])
-        cols = [c["auction"], c["bidder"], c["price"], p["channel"].take(channel), p["url"].take(channel),
-                pa.array(c["ts"], _TS), _take(p["bid_extra"], c["extra"])]
-        return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["bid"])
+        p = _pools()
+        return self._assemble({
+            "auction": lambda: c["auction"], "bidder": lambda: c["bidder"], "price": lambda: c["price"],
+            "channel": lambda: p["channel"].take(pa.array(c["channel"])),
+            "url": lambda: p["url"].take(pa.array(c["channel"])),
+            "date_time": lambda: pa.array(c["ts"], _TS), "extra": lambda: _take(p["bid_extra"], c["extra"]),
+        })
+
+    def _assemble(self, builders: dict[str, Callable[[], Any]]) -> pa.RecordBatch:
+        """A batch of the (projected) schema's columns; columns outside the projection are never built."""
+        schema = self.schema()
+        return pa.RecordBatch.from_arrays([builders[name]() for name in schema.names], schema=schema)
 
     def _auction_kernel(self, n: np.ndarray) -> dict[str, np.ndarray]:
         z, k, epoch = _spread(n), self._keys, n // PROPORTION_DENOMINATOR
@@ -349,10 +369,13 @@ class NexmarkSource(Source):
 
     def _auction_batch(self, c: dict[str, np.ndarray]) -> pa.RecordBatch:
         p = _pools()
-        cols = [c["id"], _take(p["item_name"], c["item"]), _take(p["description"], c["desc"]), c["initial"],
-                c["reserve"], pa.array(c["ts"], _TS), pa.array(c["expires"], _TS), c["seller"], c["category"],
-                _take(p["auction_extra"], c["extra"])]
-        return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["auction"])
+        return self._assemble({
+            "id": lambda: c["id"], "item_name": lambda: _take(p["item_name"], c["item"]),
+            "description": lambda: _take(p["description"], c["desc"]), "initial_bid": lambda: c["initial"],
+            "reserve": lambda: c["reserve"], "date_time": lambda: pa.array(c["ts"], _TS),
+            "expires": lambda: pa.array(c["expires"], _TS), "seller": lambda: c["seller"],
+            "category": lambda: c["category"], "extra": lambda: _take(p["auction_extra"], c["extra"]),
+        })
 
     def _person_kernel(self, n: np.ndarray) -> dict[str, np.ndarray]:
         z, k = _spread(n), self._keys
@@ -365,13 +388,19 @@ class NexmarkSource(Source):
 
     def _person_batch(self, c: dict[str, np.ndarray]) -> pa.RecordBatch:
         p, rows = _pools(), len(c["id"])
-        email = pc.binary_join_element_wise(_take(p["email_local"], c["local"]),
-                                            _take(p["email_domain"], c["domain"]), "@")
-        offsets = np.arange(0, 19 * (rows + 1), 19, dtype=np.int32)
-        cards = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(c["card"]))
-        cols = [c["id"], _take(p["name"], c["name"]), email, cards, _take(p["city"], c["city"]),
-                _take(p["state"], c["state"]), pa.array(c["ts"], _TS), _take(p["person_extra"], c["extra"])]
-        return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["person"])
+
+        def cards() -> pa.Array:
+            offsets = np.arange(0, 19 * (rows + 1), 19, dtype=np.int32)
+            return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(c["card"]))
+
+        return self._assemble({
+            "id": lambda: c["id"], "name": lambda: _take(p["name"], c["name"]),
+            "email_address": lambda: pc.binary_join_element_wise(
+                _take(p["email_local"], c["local"]), _take(p["email_domain"], c["domain"]), "@"),
+            "credit_card": cards, "city": lambda: _take(p["city"], c["city"]),
+            "state": lambda: _take(p["state"], c["state"]), "date_time": lambda: pa.array(c["ts"], _TS),
+            "extra": lambda: _take(p["person_extra"], c["extra"]),
+        })
 
 
 def _is_int(x: object) -> bool:

@@ -277,3 +277,68 @@ def test_a_dangling_stream_is_a_build_error() -> None:
     stream.sink("out", TestingSink())
     with pytest.raises(BuildError):
         planned(flow)
+
+
+# -- projection into sources ------------------------------------------------------------------------------------
+WIDE = pa.schema([("k", pa.string()), ("v", pa.int64()), ("w", pa.int64()), ("t", pa.int64()), ("s", pa.string())])
+
+
+def wide_source() -> TestingSource:
+    return TestingSource([{"k": "a", "v": 1, "w": 2, "t": 3, "s": "x"}], schema=WIDE)
+
+
+def test_a_source_reads_only_the_columns_its_pipeline_needs() -> None:
+    flow = hw.Dataflow("p")
+    stream = flow.source("in", wide_source(), event_time="t")
+    stream.filter(hw.col("w") > 0).select("k", doubled=hw.col("v") * 2).sink("out", TestingSink())
+    # filter reads w and passes everything on; select needs k and v; the event-time column always stays
+    assert planned(flow).source_columns == {"in": ("k", "v", "w", "t")}
+
+
+def test_with_columns_and_aggregates_narrow_the_projection() -> None:
+    flow = hw.Dataflow("p")
+    stream = flow.source("in", wide_source())
+    stream.with_columns(w=hw.col("v") + 1).key_by("k").aggregate(total=hw.sum("w")).sink("out", TestingSink())
+    assert planned(flow).source_columns == {"in": ("k", "v")}
+
+
+@pytest.mark.parametrize("consumer", ["map_batches", "sink", "late_records"])
+def test_steps_that_read_every_column_keep_the_source_whole(consumer: str) -> None:
+    flow = hw.Dataflow("p")
+    stream = flow.source("in", wide_source(), event_time="t")
+    if consumer == "map_batches":
+        stream.map_batches(identity).select("k").sink("out", TestingSink())
+    elif consumer == "sink":
+        stream.sink("out", TestingSink())
+    else:
+        counted = stream.key_by("k").window(hw.TumblingWindow(seconds=1)).aggregate(n=hw.count())
+        counted.sink("out", TestingSink())
+        counted.late_records().sink("late", TestingSink())
+    assert planned(flow).source_columns == {}
+
+
+def test_two_consumers_need_the_union_of_their_columns() -> None:
+    flow = hw.Dataflow("p")
+    stream = flow.source("in", wide_source())
+    stream.select("k").sink("a", TestingSink())
+    stream.select("w").sink("b", TestingSink())
+    assert planned(flow).source_columns == {"in": ("k", "w")}
+    assert "reads columns: k, w" in planned(flow).describe()
+
+
+def test_a_projected_pipeline_gives_the_same_results_as_the_whole_rows(tmp_path: Any) -> None:
+    rows = [{"k": f"k{i % 3}", "v": i, "w": i % 2, "t": i, "s": "x" * i} for i in range(40)]
+
+    def run(project: bool) -> list[dict[str, Any]]:
+        flow = hw.Dataflow("p")
+        source = TestingSource(partitions=[rows[:20], rows[20:]], schema=WIDE)
+        stream = flow.source("in", source)
+        if not project:
+            stream = stream.map_batches(identity)  # reads every column: no projection
+        out = TestingSink()
+        stream.filter(hw.col("w") == 1).key_by("k").aggregate(total=hw.sum("v")).sink("out", out)
+        result = hw.run(flow, executor="local", parallelism=2)
+        assert bool(result.plan.source_columns) == project
+        return sorted(out.latest(["k"]).values(), key=lambda r: r["k"])
+
+    assert run(project=True) == run(project=False)

@@ -115,6 +115,15 @@ def test_parquet_columns_select_and_order(sample_files: dict[str, Path]) -> None
         ParquetSource(sample_files["parquet"], columns=["nope"]).schema()
 
 
+def test_a_projected_parquet_source_decodes_only_the_pipelines_columns(sample_files: dict[str, Path]) -> None:
+    source = ParquetSource(sample_files["parquet"])
+    projected = source.project(["x", "id"])  # the planner asks in any order; the schema's order is kept
+    names = [n for n in source.schema().names if n in ("x", "id")]
+    assert projected.schema().names == names and source.schema() == make_table().schema
+    assert projected.list_parts() == source.list_parts()
+    assert read_all(projected, "data.parquet").equals(make_table().select(names))
+
+
 def test_parquet_files_that_disagree_name_the_first_that_differs(tmp_path: Path) -> None:
     write_parquet(tmp_path / "a.parquet", make_table(5))
     write_parquet(tmp_path / "b.parquet", make_table(5))
