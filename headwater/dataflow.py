@@ -37,6 +37,7 @@ from headwater.engine.logical_time import (
     WindowAggregateStep,
     WindowJoinStep,
 )
+from headwater.engine.logical_lookup import ChangelogLookupJoinStep
 from headwater.operators.lookup import LookupTable
 from headwater.engine.logical import (
     AggregateStep,
@@ -337,13 +338,47 @@ class Stream:
         return self.flow._add(step)
 
     def lookup_join(
-        self, table: LookupTable, *, on: str | Sequence[str], how: str = "left",
-        columns: Sequence[str] | None = None, step_id: str | None = None,
+        self, table: LookupTable | Stream, *, on: str | Sequence[str], how: str = "left",
+        columns: Sequence[str] | None = None, table_key: str | Sequence[str] | None = None,
+        changelog_op: str | None = None, suffix: str | None = None, step_id: str | None = None,
     ) -> Stream:
-        """Enrich each record with the columns of the row of ``table`` whose key equals ``on`` (see
-        :class:`headwater.LookupTable`: Parquet or SQL, refreshed on a timer)."""
+        """Enrich each record with the columns of the row of ``table`` whose key equals ``on``; ``how="left"``
+        keeps records without a row (nulls), ``how="inner"`` drops them. ``columns`` picks the table columns
+        to add.
+
+        ``table`` is either a :class:`headwater.LookupTable` (Parquet or SQL, reloaded on a timer), or a
+        stream of this dataflow — a changelog such as a CDC stream of ``users`` rows. Then the step keeps the
+        latest row per key as checkpointed keyed state, both streams are hash-partitioned by their keys, and
+        each record gets the row current when it is processed (no waiting for a row that has not arrived).
+        Options of the stream form: ``table_key`` (the table stream's key columns, default ``on``),
+        ``changelog_op`` (a column of change kinds: ``"d"``/``"delete"``/``"-D"`` remove the key's row,
+        ``"c"``/``"r"``/``"u"``/``"insert"``/``"update"``/``"upsert"``/``"+I"``/``"+U"`` replace it, ``"-U"``
+        is skipped; without it every row is an upsert), ``suffix`` (appended to table columns whose names the
+        stream already has; without it such a clash fails at build time). Example::
+
+            users = flow.source("users_cdc", users_source)
+            orders.lookup_join(users, on="user_id", changelog_op="op", step_id="with_user")
+        """
+        if isinstance(table, Stream):
+            if table.flow is not self.flow:
+                raise ConfigError("lookup_join() takes a stream of the same dataflow as its table")
+            if table.step_id == self.step_id:
+                raise ConfigError(f"lookup_join(): stream {self.step_id!r} cannot be its own table")
+            probe_keys = (on,) if isinstance(on, str) else tuple(on)
+            keys = probe_keys if table_key is None else (table_key,) if isinstance(table_key, str) else tuple(table_key)
+            changelog = ChangelogLookupJoinStep(
+                self._next_id("lookup_join", step_id), (self.step_id, table.step_id), on=probe_keys, table_key=keys,
+                how=how, columns=tuple(columns) if columns is not None else None, suffix=suffix,
+                changelog_op=changelog_op,
+            )
+            return self.flow._add(changelog)
         if not isinstance(table, LookupTable):
-            raise ConfigError("lookup_join() takes a hw.LookupTable (LookupTable.parquet(...) or LookupTable.sql(...))")
+            raise ConfigError("lookup_join() takes a hw.LookupTable (LookupTable.parquet(...) or LookupTable.sql(...)) "
+                              "or a stream of the same dataflow")
+        for name, value in (("table_key", table_key), ("changelog_op", changelog_op), ("suffix", suffix)):
+            if value is not None:
+                raise ConfigError(f"lookup_join(): {name}= applies when the table is a stream; a LookupTable "
+                                  "names its key with LookupTable.parquet/sql(key=...)")
         step = LookupJoinStep(self._next_id("lookup_join", step_id), (self.step_id,), table=table,
                               on=(on,) if isinstance(on, str) else tuple(on), how=how,
                               columns=tuple(columns) if columns is not None else None)

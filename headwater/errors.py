@@ -96,6 +96,10 @@ class SourceError(RuntimeFailure):
     """A source could not be read (missing file, unreadable format, lost connection)."""
 
 
+class ChangelogError(RuntimeFailure):
+    """A changelog stream carried a row that cannot be applied: its change-kind column holds an unknown value."""
+
+
 class SinkError(RuntimeFailure):
     """A sink could not write, prepare or commit its output."""
 

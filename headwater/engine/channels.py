@@ -53,6 +53,7 @@ class Watermark:
 
     timestamp_ms: int
     idle: bool = False
+    origin_ns: int = 0  # wall clock (time.time_ns) when a source computed it; 0 for idle markers
 
 
 Message = DataMessage | EndOfStream | Barrier | Watermark
@@ -170,10 +171,10 @@ class EdgeWriter:
         out.extend((r, EndOfStream(drain)) for r in self._targets())
         return out
 
-    def watermark(self, timestamp_ms: int, idle: bool = False) -> list[tuple[int, Message]]:
+    def watermark(self, timestamp_ms: int, idle: bool = False, origin_ns: int = 0) -> list[tuple[int, Message]]:
         """Flush everything (results released by this watermark go first), then send the watermark."""
         out = self.flush_all()
-        out.extend((r, Watermark(timestamp_ms, idle)) for r in self._targets())
+        out.extend((r, Watermark(timestamp_ms, idle, origin_ns)) for r in self._targets())
         return out
 
     def barrier(self, checkpoint_id: int) -> list[tuple[int, Message]]:

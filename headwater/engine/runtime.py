@@ -73,7 +73,10 @@ class SubtaskRuntime:
         operator_steps = self.stage.step_ids[1:] if self.source_step else self.stage.step_ids
         self.operators: list[tuple[str, Operator]] = [(s, plan.steps[s].make_operator()) for s in operator_steps]
         self.counters = {step_id: StepCounters() for step_id in self.stage.step_ids}
+        # Latency is measured where rows reach the sink: from their ingest time (a source read them) or, for
+        # results released by a watermark, from when the source computed that watermark.
         self.latency = LatencyHistogram() if isinstance(plan.steps[self.stage.tail], SinkStep) else None
+        self.sink_position = len(operator_steps) - 1
         self.writers = [
             EdgeWriter(edge, subtask, plan.stages[edge.dst].parallelism, config.batch_size,
                        config.linger_seconds, plan.max_key_groups)
@@ -175,7 +178,7 @@ class SubtaskRuntime:
             return self._complete_alignment()
         if isinstance(message, Watermark):
             advanced = self.input_watermarks.update(channel, message.timestamp_ms, message.idle)
-            return self._advance_watermark(advanced) if advanced is not None else []
+            return self._advance_watermark(advanced, message.origin_ns) if advanced is not None else []
         if isinstance(message, EndOfStream):
             self.pending_ends.discard(channel)
             self._drain_on_end = self._drain_on_end and message.drain
@@ -206,6 +209,10 @@ class SubtaskRuntime:
             step_id, operator = self.operators[position]
             counters = self.counters[step_id]
             produced: list[pa.RecordBatch] = []
+            if self.latency is not None and position == self.sink_position:
+                now_ns = time.time_ns()
+                for b in batches:
+                    self.latency.record((now_ns - ingest_ns) / 1e6, b.num_rows)
             for b in batches:
                 counters.rows_in += b.num_rows
                 counters.batches_in += 1
@@ -216,8 +223,6 @@ class SubtaskRuntime:
             batches = produced
             if not batches:
                 break
-        if self.latency is not None:
-            self.latency.record((time.time_ns() - ingest_ns) / 1e6, batch.num_rows)
         return side + self._emit(batches, ingest_ns)
 
     def _side_output(self, position: int, ingest_ns: int) -> list[Outgoing]:
@@ -232,19 +237,23 @@ class SubtaskRuntime:
                 out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, b, ingest_ns))
         return out
 
-    def _advance_watermark(self, watermark: int) -> list[Outgoing]:
+    def _advance_watermark(self, watermark: int, origin_ns: int = 0) -> list[Outgoing]:
         """Event time moved to ``watermark``: operators emit what it completes (down the chain), then the
-        watermark goes downstream after those results."""
+        watermark goes downstream after those results.
+
+        ``origin_ns`` is when a source computed this watermark (0: now, here). The results it releases carry
+        it as their ingest time, so the sink's latency of window results is "watermark passed the window's
+        end at the source -> result written"."""
         self.watermark = watermark
         out: list[Outgoing] = []
-        now_ns = time.time_ns()
+        origin_ns = origin_ns or time.time_ns()
         for position, (step_id, operator) in enumerate(self.operators):
             for b in self._guard(step_id, operator.on_watermark, watermark):
                 self.counters[step_id].rows_out += b.num_rows
-                out.extend(self._continue_from(position + 1, b, now_ns))
-            out.extend(self._side_output(position, now_ns))
+                out.extend(self._continue_from(position + 1, b, origin_ns))
+            out.extend(self._side_output(position, origin_ns))
         for writer in self.writers:
-            out.extend((writer.edge.edge_id, r, m) for r, m in writer.watermark(watermark))
+            out.extend((writer.edge.edge_id, r, m) for r, m in writer.watermark(watermark, origin_ns=origin_ns))
         return out
 
     def _source_watermark(self, force: bool = False) -> list[Outgoing]:

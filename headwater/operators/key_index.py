@@ -9,6 +9,9 @@ rebuilt by re-inserting keys in that order).
   over a sorted copy of the keys (no Python per key); new keys are merged in with ``np.insert``.
 * :class:`GeneralKeyIndex` — any other key (strings, several columns): a dict lookup per *distinct* key of a
   batch (never per row: the batch is reduced to distinct keys first).
+
+:meth:`KeyIndex.find` looks keys up without adding them (probing a table, e.g. in a lookup join); it accepts
+repeated keys. :func:`distinct_rows` reduces a batch to its distinct keys with Arrow's hash kernels.
 """
 
 from __future__ import annotations
@@ -29,11 +32,35 @@ class KeyIndex(ABC):
         """Slots of the given *distinct* keys (one array per key column), assigning new slots to new keys."""
 
     @abstractmethod
+    def find(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        """Slot of every row's key (keys may repeat), ``-1`` where the key has none; never adds keys."""
+
+    @abstractmethod
     def __len__(self) -> int: ...
 
     @abstractmethod
     def key_columns(self) -> list[pa.Array]:
         """Every key, in slot order, one array per key column."""
+
+
+def distinct_rows(keys: Sequence[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: the row of the first occurrence of each distinct key, and for every row the number
+    of its distinct key (``keys[c].take(first)[inverse]`` rebuilds column ``c``). Nulls are a key like any
+    other and NaNs equal each other. Vectorised: Arrow's hash kernel encodes each column, numpy combines them.
+    """
+    codes: np.ndarray | None = None
+    for column in keys:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        encoded = pc.dictionary_encode(column, null_encoding="encode")
+        indices = np.asarray(encoded.indices, dtype=np.int64)
+        if codes is None:
+            codes = indices
+        else:  # both codes are below the row count, so the combination cannot overflow; densify it again
+            codes = np.unique(codes * len(encoded.dictionary) + indices, return_inverse=True)[1].reshape(-1)
+    assert codes is not None, "distinct_rows() needs at least one key column"
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    return first.astype(np.int64), inverse.reshape(-1).astype(np.int64)
 
 
 def make_key_index(key_types: Sequence[pa.DataType]) -> KeyIndex:
@@ -98,6 +125,20 @@ class IntegerKeyIndex(KeyIndex):
             self._sorted_slots = np.insert(self._sorted_slots, at, new_slots[order])
         return slots
 
+    def find(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        column = keys[0]
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        values = np.asarray(pc.fill_null(as_int64(column), 0), dtype=np.int64)
+        slots = np.full(len(values), -1, dtype=np.int64)
+        if len(self._sorted_keys):
+            clipped = np.minimum(np.searchsorted(self._sorted_keys, values), len(self._sorted_keys) - 1)
+            found = self._sorted_keys[clipped] == values
+            slots[found] = self._sorted_slots[clipped[found]]
+        if column.null_count:
+            slots[np.asarray(column.is_null())] = self._null_slot  # -1 while no null key has a slot
+        return slots
+
     def key_columns(self) -> list[pa.Array]:
         values = pa.array(self._by_slot[: self._size], mask=~self._valid_by_slot[: self._size])
         return [from_int64(values, self.key_type)]
@@ -125,13 +166,28 @@ class GeneralKeyIndex(KeyIndex):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+    def _python_keys(self, keys: Sequence[pa.Array]) -> list[Any]:
         if len(keys) == 1:
             key_list = keys[0].to_pylist()
         else:
             key_list = list(zip(*(k.to_pylist() for k in keys)))
         if self._has_floats:
             key_list = [_canonical_nan(k) for k in key_list]
+        return key_list
+
+    def find(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        rows = len(keys[0])
+        if not self._keys or rows == 0:
+            return np.full(rows, -1, dtype=np.int64)
+        first, inverse = distinct_rows(keys)  # one dict lookup per distinct key, not per row
+        taken = pa.array(first)
+        key_list = self._python_keys([k.take(taken) for k in keys])
+        index = self._index
+        found = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
+        return found[inverse]
+
+    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        key_list = self._python_keys(keys)
         index = self._index
         slots = np.fromiter((index.get(k, -1) for k in key_list), dtype=np.int64, count=len(key_list))
         missing = np.flatnonzero(slots < 0)

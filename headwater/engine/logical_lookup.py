@@ -1,0 +1,126 @@
+"""The logical step of a lookup join against a changelog stream (``stream.lookup_join(table_stream, ...)``).
+
+Build-time checks happen here, before any data moves: both streams' schemas must be known, the key columns
+must exist on both sides with types that compare equal (:func:`~headwater.operators.changelog_lookup.join_key_type`),
+the change-kind column must be a string column of the table stream, and the table columns added to the probe
+records must not clash with the probe's columns (unless ``suffix`` renames them). The physical operator is
+:class:`~headwater.operators.changelog_lookup.ChangelogLookupJoinOperator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from headwater.engine.logical import Step
+from headwater.engine.state import KEY_GROUP_COLUMN
+from headwater.errors import BuildError, ConfigError, UnknownColumnError
+from headwater.expressions import _unknown_column_message
+from headwater.operators.base import Operator
+from headwater.operators.changelog_lookup import join_key_type
+
+
+@dataclass(eq=False)
+class ChangelogLookupJoinStep(Step):
+    """Enrich input 0 (probe) with the latest row per key of input 1 (the table stream)."""
+
+    on: tuple[str, ...] = ()
+    table_key: tuple[str, ...] = ()
+    how: str = "left"
+    columns: tuple[str, ...] | None = None
+    suffix: str | None = None
+    changelog_op: str | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "lookup_join"
+        self.fusable = False
+        if self.how not in ("left", "inner"):
+            raise ConfigError(f"{self.where}: how must be 'left' or 'inner', got {self.how!r}")
+        if not self.on or len(self.on) != len(self.table_key):
+            raise ConfigError(f"{self.where}: on={self.on} must name as many columns as the table key {self.table_key}")
+        if self.suffix is not None and (not isinstance(self.suffix, str) or not self.suffix):
+            raise ConfigError(f"{self.where}: suffix must be a non-empty string, got {self.suffix!r}")
+        self._key_types: list[pa.DataType] = []
+        self._table_columns: list[str] = []
+        self._value_fields: list[pa.Field] = []
+
+    def partition_keys(self, input_index: int) -> tuple[str, ...] | None:
+        return self.on if input_index == 0 else self.table_key
+
+    def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        probe, table = input_schemas
+        for schema, upstream in ((probe, self.inputs[0]), (table, self.inputs[1])):
+            if schema is None:
+                raise BuildError(
+                    f"{self.where}: the schema of stream {upstream!r} is not known before running, and a lookup join "
+                    "against a stream needs both schemas to check keys and columns; declare it (TestingSource("
+                    "schema=...), map_batches(output_schema=...), map_rows(schema=...))"
+                )
+        assert probe is not None and table is not None
+        self._key_types = [self._key_type(probe, table, a, b) for a, b in zip(self.on, self.table_key)]
+        if self.changelog_op is not None:
+            if table.get_field_index(self.changelog_op) < 0:
+                raise UnknownColumnError(
+                    f"{self.where}: changelog_op {_unknown_column_message(self.changelog_op, table.names)}")
+            kind = table.field(self.changelog_op).type
+            kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise ConfigError(f"{self.where}: changelog_op column {self.changelog_op!r} is {kind}; it must hold "
+                                  "strings such as 'c', 'u', 'd' (cast or map it with with_columns first)")
+        reserved = {*self.table_key, *([self.changelog_op] if self.changelog_op else [])}
+        names = [n for n in table.names if n not in reserved]
+        if self.columns is not None:
+            for name in self.columns:
+                if table.get_field_index(name) < 0:
+                    raise UnknownColumnError(f"{self.where}: columns= {_unknown_column_message(name, table.names)}")
+                if name in reserved:
+                    raise ConfigError(f"{self.where}: columns= names {name!r}, a key or change-kind column of the "
+                                      "table; the probe's keys already carry the key, so leave it out")
+            names = [n for n in names if n in self.columns]
+        if KEY_GROUP_COLUMN in names:
+            raise ConfigError(f"{self.where}: the table column name {KEY_GROUP_COLUMN!r} is reserved for checkpoints; "
+                              "rename it or leave it out with columns=[...]")
+        outputs = [n + self.suffix if self.suffix is not None and n in probe.names else n for n in names]
+        clash = [n for n in outputs if n in probe.names]
+        if clash:
+            fix = ("pick other table columns with columns=[...], or rename them in the table stream "
+                   "(.select(...) / .with_columns(...))")
+            if self.suffix is None:
+                fix = "pass suffix='_<table>' to rename the table's copies, " + fix
+            raise ConfigError(f"{self.where}: table column(s) {clash} of stream {self.inputs[1]!r} already exist in "
+                              f"stream {self.inputs[0]!r}; {fix}")
+        self._table_columns = names
+        self._value_fields = [table.field(n).with_name(o).with_nullable(True) for n, o in zip(names, outputs)]
+        return pa.schema([*probe, *self._value_fields])
+
+    def _key_type(self, probe: pa.Schema, table: pa.Schema, probe_key: str, table_key: str) -> pa.DataType:
+        for name, schema, side in ((probe_key, probe, self.inputs[0]), (table_key, table, self.inputs[1])):
+            if schema.get_field_index(name) < 0:
+                raise UnknownColumnError(f"{self.where}: key of stream {side!r}: "
+                                         f"{_unknown_column_message(name, schema.names)}")
+        probe_type, table_type = probe.field(probe_key).type, table.field(table_key).type
+        for name, kind in ((probe_key, probe_type), (table_key, table_type)):
+            if join_key_type(kind) is None:
+                raise ConfigError(f"{self.where}: key column {name!r} has type {kind}, which cannot be a join key; "
+                                  "join on integer, string, binary, float, boolean or temporal columns")
+        common = join_key_type(probe_type)
+        if common != join_key_type(table_type):
+            raise ConfigError(
+                f"{self.where}: key {probe_key!r} is {probe_type} in stream {self.inputs[0]!r} but {table_key!r} is "
+                f"{table_type} in table stream {self.inputs[1]!r}; cast one side first, e.g. "
+                f".with_columns({table_key}=hw.col({table_key!r}).cast({str(probe_type)!r}))"
+            )
+        assert common is not None
+        return common
+
+    def make_operator(self) -> Operator:
+        from headwater.operators.changelog_lookup import ChangelogLookupJoinOperator
+
+        return ChangelogLookupJoinOperator(self.on, self.table_key, self._key_types, self.how, self._table_columns,
+                                           self._value_fields, self.changelog_op)
+
+    def describe(self) -> str:
+        pairs = ", ".join(a if a == b else f"{a}={b}" for a, b in zip(self.on, self.table_key))
+        changelog = f", changes in {self.changelog_op!r}" if self.changelog_op else ""
+        return f"{self.how} lookup join on {pairs} against the latest rows of {self.inputs[1]}{changelog}"
