@@ -76,6 +76,13 @@ DEFAULT_BASE_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # Pool index of a uniform draw in [0, 20000): the first half maps onto the 4 hot channels, the second onto
 # ``channel-<k>`` (pool index 4 + k), i.e. the reference's ``nextInt(2) > 0 ? hot[nextInt(4)] : nextInt(10000)``.
 _CHANNEL_OF = np.concatenate([np.arange(NUM_CHANNELS) % len(HOT_CHANNELS), 4 + np.arange(NUM_CHANNELS)])
+#: which kernel outputs each column is built from (columns not listed: the output of the same name)
+_KERNEL_INPUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "bid": {"url": ("channel",), "date_time": ("ts",)},
+    "auction": {"item_name": ("item",), "description": ("desc",), "initial_bid": ("initial",), "date_time": ("ts",)},
+    "person": {"email_address": ("local", "domain"), "credit_card": ("card",), "date_time": ("ts",)},
+}
+_ALL_BID_OUTPUTS = frozenset({"auction", "bidder", "price", "channel", "ts", "extra"})
 _CHUNK = 4_096  # rows per numeric kernel call: 32 KB temporaries stay in cache and in malloc's free lists
 _KIND_OFFSETS = {"person": range(0, 1), "auction": range(1, 4), "bid": range(4, 50)}
 _SALTS = {"person": 0x5EED_0001, "auction": 0x5EED_0100, "bid": 0x5EED_1000}
@@ -301,16 +308,25 @@ class NexmarkSource(Source):
         """The rows for the ascending int64 event numbers ``n``, all of this source's table kind.
 
         Numeric columns are computed ``_CHUNK`` rows at a time: whole-batch temporaries made glibc return
-        and re-fault ~10 MB per batch, which halved the throughput.
+        and re-fault ~10 MB per batch, which halved the throughput. Only the kernel outputs that the
+        (projected) schema uses are kept; the bid kernel does not even compute the others.
         """
         kernel = getattr(self, f"_{self.table}_kernel")
+        wanted = self._kernel_outputs()
         cols: dict[str, np.ndarray] = {}
         for start in range(0, len(n), _CHUNK):
-            for name, a in kernel(n[start : start + _CHUNK]).items():
+            for name, a in kernel(n[start : start + _CHUNK], wanted).items():
+                if name not in wanted:
+                    continue
                 if name not in cols:
                     cols[name] = np.empty((len(n),) + a.shape[1:], a.dtype)
                 cols[name][start : start + len(a)] = a
         return getattr(self, f"_{self.table}_batch")(cols)
+
+    def _kernel_outputs(self) -> frozenset[str]:
+        """The kernel outputs the schema's columns are built from."""
+        names = self.schema().names
+        return frozenset(k for column in names for k in _KERNEL_INPUTS[self.table].get(column, (column,)))
 
     def _times_ms(self, n: np.ndarray) -> np.ndarray:
         """``base_time + trunc(n * 1e6 / event_rate)`` microseconds, floored to ms (integer math if exact)."""
@@ -323,19 +339,28 @@ class NexmarkSource(Source):
         return us
 
     # Bits: each kernel takes disjoint bit ranges of its row hashes h1..h4 for its random fields.
-    def _bid_kernel(self, n: np.ndarray) -> dict[str, np.ndarray]:
+    def _bid_kernel(self, n: np.ndarray, wanted: frozenset[str] = _ALL_BID_OUTPUTS) -> dict[str, np.ndarray]:
         z, k, epoch = _spread(n), self._keys, n // PROPORTION_DENOMINATOR
-        h1, h2, h3 = _hash(z, k[0]), _hash(z, k[1]), _hash(z, k[2])
-        last_auction = epoch * 3 + 2
-        auction = np.where((h1 & np.uint64(1)) != 0, last_auction // HOT_BATCH * HOT_BATCH,
-                           _recent(last_auction, h1 >> _S32, NUM_IN_FLIGHT_AUCTIONS))
-        bidder = np.where((h1 & np.uint64(6)) != 0, epoch // HOT_BATCH * HOT_BATCH + 1,
-                          _recent(epoch, h2 & _LOW32, NUM_ACTIVE_PEOPLE - 1))
-        auction += FIRST_AUCTION_ID
-        bidder += FIRST_PERSON_ID
-        return {"auction": auction, "bidder": bidder, "price": _price(h3),
-                "channel": _CHANNEL_OF[_below(h2 >> _S32, 2 * NUM_CHANNELS)], "ts": self._times_ms(n),
-                "extra": (h3 & np.uint64(1023)).view(np.int64)}
+        out: dict[str, np.ndarray] = {}
+        h1 = _hash(z, k[0]) if wanted & {"auction", "bidder"} else None
+        h2 = _hash(z, k[1]) if wanted & {"bidder", "channel"} else None
+        h3 = _hash(z, k[2]) if wanted & {"price", "extra"} else None
+        if "auction" in wanted:
+            last_auction = epoch * 3 + 2
+            out["auction"] = np.where((h1 & np.uint64(1)) != 0, last_auction // HOT_BATCH * HOT_BATCH,
+                                      _recent(last_auction, h1 >> _S32, NUM_IN_FLIGHT_AUCTIONS)) + FIRST_AUCTION_ID
+        if "bidder" in wanted:
+            out["bidder"] = np.where((h1 & np.uint64(6)) != 0, epoch // HOT_BATCH * HOT_BATCH + 1,
+                                     _recent(epoch, h2 & _LOW32, NUM_ACTIVE_PEOPLE - 1)) + FIRST_PERSON_ID
+        if "price" in wanted:
+            out["price"] = _price(h3)
+        if "channel" in wanted:
+            out["channel"] = _CHANNEL_OF[_below(h2 >> _S32, 2 * NUM_CHANNELS)]
+        if "ts" in wanted:
+            out["ts"] = self._times_ms(n)
+        if "extra" in wanted:
+            out["extra"] = (h3 & np.uint64(1023)).view(np.int64)
+        return out
 
     def _bid_batch(self, c: dict[str, np.ndarray]) -> pa.RecordBatch:
         p = _pools()
@@ -351,7 +376,7 @@ class NexmarkSource(Source):
         schema = self.schema()
         return pa.RecordBatch.from_arrays([builders[name]() for name in schema.names], schema=schema)
 
-    def _auction_kernel(self, n: np.ndarray) -> dict[str, np.ndarray]:
+    def _auction_kernel(self, n: np.ndarray, wanted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         z, k, epoch = _spread(n), self._keys, n // PROPORTION_DENOMINATOR
         h1, h2, h3 = _hash(z, k[0]), _hash(z, k[1]), _hash(z, k[2])
         seller = np.where((h1 & np.uint64(3)) != 0, epoch // HOT_BATCH * HOT_BATCH,
@@ -377,7 +402,7 @@ class NexmarkSource(Source):
             "category": lambda: c["category"], "extra": lambda: _take(p["auction_extra"], c["extra"]),
         })
 
-    def _person_kernel(self, n: np.ndarray) -> dict[str, np.ndarray]:
+    def _person_kernel(self, n: np.ndarray, wanted: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         z, k = _spread(n), self._keys
         h1, h2 = _hash(z, k[0]), _hash(z, k[1])
         return {"id": n // PROPORTION_DENOMINATOR + FIRST_PERSON_ID, "name": _below(h1 & _LOW16, 99, _S16),
