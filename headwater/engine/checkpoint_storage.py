@@ -67,6 +67,8 @@ class SubtaskAck:
     bytes_written: int = 0
     sync_ms: float = 0.0  # time the subtask stopped processing to copy its state
     async_ms: float = 0.0  # time spent writing it in the background
+    #: the subtask's event-time watermark per step of its chain when it snapshotted (absent: none yet)
+    watermarks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

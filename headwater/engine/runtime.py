@@ -129,6 +129,8 @@ class SubtaskRuntime:
             self._guard(step_id, operator.open, OperatorContext(step_id, self.subtask, self.stage.parallelism, store))
             if self.restore is not None:
                 self._guard(step_id, self.restore.restore_store, store, self.subtask, self.stage.parallelism)
+        if self.restore is not None:
+            self._restore_watermark()
         if self.source_step is not None:
             step_id = self.source_step.step_id
             source = self.source_step.source
@@ -143,6 +145,24 @@ class SubtaskRuntime:
             for part in self.plan.parts_for(self.stage.stage_id, self.subtask):
                 position = self.restore.position(step_id, part) if self.restore is not None else None
                 self.partitions.append((part, self._guard(step_id, source.build_part, part, position)))
+
+    def _restore_watermark(self) -> None:
+        """Resume event time where the checkpoint left it, so that records late before a failure are late
+        after it too (and fired windows are not opened again). The snapshot was taken after the operators
+        handled this watermark, so handing it to them again must release nothing."""
+        assert self.restore is not None
+        floor = self.restore.watermark(tuple(s for s, _ in self.operators), self.subtask, self.stage.parallelism)
+        if floor is None:
+            return
+        self.watermark = floor
+        self.input_watermarks.current = max(self.input_watermarks.current, floor)
+        for step_id, operator in self.operators:
+            released = self._guard(step_id, operator.on_watermark, floor)
+            if any(b.num_rows for b in released):
+                raise CheckpointError(
+                    f"step {step_id!r} released {sum(b.num_rows for b in released)} rows when given the "
+                    f"checkpoint's watermark {floor} again; its on_watermark() must be idempotent"
+                )
 
     def close(self) -> None:
         if not self.finished:
@@ -324,9 +344,10 @@ class SubtaskRuntime:
             for part, partition in self.partitions:
                 parts[part] = self._guard(self.source_step.step_id, partition.snapshot)
             positions[self.source_step.step_id] = parts
+        watermarks = {} if self.watermark == MIN_WATERMARK else {s: self.watermark for s, _ in self.operators}
         return capture(
             checkpoint_id, self.stage.stage_id, self.subtask, self.stage.parallelism, self.key_groups, positions,
-            self.state_stores, self.uncommitted, finished, started, drained,
+            self.state_stores, self.uncommitted, finished, started, drained, watermarks,
         )
 
     def _snapshot_and_forward(self, checkpoint_id: int) -> list[Outgoing]:

@@ -73,12 +73,14 @@ class PendingSnapshot:
     finished: bool
     sync_ms: float
     drained: bool = False
+    watermarks: dict[str, int] = field(default_factory=dict)
 
 
 def capture(
     checkpoint_id: int, stage_id: int, subtask: int, parallelism: int, key_group_range: range,
     source_positions: dict[str, dict[str, Any]], stores: dict[str, OperatorStateStore],
     sink_tokens: dict[str, list[tuple[int, Any]]], finished: bool, started: float, drained: bool = False,
+    watermarks: dict[str, int] | None = None,
 ) -> PendingSnapshot:
     tables: dict[str, dict[str, pa.Table]] = {}
     values: dict[str, dict[str, bytes]] = {}
@@ -93,6 +95,7 @@ def capture(
     return PendingSnapshot(
         checkpoint_id, stage_id, subtask, parallelism, key_group_range, source_positions, tables, values,
         {k: list(v) for k, v in sink_tokens.items()}, finished, (time.perf_counter() - started) * 1000, drained,
+        dict(watermarks or {}),
     )
 
 
@@ -110,7 +113,7 @@ def persist(snapshot: PendingSnapshot, storage: CheckpointStorage) -> SubtaskAck
         checkpoint_id=snapshot.checkpoint_id, stage_id=snapshot.stage_id, subtask=snapshot.subtask,
         parallelism=snapshot.parallelism, source_positions=snapshot.source_positions, state_files=files,
         values=snapshot.values, sink_tokens=snapshot.sink_tokens, finished=snapshot.finished,
-        drained=snapshot.drained,
+        drained=snapshot.drained, watermarks=snapshot.watermarks,
         bytes_written=sum(f.size for f in files), sync_ms=snapshot.sync_ms,
         async_ms=(time.perf_counter() - started) * 1000,
     )
@@ -140,6 +143,23 @@ class SubtaskRestore:
 
     def position(self, step_id: str, part: str) -> Any | None:
         return self.positions.get(step_id, {}).get(part)
+
+    def watermark(self, step_ids: tuple[str, ...], subtask: int, parallelism: int) -> int | None:
+        """The event-time watermark a subtask running ``step_ids`` resumes from (``None``: none recorded).
+
+        At the same parallelism it is the one this subtask had at the checkpoint. After a rescale it is the
+        minimum over the old subtasks: a record on time for any of them stays on time, and every window
+        below it had fired in all of them, so restoring it re-emits nothing."""
+        candidates: list[int] = []
+        for step_id in step_ids:
+            recorded = [(a, a.watermarks[step_id]) for a in self.metadata.acks
+                        if step_id in getattr(a, "watermarks", {})]
+            same = [w for a, w in recorded if a.subtask == subtask and a.parallelism == parallelism]
+            if same:
+                candidates.append(same[0])
+            elif recorded:
+                candidates.append(min(w for _, w in recorded))
+        return min(candidates) if candidates else None
 
     def restore_store(self, store: OperatorStateStore, subtask: int, parallelism: int) -> None:
         """Load into ``store`` the rows of its key groups from every state file of its step."""

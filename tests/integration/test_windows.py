@@ -269,6 +269,37 @@ def test_recovery_mid_window_gives_identical_results(runner, tmp_path: Path) -> 
     assert sorted(recovered.rows(), key=key) == sorted(clean.rows(), key=key)
 
 
+def test_a_record_late_before_a_failure_is_late_after_recovery(runner, tmp_path: Path) -> None:
+    """The watermark is part of the checkpoint: replayed records are judged against the same event time."""
+    on_time = [{"k": k, "t": t, "v": 1} for t in range(0, 1_000, 100) for k in (1, 2)]
+    late = [{"k": 1, "t": 150, "v": 7}, {"k": 2, "t": 999, "v": 8}]
+    later = [{"k": k, "t": t, "v": 1} for t in range(5_000, 7_000, 100) for k in (1, 2)]
+
+    def build(items: list, out: TestingSink, late_out: TestingSink) -> hw.Dataflow:
+        flow = hw.Dataflow("late-after-recovery")
+        stream = flow.source("in", TestingSource(items, batch_size=10, schema=SCHEMA), event_time="t")
+        counts = stream.key_by("k").window(hw.TumblingWindow(seconds=1)).aggregate(step_id="w", n=hw.count())
+        counts.sink("out", out)
+        counts.late_records().sink("late", late_out)
+        return flow
+
+    # window [0, 1 s) fires during the first pause (checkpoints are taken then too); then the late rows; then
+    # (in the second run) a crash, so that the late rows are read again from the checkpoint before them
+    plain = [*on_time, {"k": 1, "t": 5_000, "v": 1}, TestingSource.PAUSE(0.3), *late, *later]
+    scripted = [*plain[:-len(later)], TestingSource.ABORT(), *later]
+    clean, clean_late = TestingSink(), TestingSink()
+    runner(build(plain, clean, clean_late), parallelism=2)
+    out, late_out = TestingSink(), TestingSink()
+    result = runner(build(scripted, out, late_out), parallelism=2,
+                    checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=20)))
+    assert result.restarts == 1
+    late_rows = sorted((r["k"], r["t"], r["late_reason"]) for r in late_out.rows())
+    assert late_rows == sorted((r["k"], r["t"], r["late_reason"]) for r in clean_late.rows())
+    assert [(k, t) for k, t, _ in late_rows] == [(1, 150), (2, 999)]
+    key = lambda r: (r["k"], r["window_start"])  # noqa: E731
+    assert sorted(out.rows(), key=key) == sorted(clean.rows(), key=key)
+
+
 # -- regressions --------------------------------------------------------------------------------------------
 
 def test_sliding_size_must_be_a_multiple_of_the_slide() -> None:

@@ -242,3 +242,16 @@ def test_prune_deletes_abandoned_checkpoints_older_than_the_oldest_kept(storage:
     assert sorted(p.name for p in Path(storage.uri).iterdir()) == ["chk-000003", "chk-000004"]
     storage.prune(retain=5)  # nothing more to delete
     assert [i for i, _ in storage.completed()] == [3, 4]
+
+
+def test_a_restored_watermark_is_the_subtasks_own_or_after_a_rescale_the_minimum(tmp_path) -> None:
+    from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
+    from headwater.engine.snapshots import SubtaskRestore
+
+    acks = [SubtaskAck(1, stage_id=1, subtask=i, parallelism=2, watermarks={"w": w}) for i, w in ((0, 900), (1, 700))]
+    acks.append(SubtaskAck(1, stage_id=0, subtask=0, parallelism=1))  # a source without fused operators
+    restore = SubtaskRestore.of(CheckpointStorage(str(tmp_path)), CheckpointMetadata(1, "f", "checkpoint", 128, 0.0, acks))
+    assert restore.watermark(("w",), subtask=0, parallelism=2) == 900
+    assert restore.watermark(("w",), subtask=1, parallelism=2) == 700
+    assert restore.watermark(("w",), subtask=0, parallelism=3) == 700  # rescaled: nobody's on-time record is late
+    assert restore.watermark(("new_step",), subtask=0, parallelism=2) is None
