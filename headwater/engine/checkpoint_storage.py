@@ -71,6 +71,35 @@ class SubtaskAck:
     watermarks: dict[str, int] = field(default_factory=dict)
 
 
+class _ChecksummingWriter:
+    """A write-only file object that forwards to ``out`` and keeps the CRC-32 and size of what went through."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.crc = 0
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.crc = zlib.crc32(view, self.crc)
+        self.size += view.nbytes
+        self.out.write(data)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True  # the underlying stream is closed by its owner
+
+
 @dataclass
 class CheckpointMetadata:
     checkpoint_id: int
@@ -149,19 +178,19 @@ class CheckpointStorage:
         table: pa.Table, key_group_range: range,
     ) -> StateFile:
         relative = f"{self.dir_name(checkpoint_id)}/state/{step_id}/{state_name}/s{stage_id}-t{subtask}.arrow"
-        sink = pa.BufferOutputStream()
-        with ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        data = sink.getvalue()
         path = self._path(relative)
         try:
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with self.fs.open_output_stream(path) as out:
-                out.write(data)
+                # The IPC writer streams the table's buffers straight into the file (no in-memory copy of the
+                # whole file), and the checksum is computed on the way.
+                checked = _ChecksummingWriter(out)
+                with ipc.new_file(pa.PythonFile(checked, mode="w"), table.schema) as writer:
+                    writer.write_table(table)
         except (OSError, pa.ArrowException) as exc:
             raise CheckpointError(f"could not write checkpoint state {path}: {exc}") from exc
-        digest = f"{zlib.crc32(memoryview(data)):08x}"
-        return StateFile(step_id, state_name, relative, data.size, digest, (key_group_range.start, key_group_range.stop))
+        digest = f"{checked.crc:08x}"
+        return StateFile(step_id, state_name, relative, checked.size, digest, (key_group_range.start, key_group_range.stop))
 
     def _make_self_contained(self, metadata: CheckpointMetadata, directory: str) -> None:
         """Copy every referenced state file into a savepoint directory, so pruning never breaks it."""

@@ -28,7 +28,7 @@ class Edge:
 
 @dataclass(frozen=True)
 class Stage:
-    """A chain of steps fused into one actor per subtask: the first step's output feeds the second, etc."""
+    """A chain of steps fused into one run loop per subtask: the first step's output feeds the second, etc."""
 
     stage_id: int
     step_ids: tuple[str, ...]

@@ -68,7 +68,7 @@ class SubtaskHost:
         self.plan = plan
         self.stage_id = stage_id
         self.storage = storage
-        self.coordinator: Any = None
+        self.coordinator: CoordinatorClient | None = None
         self.triggers: deque[int] = deque()
         self.ack_tasks: list[asyncio.Task[None]] = []
         self.committed = asyncio.Event()
@@ -89,7 +89,7 @@ class SubtaskHost:
         self.space = asyncio.Event()
         self.stop_requested = False
 
-    def connect(self, receivers: dict[int, list[SubtaskHost | Any]], coordinator: Any) -> None:
+    def connect(self, receivers: dict[int, list[SubtaskHost | Any]], coordinator: CoordinatorClient | None) -> None:
         self.receivers = receivers
         self.coordinator = coordinator
 
@@ -105,7 +105,8 @@ class SubtaskHost:
 
     async def _persist_and_ack(self, snapshot: PendingSnapshot) -> None:
         ack = await asyncio.to_thread(persist, snapshot, self.storage)
-        await self.coordinator.ack.remote(ack)
+        assert self.coordinator is not None
+        await self.coordinator.ack(ack)
 
     async def _finish_checkpointing(self) -> None:
         """Report the final snapshot, then wait until every prepared sink output is committed."""
@@ -113,7 +114,8 @@ class SubtaskHost:
         assert final is not None and self.storage is not None
         await asyncio.gather(*self.ack_tasks)
         ack = await asyncio.to_thread(persist, final, self.storage)
-        await self.coordinator.report_finished.remote(ack)
+        assert self.coordinator is not None
+        await self.coordinator.report_finished(ack)
         while self.runtime.has_uncommitted:
             self.committed.clear()
             await self.committed.wait()
@@ -220,19 +222,44 @@ class SubtaskHost:
         return self.runtime.metrics(backlog=len(self.inbox))
 
 
+class CoordinatorClient:
+    """How a subtask reaches the checkpoint coordinator: a direct call in the worker that hosts it, an actor
+    call to that worker from the others."""
+
+    def __init__(self, local: CoordinatorService | None, remote_worker: Any = None) -> None:
+        self.local, self.remote_worker = local, remote_worker
+
+    async def ack(self, ack: SubtaskAck) -> None:
+        if self.local is not None:
+            await self.local.ack(ack)
+        else:
+            await self.remote_worker.coordinator_ack.remote(ack)
+
+    async def report_finished(self, ack: SubtaskAck) -> None:
+        if self.local is not None:
+            await self.local.report_finished(ack)
+        else:
+            await self.remote_worker.coordinator_report_finished.remote(ack)
+
+
 class WorkerActor:
-    """One process of the job: hosts the subtasks :func:`place_subtasks` gave it, in one event loop."""
+    """One process of the job: hosts the subtasks :func:`place_subtasks` gave it, in one event loop. The first
+    worker of a checkpointed job also hosts the checkpoint coordinator (:class:`CoordinatorService`): a job
+    attempt lives and dies with all its workers, so the coordinator needs no process of its own."""
 
     def __init__(self, plan: PhysicalPlan, subtasks: list[SubtaskId], config: RunConfig,
-                 storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None) -> None:
+                 storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
+                 coordinator: CheckpointCoordinator | None = None) -> None:
         self.hosts = {(s, i): SubtaskHost(plan, s, i, config, storage, restore) for s, i in subtasks}
         self.plan = plan
+        self.service = CoordinatorService(coordinator) if coordinator is not None else None
 
-    async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], coordinator: Any = None) -> None:
+    async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], checkpointing: bool) -> None:
         """Learn where every subtask runs (worker index per subtask, and the workers' handles), then open
         the hosted operators and source partitions (restoring state), so that no source starts before every
-        subtask is ready to take data."""
+        subtask is ready to take data. The coordinator, when checkpointing, lives in worker 0."""
         plan = self.plan
+        client = CoordinatorClient(self.service, workers[0]) if checkpointing else None
         for (stage_id, _), host in self.hosts.items():
             receivers: dict[int, list[SubtaskHost | Any]] = {}
             for edge in plan.outputs_of(stage_id):
@@ -240,9 +267,12 @@ class WorkerActor:
                     self.hosts.get((edge.dst, j)) or workers[placement[(edge.dst, j)]]
                     for j in range(plan.stages[edge.dst].parallelism)
                 ]
-            host.connect(receivers, coordinator)
+            host.connect(receivers, client)
         for host in self.hosts.values():
             host.runtime.open()
+        if self.service is not None:
+            sources = [(workers[i], key) for key, i in placement.items() if plan.is_source(key[0])]
+            self.service.connect(sources, workers, self)
 
     async def push(self, stage_id: int, subtask: int, edge_id: int, sender: int, seq: int, message: Message) -> None:
         await self.hosts[(stage_id, subtask)].push(edge_id, sender, seq, message)
@@ -256,6 +286,8 @@ class WorkerActor:
 
     async def run(self) -> list[SubtaskMetrics]:
         """Run every hosted subtask to its end; the first failure is raised (the driver then stops the job)."""
+        if self.service is not None:
+            self.service.start()  # runs until the actor is killed: other workers may need checkpoints after ours end
         return list(await asyncio.gather(*(host.run() for host in self.hosts.values())))
 
     async def stop(self) -> None:
@@ -265,34 +297,63 @@ class WorkerActor:
     async def metrics(self) -> list[SubtaskMetrics]:
         return [host.metrics() for host in self.hosts.values()]
 
+    # -- the coordinator's endpoints (worker 0 of a checkpointed job) ---------------------------------------
+    def _service(self) -> CoordinatorService:
+        assert self.service is not None, "this worker does not host the checkpoint coordinator"
+        return self.service
 
-class CoordinatorActor:
-    """The checkpoint coordinator as a Ray actor: triggers sources on a timer, collects acks, notifies."""
+    async def coordinator_ack(self, ack: SubtaskAck) -> None:
+        await self._service().ack(ack)
+
+    async def coordinator_report_finished(self, ack: SubtaskAck) -> None:
+        await self._service().report_finished(ack)
+
+    async def coordinator_prepare_stop(self, savepoint: bool) -> None:
+        self._service().prepare_stop(savepoint)
+
+    async def coordinator_result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
+        return self._service().result()
+
+
+class CoordinatorService:
+    """The checkpoint coordinator in a worker's event loop: triggers sources on a timer, collects acks,
+    notifies every worker when a checkpoint completed (see :class:`CheckpointCoordinator` for the rules)."""
 
     def __init__(self, core: CheckpointCoordinator) -> None:
         self.core = core
         self.sources: list[tuple[Any, SubtaskId]] = []
         self.workers: list[Any] = []
+        self.home: WorkerActor | None = None
         self.stopping = False
         self.loop: asyncio.Task[None] | None = None
 
-    async def start(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any]) -> None:
-        self.sources, self.workers = sources, workers
+    def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
+        self.sources, self.workers, self.home = sources, workers, home
+
+    def start(self) -> None:
         self.loop = asyncio.create_task(self._trigger_loop())
 
     async def _trigger_loop(self) -> None:
+        assert self.home is not None
         while True:
             await asyncio.sleep(0.02)
             self.core.expire()
             if not self.stopping and self.core.due():
                 checkpoint_id = self.core.begin()
                 for worker, (stage_id, subtask) in self.sources:
-                    worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
+                    if (stage_id, subtask) in self.home.hosts:
+                        self.home.hosts[(stage_id, subtask)].triggers.append(checkpoint_id)
+                    else:
+                        worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
 
     def _notify(self, metadata: CheckpointMetadata | None) -> None:
-        if metadata is not None:
-            for worker in self.workers:
-                worker.notify_complete.remote(metadata.checkpoint_id)
+        if metadata is None:
+            return
+        assert self.home is not None
+        for host in self.home.hosts.values():
+            host.notify_complete(metadata.checkpoint_id)
+        for worker in self.workers[1:]:
+            worker.notify_complete.remote(metadata.checkpoint_id)
 
     async def ack(self, ack: SubtaskAck) -> None:
         self._notify(self.core.ack(ack))
@@ -300,13 +361,13 @@ class CoordinatorActor:
     async def report_finished(self, ack: SubtaskAck) -> None:
         self._notify(self.core.report_finished(ack))
 
-    async def prepare_stop(self, savepoint: bool) -> None:
+    def prepare_stop(self, savepoint: bool) -> None:
         """No new checkpoints; the final one is kept as a savepoint if asked."""
         self.stopping = True
         if savepoint:
             self.core.final_kind = "savepoint"
 
-    async def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
+    def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
         return self.core.stats, self.core.last_completed, self.core.final_completed
 
 
@@ -332,10 +393,8 @@ class RayJob:
         self.ray = ray
         self.on_progress = on_progress
         self.started = time.monotonic()
-        self.coordinator: Any = None
         storage = coordinator.storage if coordinator is not None else None
-        if coordinator is not None:
-            self.coordinator = ray.remote(CoordinatorActor).options(num_cpus=0, max_concurrency=1000).remote(coordinator)
+        self.checkpointing = coordinator is not None
         worker_class = ray.remote(WorkerActor)
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
@@ -345,28 +404,25 @@ class RayJob:
         for index, subtasks in enumerate(self.assignments):
             cpus = plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None
             self.workers.append(worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(
-                plan_ref, subtasks, config, storage, restore_ref))
+                plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None))
             placement.update({subtask: index for subtask in subtasks})
         #: the worker actor hosting each (stage id, subtask)
         self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
         try:
-            ray.get([w.connect.remote(placement, self.workers, self.coordinator) for w in self.workers])
+            ray.get([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers])
         except Exception as exc:
             self._kill_all()
             original = _unwrap(exc)
             if isinstance(original, HeadwaterError):
                 raise original from None
             raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
-        if self.coordinator is not None:
-            sources = [(self.workers[i], key) for key, i in placement.items() if plan.is_source(key[0])]
-            ray.get(self.coordinator.start.remote(sources, self.workers))
         self.runs = {worker.run.remote(): index for index, worker in enumerate(self.workers)}
         self._stopped = False
 
     def stop(self, savepoint: bool = False) -> None:
         self._stopped = True
-        if self.coordinator is not None:
-            self.ray.get(self.coordinator.prepare_stop.remote(savepoint))
+        if self.checkpointing:
+            self.ray.get(self.workers[0].coordinator_prepare_stop.remote(savepoint))
         for worker in self.workers:
             worker.stop.remote()
 
@@ -399,8 +455,8 @@ class RayJob:
                     interrupted = True
                     self.stop()  # first Ctrl-C stops gracefully; a second one kills the job
             result = JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
-            if self.coordinator is not None:
-                stats, last, final = ray.get(self.coordinator.result.remote())
+            if self.checkpointing:
+                stats, last, final = ray.get(self.workers[0].coordinator_result.remote())
                 if not final:
                     raise JobFailedError("the job ended without its final checkpoint")
                 result.checkpoints, result.last_checkpoint = stats, last
@@ -424,7 +480,7 @@ class RayJob:
             ) from original
 
     def _kill_all(self) -> None:
-        for actor in [*self.workers, *([self.coordinator] if self.coordinator is not None else [])]:
+        for actor in self.workers:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already dead
