@@ -32,6 +32,21 @@ def _partial_name(column: Any, function: str) -> str:
     return "count_all" if column == [] else f"{column}_{function}"
 
 
+_CODE = "__group_code"
+
+
+def _group_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
+    """A dense int64 code per row, equal for rows with equal keys (nulls are a value like any other)."""
+    codes = np.zeros(table.num_rows, dtype=np.int64)
+    for key in keys:
+        column = table.column(key).combine_chunks()
+        encoded = pc.dictionary_encode(column, null_encoding="encode")
+        codes = codes * len(encoded.dictionary) + np.asarray(encoded.indices, dtype=np.int64)
+        if len(keys) > 1:  # keep the combined codes dense, so the next multiplication cannot overflow
+            codes = np.asarray(pc.dictionary_encode(pa.array(codes)).indices, dtype=np.int64)
+    return codes
+
+
 class AccumulatorSet:
     """The accumulators of a list of ``(output name, Aggregation)`` pairs over one input schema."""
 
@@ -88,14 +103,107 @@ class AccumulatorSet:
         keys = list(keys)
         if not self.sort_by:
             return table.group_by(keys, use_threads=False).aggregate(self.partials)
-        # max_by: per group, the maximum of `by`, then the values of the rows that have it (hash joins, no sort)
+        if self._numpy_max_by(table.schema):
+            return self._group_max_by_numpy(table, keys)
+        return self._group_max_by(table, keys)
+
+    _NUMPY_FUNCTIONS = {"count", "count_all", "max", "min", "sum", "first"}
+
+    def _numpy_max_by(self, schema: pa.Schema) -> bool:
+        """Whether :meth:`_group_max_by_numpy` can compute every partial (numeric columns, simple functions)."""
+        for column, function in self.partials:
+            if function not in self._NUMPY_FUNCTIONS:
+                return False
+            if function in ("max", "min", "sum"):
+                kind = schema.field(column).type
+                if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                    return False
+        return True
+
+    def _group_max_by_numpy(self, table: pa.Table, keys: list[str]) -> pa.Table:
+        """max_by over numeric columns with numpy's grouped ufuncs: dense group codes, ``bincount`` for
+        counts, ``maximum.at``/``minimum.at``/``add.at`` for the rest, then the first row per group holding
+        the maximum of ``by``. Produces the same partial columns as Arrow's grouped aggregation would."""
         by = self.sort_by[0]
-        grouped = table.group_by(keys, use_threads=False).aggregate([p for p in self.partials if p[1] != "first"])
-        joined = table.join(grouped.select([*keys, f"{by}_max"]), keys=keys, join_type="inner", use_threads=False)
-        winners = joined.filter(pc.equal(joined.column(by), joined.column(f"{by}_max")))
-        chosen = winners.group_by(keys, use_threads=False).aggregate(
-            [(c, "first") for c, f in self.partials if f == "first"])
-        return grouped.join(chosen, keys=keys, join_type="left outer", use_threads=False)
+        codes = _group_codes(table, keys)
+        groups = int(codes.max()) + 1 if len(codes) else 0
+        rows = np.arange(len(codes), dtype=np.int64)
+        first_row = np.full(groups, len(codes), dtype=np.int64)
+        np.minimum.at(first_row, codes, rows)
+        columns: dict[str, pa.Array] = {k: table.column(k).take(pa.array(first_row)) for k in keys}
+        maxima: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for column, function in self.partials:
+            name = _partial_name(column, function)
+            if function == "count_all":
+                columns[name] = pa.array(np.bincount(codes, minlength=groups).astype(np.int64))
+                continue
+            if function == "first":
+                continue  # below, once the maxima are known
+            values = table.column(column).combine_chunks()
+            valid = np.asarray(values.is_valid(), dtype=bool) if values.null_count else None
+            counts = np.bincount(codes if valid is None else codes[valid], minlength=groups).astype(np.int64)
+            if function == "count":
+                columns[name] = pa.array(counts)
+                continue
+            floating = pa.types.is_floating(values.type)
+            numbers = np.asarray(pc.fill_null(values.cast(pa.float64() if floating else pa.int64()), 0))
+            if function == "sum":
+                out = np.zeros(groups, dtype=numbers.dtype)
+                np.add.at(out, codes if valid is None else codes[valid], numbers if valid is None else numbers[valid])
+            else:
+                extreme = (np.inf if function == "min" else -np.inf) if floating else (
+                    _INT_MAX if function == "min" else _INT_MIN)
+                out = np.full(groups, extreme, dtype=numbers.dtype)
+                ufunc = np.minimum if function == "min" else np.maximum
+                ufunc.at(out, codes if valid is None else codes[valid], numbers if valid is None else numbers[valid])
+                if function == "max":
+                    maxima[column] = (out, valid if valid is not None else np.ones(len(codes), dtype=bool))
+            result = pa.array(out, mask=counts == 0)
+            columns[name] = result if result.type == values.type else result.cast(values.type)
+        best, valid_by = maxima[by]
+        numbers = np.asarray(pc.fill_null(table.column(by).combine_chunks().cast(
+            pa.float64() if best.dtype.kind == "f" else pa.int64()), 0))
+        winners = np.flatnonzero((numbers == best[codes]) & valid_by)
+        chosen_codes, first = np.unique(codes[winners], return_index=True)
+        slot = np.full(groups, -1, dtype=np.int64)
+        slot[chosen_codes] = winners[first]
+        has_row = slot >= 0  # groups whose `by` is all null have no row
+        take = pa.array(np.where(has_row, slot, 0), mask=~has_row)
+        for column, function in self.partials:
+            if function == "first":
+                columns[_partial_name(column, function)] = table.column(column).combine_chunks().take(take)
+        return pa.table(columns)
+
+    def _group_max_by(self, table: pa.Table, keys: list[str]) -> pa.Table:
+        """max_by: per group, the maximum of ``by``, then the values of the first row that has it.
+
+        Vectorised without joins: each row gets a dense group code (hash dictionary encoding), one grouped
+        aggregation over the codes gives the maxima, a comparison marks the rows holding their group's maximum,
+        and ``np.unique`` over those few rows picks the first per group."""
+        by = self.sort_by[0]
+        codes = _group_codes(table, keys)
+        coded = table.append_column(_CODE, pa.array(codes))
+        spec = [p for p in self.partials if p[1] != "first"] + [(k, "first") for k in keys]
+        grouped = coded.group_by([_CODE], use_threads=False).aggregate(spec)
+        grouped = grouped.rename_columns([n[: -len("_first")] if n[: -len("_first")] in keys else n
+                                          for n in grouped.column_names])
+        group_codes = np.asarray(grouped.column(_CODE).combine_chunks(), dtype=np.int64)
+        position = np.empty(int(group_codes.max()) + 1 if len(group_codes) else 0, dtype=np.int64)
+        position[group_codes] = np.arange(len(group_codes))
+        row_max = grouped.column(f"{by}_max").combine_chunks().take(pa.array(position[codes]))
+        holds_max = pc.fill_null(pc.equal(table.column(by).combine_chunks(), row_max), False)
+        winners = np.flatnonzero(np.asarray(holds_max, dtype=bool))
+        _, first = np.unique(codes[winners], return_index=True)
+        chosen_rows = winners[first]
+        slot_of_group = np.full(len(group_codes), -1, dtype=np.int64)  # groups whose `by` is all null: no row
+        slot_of_group[position[codes[chosen_rows]]] = np.arange(len(chosen_rows))
+        has_row = slot_of_group >= 0
+        take = pa.array(np.where(has_row, slot_of_group, 0), mask=~has_row)
+        for column, function in self.partials:
+            if function == "first":
+                values = table.column(column).take(pa.array(chosen_rows)).take(take)
+                grouped = grouped.append_column(f"{column}_first", values)
+        return grouped.select([*keys, *(n for n in grouped.column_names if n not in keys and n != _CODE)])
 
     #: how two partial rows of one group combine (re-grouping partials: panes, local pre-aggregation)
     COMBINE = {"count": "sum", "count_all": "sum", "sum": "sum", "min": "min", "max": "max", "first": "first",
