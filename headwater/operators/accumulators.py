@@ -9,7 +9,9 @@ Both the running keyed aggregate and the window operators keep their aggregates 
 3. :meth:`AccumulatorSet.results` turns the state at some slots into the output columns.
 
 Numeric aggregates are typed numpy columns. ``first``/``last`` keep values of any type in object columns;
-``count_distinct`` keeps a Python set per slot (merged per group, not per row).
+``count_distinct`` keeps a Python set per slot (merged per group, not per row). ``top_k`` and ``udaf`` are
+object accumulators (:mod:`headwater.operators.object_accumulators`): one Python object per slot and one
+partial column per aggregation, computed from each group's rows, which the same ``group_by`` collects.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from headwater.aggregations import Aggregation
 from headwater.engine.arrays import as_int64, from_int64, is_integer_like
 from headwater.engine.state import KeyedColumns
 from headwater.errors import ConfigError
+from headwater.operators.object_accumulators import (
+    OBJECT_KINDS, ROW, ObjectAccumulator, align_rows, make_object_accumulator, number_rows, with_partials,
+)
 
 _INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
@@ -36,14 +41,21 @@ _CODE = "__group_code"
 
 
 def _group_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
-    """A dense int64 code per row, equal for rows with equal keys (nulls are a value like any other)."""
+    """A dense int64 code per row (0..groups-1), equal exactly for rows with equal keys (nulls are a value
+    like any other)."""
     codes = np.zeros(table.num_rows, dtype=np.int64)
+    space = 1
     for key in keys:
         column = table.column(key).combine_chunks()
         encoded = pc.dictionary_encode(column, null_encoding="encode")
+        space *= max(1, len(encoded.dictionary))
         codes = codes * len(encoded.dictionary) + np.asarray(encoded.indices, dtype=np.int64)
-        if len(keys) > 1:  # keep the combined codes dense, so the next multiplication cannot overflow
-            codes = np.asarray(pc.dictionary_encode(pa.array(codes)).indices, dtype=np.int64)
+        if space > 4 * max(1, table.num_rows):  # re-number densely before the code space grows too large
+            encoded = pc.dictionary_encode(pa.array(codes))
+            codes, space = np.asarray(encoded.indices, dtype=np.int64), len(encoded.dictionary)
+    if len(keys) > 1 and len(codes):  # combined codes may skip values: renumber the ones in use (O(space))
+        used = np.bincount(codes, minlength=space) > 0
+        codes = (np.cumsum(used) - 1)[codes]
     return codes
 
 
@@ -53,7 +65,11 @@ class AccumulatorSet:
     def __init__(self, aggregations: Sequence[tuple[str, Aggregation]]) -> None:
         self.aggregations = tuple(aggregations)
         self.partials: list[tuple[Any, str]] = []
-        for _, agg in self.aggregations:
+        self.objects: dict[str, ObjectAccumulator] = {}  # top_k / udaf, by output name
+        for out_name, agg in self.aggregations:
+            if agg.kind in OBJECT_KINDS:
+                self.objects[out_name] = make_object_accumulator(out_name, agg)
+                continue
             needed: list[tuple[Any, str]] = [([], "count_all")] if agg.column is None else [(agg.column, "count")]
             if agg.kind in ("sum", "mean"):
                 needed.append((agg.column, "sum"))
@@ -96,13 +112,38 @@ class AccumulatorSet:
                 state.add_column(name, dtype, np.inf if floating else _INT_MAX)
             else:
                 state.add_column(name, dtype, -np.inf if floating else _INT_MIN)
+        for acc in self.objects.values():
+            acc.bind(schema)
+            state.add_column(acc.name, object, None)
         self.declared = True
 
-    def group(self, table: pa.Table, keys: Sequence[str]) -> pa.Table:
-        """The batch's partial aggregates per group of ``keys``."""
+    @property
+    def object_columns(self) -> dict[str, ObjectAccumulator]:
+        """The object accumulators by state (and partial) column name."""
+        return {acc.name: acc for acc in self.objects.values()}
+
+    def group(self, table: pa.Table, keys: Sequence[str], extra: Sequence[tuple[str, str]] = ()) -> pa.Table:
+        """The batch's partial aggregates per group of ``keys`` (plus ``extra`` Arrow aggregates, e.g. a
+        session's first and last event time)."""
         keys = list(keys)
+        if self.objects:
+            numbered = number_rows(table)
+            spec = [*self.partials, *extra, (ROW, "list")]
+            if not self.sort_by:
+                grouped = numbered.group_by(keys, use_threads=False).aggregate(spec)
+                return with_partials(list(self.objects.values()), grouped, f"{ROW}_list", numbered, combine=False)
+            objects = numbered.group_by(keys, use_threads=False).aggregate([(ROW, "list")])
+            objects = with_partials(list(self.objects.values()), objects, f"{ROW}_list", numbered, combine=False)
+            grouped = self._group_builtin(table, keys, extra)
+            objects = objects.take(pa.array(align_rows(grouped, objects, keys)))
+            for name in self.object_columns:
+                grouped = grouped.append_column(name, objects.column(name))
+            return grouped
+        return self._group_builtin(table, keys, extra)
+
+    def _group_builtin(self, table: pa.Table, keys: list[str], extra: Sequence[tuple[str, str]]) -> pa.Table:
         if not self.sort_by:
-            return table.group_by(keys, use_threads=False).aggregate(self.partials)
+            return table.group_by(keys, use_threads=False).aggregate([*self.partials, *extra])
         if self._numpy_max_by(table.schema):
             return self._group_max_by_numpy(table, keys)
         return self._group_max_by(table, keys)
@@ -219,8 +260,14 @@ class AccumulatorSet:
         if self.sort_by:
             partials = partials.sort_by([(f"{self.sort_by[0]}_max", "descending")])
         spec = [(_partial_name(c, f), self.COMBINE[f]) for c, f in self.partials]
+        if self.objects:
+            partials = number_rows(partials)
+            spec.append((ROW, "list"))
         grouped = partials.group_by(list(keys), use_threads=False).aggregate(spec)
-        return grouped.rename_columns([n if n in keys else n.rsplit("_", 1)[0] for n in grouped.column_names])
+        grouped = grouped.rename_columns([n if n in keys else n.rsplit("_", 1)[0] for n in grouped.column_names])
+        if self.objects:  # the row-number lists were renamed to ROW above
+            grouped = with_partials(list(self.objects.values()), grouped, ROW, partials, combine=True)
+        return grouped
 
     def merge(self, state: KeyedColumns, grouped: pa.Table, slots: np.ndarray) -> None:
         if self.sort_by:
@@ -241,6 +288,8 @@ class AccumulatorSet:
             if self.sort_by and function == "first":
                 continue  # handled above
             self._merge_one(name, function, state.columns[name], grouped.column(name).combine_chunks(), slots)
+        for acc in self.objects.values():
+            acc.merge_into(state.columns[acc.name], slots, grouped.column(acc.name).combine_chunks())
 
     @staticmethod
     def _merge_one(name: str, function: str, column: np.ndarray, partial: pa.Array, slots: np.ndarray) -> None:
@@ -290,6 +339,10 @@ class AccumulatorSet:
         columns = state.columns
         out: list[tuple[str, pa.Array]] = []
         for out_name, agg in self.aggregations:
+            if out_name in self.objects:
+                acc = self.objects[out_name]
+                out.append((out_name, acc.results(columns[acc.name][slots])))
+                continue
             if agg.column is None:
                 out.append((out_name, pa.array(columns["count_all"][slots])))
                 continue

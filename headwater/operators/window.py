@@ -239,7 +239,10 @@ class WindowAggregateOperator(Operator):
         if self.slide != self.size:
             table = self.accumulators.combine(table, [*self.keys, _WINDOW])
         table = table.combine_chunks()
-        columns = SimpleNamespace(columns={n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
+        objects = self.accumulators.object_columns  # top_k / udaf: partial form back to state objects
+        columns = SimpleNamespace(columns={
+            n: objects[n].to_objects(table.column(n).combine_chunks()) if n in objects
+            else table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
         results = self.accumulators.results(columns, np.arange(table.num_rows))
         window_starts = np.asarray(table.column(_WINDOW))
         names = [*(self.keys if self.keyed else ()), *(n for n, _ in results), "window_start", "window_end"]
@@ -251,8 +254,11 @@ class WindowAggregateOperator(Operator):
         """A pane's accumulators as a table of partial columns (for combining panes)."""
         size = len(pane)
         columns = {k: a for k, a in zip(self.keys, pane.key_columns())}
+        objects = self.accumulators.object_columns
         for name, values in pane.columns.items():
-            if values.dtype == object:
+            if name in objects:
+                columns[name] = objects[name].to_arrow(values[:size])
+            elif values.dtype == object:
                 column = name.rsplit("_", 1)[0]
                 columns[name] = pa.array(values[:size].tolist(), type=self.accumulators.value_types.get(column))
             else:
@@ -300,7 +306,9 @@ class WindowPartialOperator(Operator):
             if batch.num_rows == 0:
                 return []
         table = pa.Table.from_batches([batch]).append_column(PANE, pa.array((times // self.slide) * self.slide))
-        if not self.keyed:
-            table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))
-        grouped = self.accumulators.group(table, [*self.keys, PANE]).combine_chunks()
-        return grouped.to_batches()
+        if self.keyed:
+            grouped = self.accumulators.group(table, [*self.keys, PANE])
+        else:  # one group per pane: the constant ALL key is added to the (few) partial rows, not to every row
+            grouped = self.accumulators.group(table, [PANE])
+            grouped = grouped.add_column(0, ALL, pa.array(np.zeros(grouped.num_rows, dtype=np.int8)))
+        return grouped.combine_chunks().to_batches()
