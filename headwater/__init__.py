@@ -7,7 +7,9 @@
     hw.run(flow)
 """
 
-from headwater.aggregations import Aggregation, count, count_distinct, first, last, max, max_by, mean, min, sum
+from headwater.aggregations import (
+    Aggregation, Aggregator, count, count_distinct, first, last, max, max_by, mean, min, sum, top_k, udaf,
+)
 from headwater.dataflow import Dataflow, KeyedStream, Stream, WindowedStream
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
@@ -20,6 +22,6 @@ from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "RunConfig", "Stream",
-    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "when",
+    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "RunConfig", "Stream",
+    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "top_k", "udaf", "when",
 ]

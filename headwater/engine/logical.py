@@ -274,7 +274,7 @@ class AggregateStep(Step):
             if not isinstance(agg, Aggregation):
                 raise ConfigError(
                     f"{self.where}: {name}={agg!r} is not an aggregation; use hw.count(), hw.sum(col), "
-                    "hw.min(col), hw.max(col) or hw.mean(col)"
+                    "hw.min(col), hw.max(col), hw.mean(col), hw.top_k(col, k) or hw.udaf(aggregator, col)"
                 )
             if name in self.keys:
                 raise ConfigError(f"{self.where}: aggregation {name!r} has the same name as a key column")
@@ -300,8 +300,7 @@ class AggregateStep(Step):
     def required_columns(self) -> tuple[str, ...] | None:
         columns = list(self.keys)
         for _, agg in self.aggregations:
-            if agg.column is not None and agg.column not in columns:
-                columns.append(agg.column)
+            columns += [c for c in agg.input_columns if c not in columns]
         return tuple(columns)
 
     def make_operator(self) -> Operator:

@@ -92,9 +92,7 @@ class WindowAggregateStep(Step):
             return None
         columns = list(self.keys)
         for _, agg in self.aggregations:
-            for c in (agg.column, agg.by):
-                if c is not None and c not in columns:
-                    columns.append(c)
+            columns += [c for c in agg.input_columns if c not in columns]
         if self._time is not None and self._time[0] not in columns:
             columns.append(self._time[0])
         return tuple(columns)

@@ -128,10 +128,10 @@ class AccumulatorSet:
         keys = list(keys)
         if self.objects:
             numbered = number_rows(table)
-            spec = [*self.partials, *extra, (ROW, "list")]
-            if not self.sort_by:
-                grouped = numbered.group_by(keys, use_threads=False).aggregate(spec)
+            if not self.sort_by:  # one group_by computes the partials and collects each group's rows
+                grouped = numbered.group_by(keys, use_threads=False).aggregate([*self.partials, *extra, (ROW, "list")])
                 return with_partials(list(self.objects.values()), grouped, f"{ROW}_list", numbered, combine=False)
+            # max_by groups its own way: group the rows separately and line the groups up by key
             objects = numbered.group_by(keys, use_threads=False).aggregate([(ROW, "list")])
             objects = with_partials(list(self.objects.values()), objects, f"{ROW}_list", numbered, combine=False)
             grouped = self._group_builtin(table, keys, extra)

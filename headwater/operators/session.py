@@ -14,6 +14,7 @@ State: per key, the open sessions with their partial aggregates (pickled per key
 from __future__ import annotations
 
 import heapq
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
 from headwater.engine.state import KeyedObjects, OperatorStateStore
 from headwater.operators.accumulators import AccumulatorSet
 from headwater.operators.base import Operator, OperatorContext
+from headwater.operators.object_accumulators import object_array
 from headwater.operators.window import ALL, MAX_WATERMARK, late_rows
 from headwater.windows import SessionWindow
 
@@ -75,6 +77,8 @@ class SessionWindowOperator(Operator):
         self._heap: list[tuple[int, Any]] = []
         self._side: list[pa.RecordBatch] = []
         self._names = [(c, f, "count_all" if c == [] else f"{c}_{f}") for c, f in self.accumulators.partials]
+        self._objects = list(self.accumulators.objects.values())  # top_k / udaf: their values follow _names'
+        self._combiners = [partial(_combine, f) for _, f, _ in self._names] + [o.merge_pair for o in self._objects]
 
     def open(self, ctx: OperatorContext) -> None:
         store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
@@ -89,7 +93,7 @@ class SessionWindowOperator(Operator):
         assert self.sessions is not None, "open() was not called"
         if batch.num_rows == 0:
             return []
-        if not self.accumulators.value_types and self.input_schema is None:
+        if not self.accumulators.declared:
             self.accumulators.declare(_Sink(), batch.schema)
         batch, times, missing = split_missing_times(batch, event_times_ms(batch, self.time_column, self.time_offset))
         if missing is not None:
@@ -117,8 +121,7 @@ class SessionWindowOperator(Operator):
                 boundary[1:] |= np.asarray(changed)
         table = table.append_column(_LOCAL, pa.array(np.cumsum(boundary)))
         table = table.append_column(_LAST, table.column(_FIRST))
-        spec = [*self.accumulators.partials, (_FIRST, "min"), (_LAST, "max")]
-        grouped = table.group_by([*self.keys, _LOCAL], use_threads=False).aggregate(spec)
+        grouped = self.accumulators.group(table, [*self.keys, _LOCAL], extra=[(_FIRST, "min"), (_LAST, "max")])
         self._merge_local_sessions(grouped)
         return []
 
@@ -134,6 +137,8 @@ class SessionWindowOperator(Operator):
             if function in ("min", "max", "sum") and is_integer_like(column.type) and not pa.types.is_integer(column.type):
                 column = as_int64(column)  # temporal min/max are merged as integers, like the other windows
             partials.append(column.to_pylist())
+        for acc in self._objects:
+            partials.append(acc.to_objects(grouped.column(acc.name).combine_chunks()))
         for row, key_values in enumerate(keys):
             key = self._key(key_values)
             start, last = firsts[row], lasts[row]
@@ -143,7 +148,7 @@ class SessionWindowOperator(Operator):
                 if start < session[1] + self.gap and last + self.gap > session[0]:
                     earlier = session[0] <= start
                     a, b = (session[2], values) if earlier else (values, session[2])
-                    values = [_combine(f, x, y) for (_, f, _), x, y in zip(self._names, a, b)]
+                    values = [combine(x, y) for combine, x, y in zip(self._combiners, a, b)]
                     start, last = min(start, session[0]), max(last, session[1])
                 else:
                     kept.append(session)
@@ -184,11 +189,12 @@ class SessionWindowOperator(Operator):
         for index, (column, function, name) in enumerate(self._names):
             values = [s[2][index] for _, s in closed]
             if function in ("first", "last", "distinct"):
-                array = np.empty(len(values), dtype=object)
-                array[:] = values
+                array = object_array(values)
             else:
                 array = np.array([0 if v is None else v for v in values])
             columns[name] = array
+        for index, acc in enumerate(self._objects, start=len(self._names)):
+            columns[acc.name] = object_array([s[2][index] for _, s in closed])
         results = self.accumulators.results(SimpleNamespace(columns=columns), np.arange(len(closed)))
         starts = np.array([s[0] for _, s in closed], dtype=np.int64)
         ends = np.array([s[1] + self.gap for _, s in closed], dtype=np.int64)

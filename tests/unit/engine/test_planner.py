@@ -342,3 +342,39 @@ def test_a_projected_pipeline_gives_the_same_results_as_the_whole_rows(tmp_path:
         return sorted(out.latest(["k"]).values(), key=lambda r: r["k"])
 
     assert run(project=True) == run(project=False)
+
+
+# -- local pre-aggregation --------------------------------------------------------------------------------------
+
+
+class _Total(hw.Aggregator):
+    output_type = pa.int64()
+
+    def create(self) -> int:
+        return 0
+
+    def add(self, acc: int, values: pa.Array) -> int:
+        return acc + sum(v for v in values.to_pylist() if v is not None)
+
+    def merge(self, acc: int, other: int) -> int:
+        return acc + other
+
+    def result(self, acc: int) -> int:
+        return acc
+
+
+@pytest.mark.parametrize("aggregation, pre_aggregated", [
+    (hw.top_k("v", 2), True),
+    (hw.top_k("s", 2, by="w"), True),
+    (hw.udaf(_Total(), "v"), True),
+    (hw.count_distinct("v"), False),  # distinct sets do not combine from partials
+])
+def test_window_pre_aggregation_covers_top_k_and_udaf(aggregation: Any, pre_aggregated: bool) -> None:
+    flow = hw.Dataflow("p")
+    stream = flow.source("in", wide_source(), event_time="t")
+    stream.key_by("k").window(hw.TumblingWindow(seconds=1)).aggregate(step_id="w", x=aggregation).sink(
+        "out", TestingSink())
+    physical = planned(flow)
+    assert ("w.local" in physical.steps) == pre_aggregated
+    if pre_aggregated:
+        assert stage_of(physical, "w.local").step_ids == ("in", "w.local")
