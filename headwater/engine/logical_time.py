@@ -57,9 +57,6 @@ class WindowAggregateStep(Step):
             if name in (*self.keys, "window_start", "window_end"):
                 raise ConfigError(f"{self.where}: aggregation name {name!r} collides with a key or window column")
         kinds = {agg.kind for _, agg in self.aggregations}
-        if "count_distinct" in kinds and type(self.window).__name__ == "SlidingWindow":
-            raise ConfigError(f"{self.where}: count_distinct() is not supported in sliding windows (use a tumbling "
-                              "or session window)")
         if "count_distinct" in kinds and "max_by" in kinds:
             raise ConfigError(f"{self.where}: count_distinct() and max_by() cannot share one aggregate; split it")
         self._input_schema: pa.Schema | None = None

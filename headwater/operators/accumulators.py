@@ -255,19 +255,32 @@ class AccumulatorSet:
         """Partials can be combined by Arrow grouped aggregation (not so for distinct sets)."""
         return all(function in self.COMBINE for _, function in self.partials)
 
+    @property
+    def distinct_partials(self) -> list[str]:
+        """Names of the partial columns holding distinct-value sets (``count_distinct``)."""
+        return [_partial_name(c, f) for c, f in self.partials if f == "distinct"]
+
     def combine(self, partials: pa.Table, keys: Sequence[str]) -> pa.Table:
         """Re-group partial rows (as produced by :meth:`group`) so each group of ``keys`` has one row."""
         if self.sort_by:
             partials = partials.sort_by([(f"{self.sort_by[0]}_max", "descending")])
-        spec = [(_partial_name(c, f), self.COMBINE[f]) for c, f in self.partials]
-        if self.objects:
+        distinct = self.distinct_partials  # sets travel as list<value> columns; united per group below
+        spec = [(_partial_name(c, f), self.COMBINE[f]) for c, f in self.partials if f in self.COMBINE]
+        if self.objects or distinct:
             partials = number_rows(partials)
             spec.append((ROW, "list"))
         grouped = partials.group_by(list(keys), use_threads=False).aggregate(spec)
         grouped = grouped.rename_columns([n if n in keys else n.rsplit("_", 1)[0] for n in grouped.column_names])
-        if self.objects:  # the row-number lists were renamed to ROW above
+        if distinct:  # the row-number lists were renamed to ROW above
+            rows = grouped.column(ROW).to_pylist()
+            for name in distinct:
+                values = partials.column(name).to_pylist()
+                united = [sorted({v for i in group for v in (values[i] or ()) if v is not None}, key=repr)
+                          for group in rows]
+                grouped = grouped.append_column(name, pa.array(united, type=partials.schema.field(name).type))
+        if self.objects:
             grouped = with_partials(list(self.objects.values()), grouped, ROW, partials, combine=True)
-        return grouped
+        return grouped.drop_columns([ROW]) if ROW in grouped.column_names else grouped
 
     def merge(self, state: KeyedColumns, grouped: pa.Table, slots: np.ndarray) -> None:
         if self.sort_by:

@@ -240,8 +240,10 @@ class WindowAggregateOperator(Operator):
             table = self.accumulators.combine(table, [*self.keys, _WINDOW])
         table = table.combine_chunks()
         objects = self.accumulators.object_columns  # top_k / udaf: partial form back to state objects
+        distinct = set(self.accumulators.distinct_partials)
         columns = SimpleNamespace(columns={
             n: objects[n].to_objects(table.column(n).combine_chunks()) if n in objects
+            else _sets(table.column(n).to_pylist()) if n in distinct
             else table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
         results = self.accumulators.results(columns, np.arange(table.num_rows))
         window_starts = np.asarray(table.column(_WINDOW))
@@ -258,6 +260,10 @@ class WindowAggregateOperator(Operator):
         for name, values in pane.columns.items():
             if name in objects:
                 columns[name] = objects[name].to_arrow(values[:size])
+            elif name in self.accumulators.distinct_partials:  # sets of distinct values, as lists
+                column = name.rsplit("_", 1)[0]
+                columns[name] = pa.array([sorted(v, key=repr) if v else [] for v in values[:size]],
+                                         type=pa.list_(self.accumulators.value_types[column]))
             elif values.dtype == object:
                 column = name.rsplit("_", 1)[0]
                 columns[name] = pa.array(values[:size].tolist(), type=self.accumulators.value_types.get(column))
@@ -272,6 +278,12 @@ class WindowAggregateOperator(Operator):
         panes = self.state.panes if self.state is not None else {}
         return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values())),
                 "late_partials": float(self.late_partials)}
+
+
+def _sets(lists: list[list[Any] | None]) -> np.ndarray:
+    out = np.empty(len(lists), dtype=object)
+    out[:] = [set(values or ()) for values in lists]
+    return out
 
 
 class WindowPartialOperator(Operator):

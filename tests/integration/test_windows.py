@@ -300,6 +300,28 @@ def test_a_record_late_before_a_failure_is_late_after_recovery(runner, tmp_path:
     assert sorted(out.rows(), key=key) == sorted(clean.rows(), key=key)
 
 
+@pytest.mark.parametrize("window", [hw.TumblingWindow(seconds=1), hw.SlidingWindow(size=timedelta(seconds=2),
+                                                                                  slide=timedelta(seconds=1))])
+def test_count_distinct_in_keyed_windows_matches_a_reference(window, tmp_path: Path) -> None:
+    rows = [{"k": i % 3, "t": i * 97, "v": (i * 7) % 11} for i in range(300)]
+    items: list = [*rows[:150], TestingSource.ABORT(), *rows[150:]]
+    flow = hw.Dataflow("distinct")
+    stream = flow.source("in", TestingSource(items, batch_size=20, schema=SCHEMA), event_time="t")
+    out = TestingSink()
+    stream.key_by("k").window(window).aggregate(step_id="w", d=hw.count_distinct("v"), n=hw.count()).sink("out", out)
+    result = run_local(flow, parallelism=2,
+                       checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=5)))
+    assert result.restarts == 1
+    size, slide = (1_000, 1_000) if isinstance(window, hw.TumblingWindow) else (2_000, 1_000)
+    expected: dict[tuple, set] = defaultdict(set)
+    for r in rows:
+        last = r["t"] - r["t"] % slide
+        for start in range(last, r["t"] - size, -slide):
+            expected[(r["k"], start)].add(r["v"])
+    got = {(r["k"], r["window_start"]): r["d"] for r in out.rows()}
+    assert got == {key: len(values) for key, values in expected.items()}
+
+
 # -- regressions --------------------------------------------------------------------------------------------
 
 def test_sliding_size_must_be_a_multiple_of_the_slide() -> None:
