@@ -243,6 +243,9 @@ class Digest:
 
 
 # ------------------------------------------------------------------------------------- peak RSS of the tree
+_CPU_TICKS: dict[int, int] = {}  # pid -> utime + stime (clock ticks) at the last scan of /proc
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -254,8 +257,9 @@ def _children_map() -> dict[int, list[int]]:
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
-        ppid = int(stat[stat.rindex(b")") + 2 :].split(None, 2)[1])
-        children.setdefault(ppid, []).append(int(entry))
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        _CPU_TICKS[int(entry)] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return children
 
 
@@ -280,8 +284,10 @@ def _rss_kb(pid: int) -> int:
 class TreeRssMonitor:
     """Samples the summed RSS of a process and all its descendants (Ray daemons and workers, Flink's JVM,
     Bytewax worker processes...) every ``interval`` s from a daemon thread; ``peak_mb`` is the largest sum seen.
+    It also keeps each descendant's CPU time (user + system) as last seen: :meth:`cpu_s`.
 
-    Sampling can miss a spike shorter than the interval; the descendants' list is refreshed every sample.
+    Sampling can miss a spike shorter than the interval, and the CPU a process spends after its last sample
+    before it exits; the descendants' list is refreshed every sample.
     """
 
     def __init__(self, root: int | None = None, interval: float = 0.1) -> None:
@@ -289,6 +295,7 @@ class TreeRssMonitor:
         self.interval = interval
         self.peak_kb = 0
         self.samples = 0
+        self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-monitor", daemon=True)
 
@@ -298,9 +305,18 @@ class TreeRssMonitor:
         return self
 
     def sample(self) -> None:
-        total = sum(_rss_kb(pid) for pid in tree_pids(self.root))
+        pids = tree_pids(self.root)
+        total = sum(_rss_kb(pid) for pid in pids)
+        for pid in pids:
+            self.cpu_ticks[pid] = max(self.cpu_ticks.get(pid, 0), _CPU_TICKS.get(pid, 0))
         self.samples += 1
         self.peak_kb = max(self.peak_kb, total)
+
+    def cpu_s(self, since: dict[int, int] | None = None) -> float:
+        """CPU seconds of the tree (minus a ``dict(self.cpu_ticks)`` taken earlier, if given)."""
+        since = since or {}
+        ticks = sum(t - since.get(pid, 0) for pid, t in self.cpu_ticks.items())
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -386,6 +402,7 @@ def main(engine: str, version: Callable[[], str], run: RunFn, argv: list[str] | 
         "total_s": total,
         "events_per_second_total": events / total,
         "peak_rss_mb": peak,
+        "cpu_s": monitor.cpu_s(),
         "result_digest": digest.hexdigest() if digest is not None else None,
         "result_rows": digest.rows if digest is not None else out.pop("result_rows", None),
         **out,

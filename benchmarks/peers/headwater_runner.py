@@ -84,6 +84,42 @@ def build(flow: Any, query: str, events_dir: str, sink: Any) -> None:
         fn(flow, sources["bid"], sink)
 
 
+STRING_BYTES = 32  # assumed width of a string value in an exchanged row (+ 4 bytes of offset)
+
+
+def _value_bytes(kind: Any) -> int:
+    import pyarrow as pa
+
+    try:
+        return max(1, kind.bit_width // 8)
+    except ValueError:  # variable width
+        return STRING_BYTES + 4 if pa.types.is_string(kind) or pa.types.is_binary(kind) else 16
+
+
+def exchange_stats(result: Any) -> dict[str, Any]:
+    """Rows (and estimated bytes) that crossed a non-forward channel (hash / round-robin / broadcast): the
+    rows a run on several machines would send over the network. Forward channels stay on their machine."""
+    plan = result.plan
+    stages = {stage.stage_id: stage for stage in plan.stages}
+    edges, rows, nbytes = [], 0, 0.0
+    for edge in plan.edges:
+        if edge.partitioning == "forward" or edge.src_port != 0:
+            continue
+        tail = stages[edge.src].tail
+        sent = result.rows_out(tail)
+        schema = getattr(plan.steps[tail], "schema", None)
+        if schema is None:  # a planner-made pre-aggregation step: its rows look like the step it feeds
+            schema = getattr(plan.steps[stages[edge.dst].head], "schema", None)
+        width = None
+        if schema is not None:
+            width = sum(_value_bytes(schema.field(c).type) for c in (edge.columns or schema.names))
+        edges.append({"from": tail, "to": stages[edge.dst].head, "partitioning": edge.partitioning,
+                      "rows": sent, "row_bytes": width, "to_parallelism": stages[edge.dst].parallelism})
+        rows += sent
+        nbytes += sent * (width or 0)
+    return {"edges": edges, "rows": rows, "bytes": nbytes}
+
+
 def run(args: Any) -> dict[str, Any]:
     _builder(args.query)  # skip before starting Ray if the query is not available
     import ray
@@ -120,6 +156,7 @@ def run(args: Any) -> dict[str, Any]:
         "elapsed_s": elapsed, "startup_s": startup, "result_rows": result.rows_in("sink"),
         "latency_ms": {k: latency[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
         "engine_peak_rss_mb": result.peak_rss_mb() + peak_rss_mb(),
+        "exchanged": exchange_stats(result),
     }
     if args.verify:
         digest = common.Digest(args.query, args.dump)
