@@ -1,7 +1,7 @@
 r"""Headwater against its peers on the same Nexmark events: throughput, latency at fixed rates, scaling.
 
-The one command (from a fresh clone; estimated ~23.5 min on the idle 2-core benchmark machine, 3 min 40 s of
-it installing the peer venvs; ~20 min once they are installed)::
+The one command (measured 19 min 40 s on the idle 2-core benchmark machine with the peer venvs installed;
+installing them on a fresh clone adds 3 min 40 s)::
 
     python3 benchmarks/compare.py
 
