@@ -84,6 +84,15 @@ pid_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"
 }
 
+# launched_alive PIDFILE: the process we just launched still exists. While starting, only liveness is checked:
+# right after `setsid ... &` the child can still be the forked shell (its cmdline not yet the service's), so the
+# cmdline marker of pid_alive would report a healthy start as "exited".
+launched_alive() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+
 # stop_pid NAME PIDFILE MARKER: TERM the process we started, KILL after STOP_TIMEOUT seconds
 stop_pid() {
     local name=$1 pidfile=$2 marker=$3 pid i
@@ -472,7 +481,7 @@ kafka_wait() {
     ((KAFKA_LAUNCHED)) || return 0
     local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
     while ((SECONDS < deadline)); do
-        kafka_running || fail_service kafka "$KAFKA_LOG" "the broker process exited"
+        launched_alive "$KAFKA_PID" || fail_service kafka "$KAFKA_LOG" "the broker process exited"
         if port_open "$HOST" "$KAFKA_PORT" && grep -q "Kafka Server started" "$KAFKA_LOG"; then
             say "kafka: started $KAFKA_VERSION on $HOST:$KAFKA_PORT (pid $(cat "$KAFKA_PID"))"
             return 0
@@ -577,7 +586,7 @@ EOF
     echo $! >"$PROM_PID"
     local deadline=$((SECONDS + PROM_START_TIMEOUT))
     while ((SECONDS < deadline)); do
-        prom_running || fail_service prometheus "$PROM_LOG" "the process exited"
+        launched_alive "$PROM_PID" || fail_service prometheus "$PROM_LOG" "the process exited"
         if prom_ready; then
             say "prometheus: started on $HOST:$PROM_PORT with $(rel "$config") (pid $(cat "$PROM_PID"))"
             return 0
