@@ -88,11 +88,16 @@ class IntegerKeyIndex(KeyIndex):
             self._by_slot = np.resize(self._by_slot, capacity)
             self._valid_by_slot = np.resize(self._valid_by_slot, capacity)
 
-    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+    @staticmethod
+    def _values(keys: Sequence[pa.Array]) -> tuple[pa.Array, np.ndarray]:
+        """The key column (one array) and its values as int64, nulls as 0 (callers mask them)."""
         column = keys[0]
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        values = np.asarray(pc.fill_null(as_int64(column), 0), dtype=np.int64)
+        return column, np.asarray(pc.fill_null(as_int64(column), 0), dtype=np.int64)
+
+    def slots_for(self, keys: Sequence[pa.Array]) -> np.ndarray:
+        column, values = self._values(keys)
         slots = np.full(len(values), -1, dtype=np.int64)
         valid = np.ones(len(values), dtype=bool) if column.null_count == 0 else np.asarray(column.is_valid())
         if len(self._sorted_keys):
@@ -125,10 +130,7 @@ class IntegerKeyIndex(KeyIndex):
         return slots
 
     def find(self, keys: Sequence[pa.Array]) -> np.ndarray:
-        column = keys[0]
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        values = np.asarray(pc.fill_null(as_int64(column), 0), dtype=np.int64)
+        column, values = self._values(keys)
         slots = np.full(len(values), -1, dtype=np.int64)
         if len(self._sorted_keys):
             clipped = self._positions(values)
