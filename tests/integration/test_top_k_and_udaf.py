@@ -184,7 +184,9 @@ def test_restored_top_k_and_udaf_state_gives_a_clean_runs_results(runner, tmp_pa
     result = runner(_recovery_flow(_with_markers(rows, 700), _with_markers(rows, 1_300), windows, running),
                     parallelism=2,
                     checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=20)))
-    assert result.restarts == 2
+    # Each source crashes once. The two crashes are one restart when the second source reaches its marker
+    # while the failed attempt is still being torn down (the sources run concurrently), two otherwise.
+    assert result.restarts in (1, 2)
     # the last attempt resumed from a checkpoint (it read only part of the input), so its results rest on
     # restored top-k lists and pickled udaf accumulators
     assert result.rows_in("agg") < len(rows) and result.rows_in("w.local") < len(rows)
