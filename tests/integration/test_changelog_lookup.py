@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pytest
@@ -26,13 +26,6 @@ USERS = pa.schema([("id", pa.int64()), ("op", pa.string()), ("name", pa.string()
 ORDERS = pa.schema([("order", pa.int64()), ("user_id", pa.int32()), ("amount", pa.int64())])
 TABLE_FIRST = PAUSE(0.3)  # at the head of the probe stream: the table stream is applied before any record
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def users_changelog(count: int = 20) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -51,13 +51,6 @@ ABORT, PAUSE = TestingSource.ABORT, TestingSource.PAUSE
 LOCAL = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ON_RAY = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def checkpointing(directory: Path, **overrides: Any) -> hw.CheckpointConfig:

@@ -8,7 +8,7 @@ import statistics
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -22,13 +22,6 @@ from headwater.testing import TestingSink, TestingSource, run_local
 
 EVENTS = 20_000  # 20 s of event time at 1,000 events/s
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 class Median(hw.Aggregator):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -22,13 +22,6 @@ from headwater.testing import TestingSink, TestingSource
 
 SCHEMA = pa.schema([("name", pa.string()), ("price", pa.int64()), ("ok", pa.bool_())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def new_flow(name: str = "flow") -> tuple[hw.Dataflow, hw.Stream]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pytest
@@ -24,13 +23,6 @@ from headwater.testing import TestingSink, TestingSource
 G = 128
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.int64())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 # -- BarrierAligner -----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ built, with a message that names the step and says what to do."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -17,12 +17,6 @@ from headwater.testing import TestingSource
 ORDERS = pa.schema([("order", pa.int64()), ("user_id", pa.int64()), ("amount", pa.int64()), ("t", pa.int64())])
 USERS = pa.schema([("user_id", pa.int32()), ("name", pa.string()), ("amount", pa.int64()), ("op", pa.string())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def streams(orders: pa.Schema | None = ORDERS, users: pa.Schema | None = USERS) -> tuple[hw.Stream, hw.Stream]:

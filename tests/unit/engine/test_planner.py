@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -16,13 +16,6 @@ from headwater.testing import TestingSink, TestingSource
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.int64())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def source(partitions: int = 2) -> TestingSource:

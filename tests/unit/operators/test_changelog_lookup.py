@@ -8,7 +8,7 @@ batch applies its rows in order (the last change per key wins), a probe batch se
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,13 +27,6 @@ from headwater.testing import TestingSource
 G = DEFAULT_MAX_KEY_GROUPS
 FAST = settings(max_examples=60, deadline=None)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource makes temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pickle
 import statistics
 import threading
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -28,13 +28,6 @@ from headwater.testing import TestingSink, TestingSource, run_local
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.float64()), ("who", pa.string())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 class Median(hw.Aggregator):

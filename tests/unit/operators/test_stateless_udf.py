@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -20,13 +20,6 @@ SCHEMA = pa.schema([("name", pa.string()), ("price", pa.int64())])
 ROWS = [{"name": "a", "price": 5}, {"name": "b", "price": None}, {"name": "c", "price": 20}, {"name": "d", "price": 1}]
 OUT = pa.schema([("name", pa.string()), ("double", pa.int64())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 def run_pipeline(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -18,13 +18,6 @@ from headwater.testing import TestingSink, TestingSource, run_local
 
 SCHEMA = pa.schema([("x", pa.int64())])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """TestingSource/TestingSink make temporary directories; keep them under pytest's (cleaned) base."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("tmp")))
-        yield
 
 
 class FakeClock:
