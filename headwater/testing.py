@@ -1,4 +1,4 @@
-"""Helpers for testing pipelines: ``TestingSource``, ``TestingSink`` and ``run_local``.
+"""Helpers for testing pipelines: ``TestingSource``, ``TestingSink``, ``run_local`` and ``read_source``.
 
 Example::
 
@@ -15,15 +15,40 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from headwater.dataflow import Dataflow
 from headwater.engine.job import JobResult
 from headwater.engine.runner import run
+from headwater.errors import ConfigError
+from headwater.sources.base import Source
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
 
-__all__ = ["TestingSink", "TestingSource", "run_local"]
+__all__ = ["TestingSink", "TestingSource", "read_source", "run_local"]
 
 
 def run_local(flow: Dataflow, **options: Any) -> JobResult:
     """Run ``flow`` in this process with the same physical plan as on Ray (default parallelism 1)."""
     return run(flow, executor="local", **options)
+
+
+def read_source(source: Source) -> pa.Table:
+    """Every row of a bounded ``source``, partition after partition, without running a dataflow (e.g. to
+    compute a reference result over exactly the rows a pipeline will read)."""
+    if not source.bounded:
+        raise ConfigError(f"read_source() needs a bounded source; {type(source).__name__} never ends")
+    batches = []
+    for part in source.list_parts():
+        partition = source.build_part(part, None)
+        try:
+            while True:
+                try:
+                    batch = partition.next_batch()
+                except StopIteration:
+                    break
+                if batch is not None:
+                    batches.append(batch)
+        finally:
+            partition.close()
+    return pa.Table.from_batches(batches, schema=source.schema())

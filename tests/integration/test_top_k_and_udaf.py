@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import headwater as hw
 from headwater.sources import NexmarkSource
-from headwater.testing import TestingSink, TestingSource, run_local
+from headwater.testing import TestingSink, TestingSource, read_source, run_local
 
 EVENTS = 20_000  # 20 s of event time at 1,000 events/s
 
@@ -83,19 +83,8 @@ def _derived(flow: hw.Dataflow, step_id: str) -> hw.Stream:
 
 @pytest.fixture(scope="module")
 def bids() -> duckdb.DuckDBPyConnection:
-    source = _bids()
-    batches = []
-    for part in source.list_parts():
-        partition = source.build_part(part, None)
-        while True:
-            try:
-                batch = partition.next_batch()
-            except StopIteration:
-                break
-            if batch is not None:
-                batches.append(batch)
     con = duckdb.connect()
-    con.register("bid", pa.Table.from_batches(batches))
+    con.register("bid", read_source(_bids()))
     con.execute("""CREATE VIEW b AS SELECT auction % 5 AS shard, bidder, price, price % 10 AS bucket,
                    epoch_ms(date_time) AS t FROM bid""")
     return con

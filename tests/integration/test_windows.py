@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import headwater as hw
 from headwater.errors import ConfigError
 from headwater.sources import NexmarkSource
-from headwater.testing import TestingSink, TestingSource, run_local
+from headwater.testing import TestingSink, TestingSource, read_source, run_local
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import nexmark_windowed as queries  # noqa: E402
@@ -31,18 +31,7 @@ def _source(table: str) -> NexmarkSource:
 
 
 def _table(table: str) -> pa.Table:
-    source = _source(table)
-    batches = []
-    for part in source.list_parts():
-        partition = source.build_part(part, None)
-        while True:
-            try:
-                batch = partition.next_batch()
-            except StopIteration:
-                break
-            if batch is not None:
-                batches.append(batch)
-    return pa.Table.from_batches(batches)
+    return read_source(_source(table))
 
 
 @pytest.fixture(scope="module")

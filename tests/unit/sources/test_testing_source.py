@@ -279,3 +279,16 @@ def test_sink_latest_is_the_last_row_per_key(tmp_path: Path) -> None:
         ("a", 2): {"k": "a", "n": 2, "v": 4},
     }
     assert TestingSink(tmp_path / "empty").latest(["k"]) == {}
+
+
+def test_read_source_reads_every_partition_of_a_bounded_source_and_refuses_an_endless_one() -> None:
+    from headwater.errors import ConfigError
+    from headwater.sources import NexmarkSource
+    from headwater.testing import read_source
+
+    table = read_source(TestingSource(partitions=[[{"x": 1}, {"x": 2}], [{"x": 3}]]))
+    assert sorted(table.column("x").to_pylist()) == [1, 2, 3]
+    bids = read_source(NexmarkSource("bid", events=500, partitions=3, batch_size=64))
+    assert bids.num_rows == 460 and bids.schema == NexmarkSource("bid").schema()  # 46 of every 50 events
+    with pytest.raises(ConfigError, match="bounded"):
+        read_source(NexmarkSource("bid", events=None))
