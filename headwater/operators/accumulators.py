@@ -172,7 +172,7 @@ class AccumulatorSet:
         first_row = np.full(groups, len(codes), dtype=np.int64)
         np.minimum.at(first_row, codes, rows)
         columns: dict[str, pa.Array] = {k: table.column(k).take(pa.array(first_row)) for k in keys}
-        maxima: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        maxima: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # column -> (max per group, values, valid)
         for column, function in self.partials:
             name = _partial_name(column, function)
             if function == "count_all":
@@ -198,12 +198,10 @@ class AccumulatorSet:
                 ufunc = np.minimum if function == "min" else np.maximum
                 ufunc.at(out, codes if valid is None else codes[valid], numbers if valid is None else numbers[valid])
                 if function == "max":
-                    maxima[column] = (out, valid if valid is not None else np.ones(len(codes), dtype=bool))
+                    maxima[column] = (out, numbers, valid if valid is not None else np.ones(len(codes), dtype=bool))
             result = pa.array(out, mask=counts == 0)
             columns[name] = result if result.type == values.type else result.cast(values.type)
-        best, valid_by = maxima[by]
-        numbers = np.asarray(pc.fill_null(table.column(by).combine_chunks().cast(
-            pa.float64() if best.dtype.kind == "f" else pa.int64()), 0))
+        best, numbers, valid_by = maxima[by]
         winners = np.flatnonzero((numbers == best[codes]) & valid_by)
         chosen_codes, first = np.unique(codes[winners], return_index=True)
         slot = np.full(groups, -1, dtype=np.int64)
