@@ -465,9 +465,16 @@ kafka_launch() {
     rotate "$KAFKA_LOG"
     if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
         local cid
-        cid=$(python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))' 2>/dev/null ||
-            "${KAFKA_JVM[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-        "${KAFKA_JVM[@]}" kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_HOME/config/server.properties" \
+        # A cluster id is 16 random bytes in URL-safe base64. Like Kafka's own Uuid.randomUuid, never one that
+        # starts with "-": 1 in 64 would, and the format command would read it as an option.
+        cid=$(python3 -c 'import base64,os
+while True:
+    cid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not cid.startswith("-"):
+        break
+print(cid)' 2>/dev/null || "${KAFKA_JVM[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+        [[ -n $cid ]] || fail_service kafka "$KAFKA_LOG" "could not make a cluster id (python3 and the Kafka jars both failed)"
+        "${KAFKA_JVM[@]}" kafka.tools.StorageTool format "--cluster-id=$cid" -c "$KAFKA_HOME/config/server.properties" \
             --ignore-formatted >>"$KAFKA_LOG" 2>&1 || fail_service kafka "$KAFKA_LOG" "formatting storage failed"
     fi
     # setsid: own session, so the broker outlives this script and its terminal; $! is the java pid.
