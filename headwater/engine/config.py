@@ -44,6 +44,9 @@ class RunConfig:
         progress_interval: how often the progress display refreshes.
         watermark_interval: how often a source subtask sends its watermark when it advanced (0: after every
             batch, which makes event-time tests deterministic).
+        tune_allocator: worker actors set glibc's mmap/trim thresholds so batch-sized temporaries stay on the
+            heap instead of being mapped and faulted in again for every batch (see
+            :mod:`headwater.engine.allocator`); the in-process executor never changes them.
     """
 
     parallelism: int | None = None
@@ -59,6 +62,7 @@ class RunConfig:
     progress: bool = False
     progress_interval: timedelta = timedelta(seconds=1)
     watermark_interval: timedelta = timedelta(milliseconds=20)
+    tune_allocator: bool = True
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -76,6 +80,8 @@ class RunConfig:
             raise ConfigError(f"linger must be a non-negative datetime.timedelta, got {self.linger!r}")
         if not isinstance(self.watermark_interval, timedelta) or self.watermark_interval < timedelta(0):
             raise ConfigError(f"watermark_interval must be a non-negative datetime.timedelta, got {self.watermark_interval!r}")
+        if not isinstance(self.tune_allocator, bool):
+            raise ConfigError(f"tune_allocator must be True or False, got {self.tune_allocator!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
             raise ConfigError(f"channel_credits must be at least 1, got {self.channel_credits!r}")
         if not isinstance(self.max_key_groups, int) or not 1 <= self.max_key_groups <= 32_768:

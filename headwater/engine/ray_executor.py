@@ -33,6 +33,7 @@ from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.allocator import keep_batches_on_heap
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
 from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.errors import HeadwaterError, JobFailedError
@@ -80,7 +81,7 @@ class SubtaskHost:
         self.inbox_limit = max(2, config.channel_credits * max(1, senders) // 2)
         self.inbox: deque[tuple[int, int, Message]] = deque()
         self.expected: dict[tuple[int, int], int] = {}
-        self.out_of_order: dict[tuple[int, int], dict[int, Message]] = defaultdict(dict)
+        self.out_of_order: dict[tuple[int, int], dict[int, list[Message]]] = defaultdict(dict)
         # per outgoing edge, per receiver subtask: a local SubtaskHost, or the remote worker's actor handle
         self.receivers: dict[int, list[SubtaskHost | Any]] = {}
         self.inflight: dict[tuple[int, int], deque[Any]] = defaultdict(deque)
@@ -121,17 +122,21 @@ class SubtaskHost:
             await self.committed.wait()
 
     # -- receiving ------------------------------------------------------------------------------------------
-    async def push(self, edge_id: int, sender: int, seq: int, message: Message) -> None:
+    async def push(self, edge_id: int, sender: int, seq: int, messages: list[Message]) -> None:
+        """Take ``messages``, numbered ``seq``, ``seq + 1``, ... on the channel ``(edge_id, sender)``.
+
+        Calls may arrive out of order (Ray does not order calls from one actor's concurrent tasks); they are
+        delivered to the inbox in sequence. Returns once the inbox has room (backpressure on the sender)."""
         key = (edge_id, sender)
         expected = self.expected.get(key, 0)
         if seq != expected:
-            self.out_of_order[key][seq] = message
+            self.out_of_order[key][seq] = messages
             return
-        self.inbox.append((edge_id, sender, message))
+        self.inbox.extend((edge_id, sender, message) for message in messages)
         expected += 1
         waiting = self.out_of_order.get(key)
         while waiting and expected in waiting:
-            self.inbox.append((edge_id, sender, waiting.pop(expected)))
+            self.inbox.extend((edge_id, sender, message) for message in waiting.pop(expected))
             expected += 1
         self.expected[key] = expected
         self.has_items.set()
@@ -141,19 +146,28 @@ class SubtaskHost:
 
     # -- sending --------------------------------------------------------------------------------------------
     async def _send(self, outgoing: list[Outgoing]) -> None:
-        for edge_id, receiver, message in outgoing:
+        """Deliver ``outgoing`` in order; consecutive messages to one receiver travel as one call (a poll's
+        data and the watermark after it are one Ray call, not two). Sequence numbers count calls."""
+        i = 0
+        while i < len(outgoing):
+            edge_id, receiver, message = outgoing[i]
+            messages = [message]
+            i += 1
+            while i < len(outgoing) and outgoing[i][0] == edge_id and outgoing[i][1] == receiver:
+                messages.append(outgoing[i][2])
+                i += 1
             key = (edge_id, receiver)
             seq = self.next_seq[key]
             self.next_seq[key] = seq + 1
             target = self.receivers[edge_id][receiver]
             if isinstance(target, SubtaskHost):
-                await target.push(edge_id, self.subtask, seq, message)
+                await target.push(edge_id, self.subtask, seq, messages)
                 continue
             inflight = self.inflight[key]
             while len(inflight) >= self.credits:
                 await inflight.popleft()
             dst = self.plan.edges[edge_id].dst
-            inflight.append(target.push.remote(dst, receiver, edge_id, self.subtask, seq, message))
+            inflight.append(target.push.remote(dst, receiver, edge_id, self.subtask, seq, messages))
 
     async def _drain_inflight(self) -> None:
         for inflight in self.inflight.values():
@@ -250,6 +264,8 @@ class WorkerActor:
     def __init__(self, plan: PhysicalPlan, subtasks: list[SubtaskId], config: RunConfig,
                  storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
                  coordinator: CheckpointCoordinator | None = None) -> None:
+        if config.tune_allocator:
+            keep_batches_on_heap()
         self.hosts = {(s, i): SubtaskHost(plan, s, i, config, storage, restore) for s, i in subtasks}
         self.plan = plan
         self.service = CoordinatorService(coordinator) if coordinator is not None else None
@@ -274,8 +290,9 @@ class WorkerActor:
             sources = [(workers[i], key) for key, i in placement.items() if plan.is_source(key[0])]
             self.service.connect(sources, workers, self)
 
-    async def push(self, stage_id: int, subtask: int, edge_id: int, sender: int, seq: int, message: Message) -> None:
-        await self.hosts[(stage_id, subtask)].push(edge_id, sender, seq, message)
+    async def push(self, stage_id: int, subtask: int, edge_id: int, sender: int, seq: int,
+                   messages: list[Message]) -> None:
+        await self.hosts[(stage_id, subtask)].push(edge_id, sender, seq, messages)
 
     async def trigger_checkpoint(self, stage_id: int, subtask: int, checkpoint_id: int) -> None:
         self.hosts[(stage_id, subtask)].triggers.append(checkpoint_id)

@@ -42,7 +42,11 @@ _CODE = "__group_code"
 
 def _group_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
     """A dense int64 code per row (0..groups-1), equal exactly for rows with equal keys (nulls are a value
-    like any other)."""
+    like any other), numbered in order of first appearance."""
+    if len(keys) == 1:
+        codes = _run_codes(table.column(keys[0]))
+        if codes is not None:
+            return codes
     codes = np.zeros(table.num_rows, dtype=np.int64)
     space = 1
     for key in keys:
@@ -57,6 +61,58 @@ def _group_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
         used = np.bincount(codes, minlength=space) > 0
         codes = (np.cumsum(used) - 1)[codes]
     return codes
+
+
+def _run_codes(column: pa.ChunkedArray) -> np.ndarray | None:
+    """Codes for an integer (or timestamp) key column without nulls whose equal values are adjacent, as
+    event-time panes of ordered input are: one code per run, found in one pass (no hashing). ``None`` when
+    the column is not like that (a value comes back after another one)."""
+    kind = column.type
+    if column.null_count or not (pa.types.is_integer(kind) or pa.types.is_timestamp(kind)) or len(column) == 0:
+        return None
+    values = np.asarray(as_int64(column.combine_chunks()))
+    changes = values[1:] != values[:-1]
+    starts = values[np.flatnonzero(changes) + 1]
+    if len(starts) and (np.any(starts[1:] <= starts[:-1]) or starts[0] <= values[0]):  # not ascending runs
+        return None
+    codes = np.empty(len(values), dtype=np.int64)
+    codes[0] = 0
+    np.cumsum(changes, out=codes[1:])
+    return codes
+
+
+class _Groups:
+    """Grouped reductions over dense group codes: ``reduceat`` over runs when equal codes are adjacent (one
+    pass, ~10x faster), else numpy's unbuffered ``ufunc.at``."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes = codes
+        self.count = int(codes.max()) + 1 if len(codes) else 0
+        self.starts: np.ndarray | None = None
+        if len(codes):
+            steps = codes[1:] - codes[:-1]
+            if not (steps < 0).any():  # ascending dense codes: each group is one run
+                self.starts = np.concatenate(([0], np.flatnonzero(steps) + 1))
+
+    def first_rows(self) -> np.ndarray:
+        if self.starts is not None:
+            return self.starts
+        first = np.full(self.count, len(self.codes), dtype=np.int64)
+        np.minimum.at(first, self.codes, np.arange(len(self.codes), dtype=np.int64))
+        return first
+
+    def sizes(self, valid: np.ndarray | None) -> np.ndarray:
+        if valid is None and self.starts is not None:
+            return np.diff(self.starts, append=len(self.codes)).astype(np.int64)
+        return np.bincount(self.codes if valid is None else self.codes[valid], minlength=self.count).astype(np.int64)
+
+    def reduce(self, ufunc: np.ufunc, values: np.ndarray, identity: Any, valid: np.ndarray | None) -> np.ndarray:
+        """``ufunc`` over each group's values (rows where ``valid`` is False skipped; ``identity`` for none)."""
+        if valid is None and self.starts is not None:
+            return ufunc.reduceat(values, self.starts)
+        out = np.full(self.count, identity, dtype=values.dtype)
+        ufunc.at(out, self.codes if valid is None else self.codes[valid], values if valid is None else values[valid])
+        return out
 
 
 class AccumulatorSet:
@@ -167,36 +223,31 @@ class AccumulatorSet:
         the maximum of ``by``. Produces the same partial columns as Arrow's grouped aggregation would."""
         by = self.sort_by[0]
         codes = _group_codes(table, keys)
-        groups = int(codes.max()) + 1 if len(codes) else 0
-        rows = np.arange(len(codes), dtype=np.int64)
-        first_row = np.full(groups, len(codes), dtype=np.int64)
-        np.minimum.at(first_row, codes, rows)
-        columns: dict[str, pa.Array] = {k: table.column(k).take(pa.array(first_row)) for k in keys}
+        grouped = _Groups(codes)
+        groups = grouped.count
+        columns: dict[str, pa.Array] = {k: table.column(k).take(pa.array(grouped.first_rows())) for k in keys}
         maxima: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # column -> (max per group, values, valid)
         for column, function in self.partials:
             name = _partial_name(column, function)
             if function == "count_all":
-                columns[name] = pa.array(np.bincount(codes, minlength=groups).astype(np.int64))
+                columns[name] = pa.array(grouped.sizes(None))
                 continue
             if function == "first":
                 continue  # below, once the maxima are known
             values = table.column(column).combine_chunks()
             valid = np.asarray(values.is_valid(), dtype=bool) if values.null_count else None
-            counts = np.bincount(codes if valid is None else codes[valid], minlength=groups).astype(np.int64)
+            counts = grouped.sizes(valid)
             if function == "count":
                 columns[name] = pa.array(counts)
                 continue
             floating = pa.types.is_floating(values.type)
             numbers = np.asarray(pc.fill_null(values.cast(pa.float64() if floating else pa.int64()), 0))
             if function == "sum":
-                out = np.zeros(groups, dtype=numbers.dtype)
-                np.add.at(out, codes if valid is None else codes[valid], numbers if valid is None else numbers[valid])
+                out = grouped.reduce(np.add, numbers, 0, valid)
             else:
                 extreme = (np.inf if function == "min" else -np.inf) if floating else (
                     _INT_MAX if function == "min" else _INT_MIN)
-                out = np.full(groups, extreme, dtype=numbers.dtype)
-                ufunc = np.minimum if function == "min" else np.maximum
-                ufunc.at(out, codes if valid is None else codes[valid], numbers if valid is None else numbers[valid])
+                out = grouped.reduce(np.minimum if function == "min" else np.maximum, numbers, extreme, valid)
                 if function == "max":
                     maxima[column] = (out, numbers, valid if valid is not None else np.ones(len(codes), dtype=bool))
             result = pa.array(out, mask=counts == 0)
@@ -252,6 +303,11 @@ class AccumulatorSet:
     def combinable(self) -> bool:
         """Partials can be combined by Arrow grouped aggregation (not so for distinct sets)."""
         return all(function in self.COMBINE for _, function in self.partials)
+
+    @property
+    def value_partials(self) -> list[str]:
+        """Names of the partial columns holding Python values per key (``first`` / ``last``)."""
+        return [_partial_name(c, f) for c, f in self.partials if f in ("first", "last")]
 
     @property
     def distinct_partials(self) -> list[str]:

@@ -14,15 +14,24 @@ arriving for a window that already fired (but within L) re-emits that window's u
 the latest row per key and window is the result). A record whose every window is past ``end + L`` goes to
 the **side output** (``stream.late_records()``) with ``late_reason`` and ``lateness_ms``.
 
+Pre-aggregated input (``merge_partials``, after a local :class:`WindowPartialOperator`): partial rows are
+buffered and merged into the panes in one grouped pass when the watermark is about to complete one of their
+windows, before a snapshot, before early results, or once ``PARTIAL_BUFFER_ROWS`` are waiting. Every sender
+sends a partial per batch, so merging each on arrival cost more than the whole pre-aggregation saved. Partials
+for panes whose windows already fired (allowed lateness) are merged at once: their updates are emitted then.
+Buffered partials of panes that the watermark closes for good (every window of the pane fires now and the pane
+leaves state) never enter the panes: they are combined per (key, window) with the panes' exports and emitted.
+
 State (what a checkpoint holds): every pane's accumulators per key, each row tagged with its pane and key
 group, and how far windows have fired — so a restore neither loses a pane nor fires a window twice.
+Buffered partials are merged before the panes are snapshotted, so a snapshot never misses one.
 """
 
 from __future__ import annotations
 
 import time
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +50,8 @@ ALL = "__all"  # the constant key of an unkeyed window
 _FIRED = "__fired_until"
 _WINDOW = "__window"
 MAX_WATERMARK = np.iinfo(np.int64).max
+#: pre-aggregated partial rows held before they are merged into the panes (see the module docstring)
+PARTIAL_BUFFER_ROWS = 65_536
 
 
 def late_rows(batch: pa.RecordBatch, times: np.ndarray, watermark: int, reason: str) -> pa.RecordBatch:
@@ -58,6 +69,8 @@ class PaneState:
         self.max_key_groups = max_key_groups
         self.panes: dict[int, KeyedColumns] = {}
         self.fired_until = MIN_WATERMARK
+        #: called first by :meth:`snapshot`: the operator merges buffered input into the panes
+        self.before_snapshot: Callable[[], None] | None = None
 
     def pane(self, start: int) -> KeyedColumns:
         state = self.panes.get(start)
@@ -66,6 +79,8 @@ class PaneState:
         return state
 
     def snapshot(self) -> pa.Table | None:
+        if self.before_snapshot is not None:
+            self.before_snapshot()
         tables = []
         for start, state in self.panes.items():
             table = state.snapshot()
@@ -113,10 +128,14 @@ class WindowAggregateOperator(Operator):
         self.state: PaneState | None = None
         self._side: list[pa.RecordBatch] = []
         self._schema: pa.Schema | None = None
+        self._pending: list[pa.Table] = []  # pre-aggregated partials not merged yet
+        self._pending_rows = 0
+        self._pending_first_pane = MAX_WATERMARK
 
     def open(self, ctx: OperatorContext) -> None:
         store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
         self.state = store.register("panes", PaneState(self.keys, store.max_key_groups))
+        self.state.before_snapshot = self._merge_pending_quietly
         if self.input_schema is not None:
             self._schema = self.input_schema
             self.accumulators.declare(KeyedColumns(self.keys, store.max_key_groups), self.input_schema)
@@ -130,7 +149,7 @@ class WindowAggregateOperator(Operator):
         if self._schema is None:
             self._schema = batch.schema
         if self.merge_partials:
-            return self._merge(self._merge_input(batch))
+            return self._buffer_partials(batch)
         batch, times, missing = split_missing_times(batch, event_times_ms(batch, self.time_column, self.time_offset))
         if missing is not None:  # no event time: the record cannot belong to any window
             self._side.append(late_rows(missing, np.zeros(missing.num_rows, np.int64), 0, "missing event time"))
@@ -151,14 +170,57 @@ class WindowAggregateOperator(Operator):
             table = table.append_column(ALL, pa.array(np.zeros(table.num_rows, dtype=np.int8)))
         return self._merge(self.accumulators.group(table, [*self.keys, PANE]))
 
-    def _merge_input(self, batch: pa.RecordBatch) -> pa.Table:
-        """Partial rows from the local pre-aggregation: drop closed panes, combine duplicates per key and pane."""
+    def _buffer_partials(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Partial rows from the local pre-aggregation: drop closed panes, buffer the rest (merged later, see
+        the module docstring); partials for already fired windows are merged now (their updates emitted)."""
+        assert self.state is not None
         panes = np.asarray(batch.column(PANE))
         closed = panes + self.size + self.lateness <= self.watermark
         if closed.any():
             self.late_partials += int(closed.sum())
-            batch = batch.filter(pa.array(~closed))
-        return self.accumulators.combine(pa.Table.from_batches([batch]), [*self.keys, PANE])
+            keep = ~closed
+            batch, panes = batch.filter(pa.array(keep)), panes[keep]
+            if batch.num_rows == 0:
+                return []
+        self._pending.append(pa.Table.from_batches([batch]))
+        self._pending_rows += batch.num_rows
+        self._pending_first_pane = min(self._pending_first_pane, int(panes.min()))
+        # the first window of pane p ends at p + slide: at or before fired_until, a fired window changes
+        if self._pending_rows >= PARTIAL_BUFFER_ROWS or self._pending_first_pane + self.slide <= self.state.fired_until:
+            return self._merge_pending()
+        if self.early is not None and self._next_early is None:
+            self._next_early = time.monotonic() + self.early
+        return []
+
+    def _merge_pending(self) -> list[pa.RecordBatch]:
+        """Merge the buffered partials into the panes (one grouped combine); returns re-fired windows."""
+        if not self._pending:
+            return []
+        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows, self._pending_first_pane = [], 0, MAX_WATERMARK
+        return self._merge(self.accumulators.combine(pending, [*self.keys, PANE]))
+
+    def _take_closing_partials(self, watermark: int) -> pa.Table | None:
+        """Remove and return the buffered partials whose panes ``watermark`` closes for good (``None``: none).
+
+        Every window of such a pane fires at this watermark: a buffered pane has no fired window (partials
+        for fired windows are merged on arrival, and ``fired_until`` moves only here, after this)."""
+        if not self._pending or self._pending_first_pane + self.size + self.lateness > watermark:
+            return None
+        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        panes = np.asarray(pending.column(PANE).combine_chunks())
+        closing = panes + self.size + self.lateness <= watermark
+        rest = ~closing
+        self._pending = [pending.filter(pa.array(rest))] if rest.any() else []
+        self._pending_rows = int(rest.sum())
+        self._pending_first_pane = int(panes[rest].min()) if rest.any() else MAX_WATERMARK
+        return pending.filter(pa.array(closing))
+
+    def _merge_pending_quietly(self) -> None:
+        """Before a snapshot: buffered partials are only ever for windows not fired yet, so merging them
+        emits nothing (checked: an emission here would be lost)."""
+        emitted = self._merge_pending()
+        assert not emitted, "buffered partials re-fired a window"
 
     def _merge(self, grouped: pa.Table) -> list[pa.RecordBatch]:
         """Fold partial rows (per key and pane) into the panes' state; re-emit fired windows they changed."""
@@ -192,12 +254,17 @@ class WindowAggregateOperator(Operator):
 
     def on_watermark(self, watermark_ms: int) -> list[pa.RecordBatch]:
         assert self.state is not None
-        self.watermark = max(self.watermark, watermark_ms)
+        watermark = max(self.watermark, watermark_ms)
+        closing = self._take_closing_partials(watermark)
+        if self._pending and self._pending_first_pane + self.slide <= watermark:
+            self._merge_pending_quietly()  # a window of a buffered pane completes: its partials count
+        self.watermark = watermark
+        panes = [*self.state.panes, *(np.unique(closing.column(PANE)).tolist() if closing is not None else ())]
         due = sorted({
-            start for pane in self.state.panes for start in self._windows_of(pane)
+            start for pane in panes for start in self._windows_of(pane)
             if self.state.fired_until < start + self.size <= self.watermark
         })
-        out = self._results(due)
+        out = self._results(due, closing)  # every window of a closing pane is due (see _take_closing_partials)
         self.state.fired_until = max(self.state.fired_until, self.watermark)
         for pane in [p for p in self.state.panes if p + self.size + self.lateness <= self.watermark]:
             del self.state.panes[pane]
@@ -212,6 +279,7 @@ class WindowAggregateOperator(Operator):
     def on_processing_time(self, now: float) -> list[pa.RecordBatch]:
         """Early results: the current values of open windows that changed since the last early emission."""
         assert self.state is not None
+        self._merge_pending_quietly()
         dirty, self._dirty, self._next_early = self._dirty, set(), None
         starts = sorted({
             s for pane in dirty if pane in self.state.panes for s in self._windows_of(pane)
@@ -220,30 +288,36 @@ class WindowAggregateOperator(Operator):
         out = self._results(starts)
         return [out] if out is not None and out.num_rows else []
 
-    def _results(self, starts: list[int]) -> pa.RecordBatch | None:
+    def _results(self, starts: list[int], closing: pa.Table | None = None) -> pa.RecordBatch | None:
         """Results of the windows starting at ``starts``, in one batch: every window's panes are exported
-        with the window's start, combined per (key, window) when a window has several panes, finalised."""
+        with the window's start (plus ``closing``: partial rows per key and pane of those windows that are
+        not in the panes), combined per (key, window) when a window has several parts, finalised."""
         assert self.state is not None
         exported: dict[int, pa.Table] = {}
+        closing_panes = self._closing_panes(closing) if closing is not None and closing.num_rows else {}
         parts = []
-        for start in starts:
+        for start in starts:  # rows in pane order, a pane's state before its closing partials (first, ties)
             for pane in range(start, start + self.size, self.slide):
+                tables = [closing_panes[pane]] if pane in closing_panes else []
                 if pane in self.state.panes:
                     if pane not in exported:
                         exported[pane] = self._export(self.state.panes[pane])
-                    table = exported[pane]
-                    parts.append(table.append_column(_WINDOW, pa.array(np.full(table.num_rows, start, np.int64))))
+                    tables.insert(0, exported[pane])
+                parts += [t.append_column(_WINDOW, pa.array(np.full(t.num_rows, start, np.int64))) for t in tables]
         if not parts:
             return None
-        table = pa.concat_tables(parts)
-        if self.slide != self.size:
+        names = parts[0].schema.names
+        table = pa.concat_tables([part.select(names) for part in parts])
+        if self.slide != self.size or closing_panes:
             table = self.accumulators.combine(table, [*self.keys, _WINDOW])
         table = table.combine_chunks()
         objects = self.accumulators.object_columns  # top_k / udaf: partial form back to state objects
         distinct = set(self.accumulators.distinct_partials)
+        values = set(self.accumulators.value_partials)  # to_numpy would turn an int column with nulls into NaN
         columns = SimpleNamespace(columns={
             n: objects[n].to_objects(table.column(n).combine_chunks()) if n in objects
             else _sets(table.column(n).to_pylist()) if n in distinct
+            else _objects(table.column(n).to_pylist()) if n in values
             else table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
         results = self.accumulators.results(columns, np.arange(table.num_rows))
         window_starts = np.asarray(table.column(_WINDOW))
@@ -252,10 +326,27 @@ class WindowAggregateOperator(Operator):
                   *(a for _, a in results), self._times(window_starts), self._times(window_starts + self.size)]
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
-    def _export(self, pane: KeyedColumns) -> pa.Table:
-        """A pane's accumulators as a table of partial columns (for combining panes)."""
+    def _closing_panes(self, partials: pa.Table) -> dict[int, pa.Table]:
+        """Partial rows (per key and pane, possibly several per key) as one accumulator row per key, per pane,
+        in the form of :meth:`_export`: combined, then merged once into a scratch keyed state (all panes)."""
+        assert self._schema is not None
+        keys = (*self.keys, PANE)
+        grouped = self.accumulators.combine(partials, keys)
+        scratch = KeyedColumns(keys, DEFAULT_MAX_KEY_GROUPS)
+        self.accumulators.declare(scratch, self._schema)
+        self.accumulators.merge(scratch, grouped, scratch.slots_for([grouped.column(k).combine_chunks() for k in keys]))
+        table = self._export(scratch, keys)
+        panes = np.asarray(table.column(PANE))
+        order = np.argsort(panes, kind="stable")
+        table, panes = table.take(pa.array(order)).drop_columns([PANE]), panes[order]
+        bounds = [0, *(np.flatnonzero(panes[1:] != panes[:-1]) + 1).tolist(), len(panes)]
+        return {int(panes[a]): table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])}
+
+    def _export(self, pane: KeyedColumns, keys: Sequence[str] | None = None) -> pa.Table:
+        """A pane's accumulators as a table of partial columns (for combining panes); ``keys`` names the
+        state's key columns (default: the operator's keys)."""
         size = len(pane)
-        columns = {k: a for k, a in zip(self.keys, pane.key_columns())}
+        columns = {k: a for k, a in zip(keys or self.keys, pane.key_columns())}
         objects = self.accumulators.object_columns
         for name, values in pane.columns.items():
             if name in objects:
@@ -278,6 +369,10 @@ class WindowAggregateOperator(Operator):
         panes = self.state.panes if self.state is not None else {}
         return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values())),
                 "late_partials": float(self.late_partials)}
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    return np.fromiter(values, dtype=object, count=len(values))  # list values stay one element each
 
 
 def _sets(lists: list[list[Any] | None]) -> np.ndarray:

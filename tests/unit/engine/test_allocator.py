@@ -1,0 +1,25 @@
+"""Worker allocator settings (headwater.engine.allocator)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from headwater.engine.config import RunConfig
+from headwater.errors import ConfigError
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
+def test_thresholds_are_set_in_a_fresh_process() -> None:
+    # In a child process: the pytest process keeps glibc's defaults.
+    code = "from headwater.engine.allocator import keep_batches_on_heap; print(keep_batches_on_heap())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
+def test_tune_allocator_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match="tune_allocator must be True or False"):
+        RunConfig(tune_allocator="yes")  # type: ignore[arg-type]
+    assert RunConfig(tune_allocator=False).tune_allocator is False
