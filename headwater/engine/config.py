@@ -47,6 +47,8 @@ class RunConfig:
         tune_allocator: worker actors set glibc's mmap/trim thresholds so batch-sized temporaries stay on the
             heap instead of being mapped and faulted in again for every batch (see
             :mod:`headwater.engine.allocator`); the in-process executor never changes them.
+        reuse_workers: after a job without checkpointing ends successfully, keep its worker processes for the
+            driver's next job instead of starting new ones (see :mod:`headwater.engine.worker_pool`).
     """
 
     parallelism: int | None = None
@@ -63,6 +65,7 @@ class RunConfig:
     progress_interval: timedelta = timedelta(seconds=1)
     watermark_interval: timedelta = timedelta(milliseconds=20)
     tune_allocator: bool = True
+    reuse_workers: bool = True
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -80,8 +83,9 @@ class RunConfig:
             raise ConfigError(f"linger must be a non-negative datetime.timedelta, got {self.linger!r}")
         if not isinstance(self.watermark_interval, timedelta) or self.watermark_interval < timedelta(0):
             raise ConfigError(f"watermark_interval must be a non-negative datetime.timedelta, got {self.watermark_interval!r}")
-        if not isinstance(self.tune_allocator, bool):
-            raise ConfigError(f"tune_allocator must be True or False, got {self.tune_allocator!r}")
+        for flag in ("tune_allocator", "reuse_workers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
             raise ConfigError(f"channel_credits must be at least 1, got {self.channel_credits!r}")
         if not isinstance(self.max_key_groups, int) or not 1 <= self.max_key_groups <= 32_768:

@@ -8,14 +8,15 @@ switching between them on a small machine, and a message between two subtasks of
 call — no serialisation, no object store.
 
 Channel protocol between workers (sender side, :meth:`SubtaskHost._send`): every message to a remote receiver
-is an actor call ``push(stage, subtask, edge, sender, seq, message)``. A sender keeps at most
+travels in an actor call ``push(stage, subtask, edge, sender, seq, messages)``. A sender keeps at most
 ``channel_credits`` calls in flight per receiver; when all credits are used it awaits the oldest call. A
 receiver's ``push`` returns only once its inbox is at or below its bound, so a slow receiver holds its
 senders' credits and the backpressure reaches the sources — memory stays bounded by (credits x senders +
 inbox bound) batches per receiver, whatever the input size. A receiver in the same worker is pushed to
 directly, awaiting the same inbox bound.
 
-``seq`` numbers each (edge, sender) stream; the receiver re-orders by it, so the order of data and in-band
+``seq`` numbers the calls of each (edge, sender) stream (consecutive messages of one poll to one receiver travel
+in one call); the receiver re-orders by it, so the order of data and in-band
 markers holds even if Ray runs async calls out of order.
 """
 
@@ -26,6 +27,7 @@ import time
 from collections import defaultdict, deque
 from typing import Any, Callable
 
+from headwater.engine.allocator import keep_batches_on_heap
 from headwater.engine.channels import Message
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import RunConfig
@@ -33,9 +35,9 @@ from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
-from headwater.engine.allocator import keep_batches_on_heap
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
 from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
+from headwater.engine.worker_pool import POOL
 from headwater.errors import HeadwaterError, JobFailedError
 
 _SOURCE_IDLE_S = 0.005
@@ -261,20 +263,34 @@ class WorkerActor:
     worker of a checkpointed job also hosts the checkpoint coordinator (:class:`CoordinatorService`): a job
     attempt lives and dies with all its workers, so the coordinator needs no process of its own."""
 
-    def __init__(self, plan: PhysicalPlan, subtasks: list[SubtaskId], config: RunConfig,
-                 storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
-                 coordinator: CheckpointCoordinator | None = None) -> None:
-        if config.tune_allocator:
+    def __init__(self, tune_allocator: bool = True) -> None:
+        if tune_allocator:
             keep_batches_on_heap()
+        self.hosts: dict[SubtaskId, SubtaskHost] = {}
+        self.plan: PhysicalPlan | None = None
+        self.service: CoordinatorService | None = None
+
+    async def assign(self, plan: PhysicalPlan, subtasks: list[SubtaskId], config: RunConfig,
+                     storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
+                     coordinator: CheckpointCoordinator | None = None) -> None:
+        """Host ``subtasks`` of ``plan`` (a new worker, or one released by a finished job)."""
         self.hosts = {(s, i): SubtaskHost(plan, s, i, config, storage, restore) for s, i in subtasks}
         self.plan = plan
         self.service = CoordinatorService(coordinator) if coordinator is not None else None
+
+    async def release(self) -> None:
+        """The job ended (every ``run`` returned): drop its subtasks and coordinator, keep the process for
+        another job (see :mod:`headwater.engine.worker_pool`)."""
+        if self.service is not None and self.service.loop is not None:
+            self.service.loop.cancel()
+        self.hosts, self.plan, self.service = {}, None, None
 
     async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], checkpointing: bool) -> None:
         """Learn where every subtask runs (worker index per subtask, and the workers' handles), then open
         the hosted operators and source partitions (restoring state), so that no source starts before every
         subtask is ready to take data. The coordinator, when checkpointing, lives in worker 0."""
         plan = self.plan
+        assert plan is not None, "assign() was not called"
         client = CoordinatorClient(self.service, workers[0]) if checkpointing else None
         for (stage_id, _), host in self.hosts.items():
             receivers: dict[int, list[SubtaskHost | Any]] = {}
@@ -412,20 +428,28 @@ class RayJob:
         self.started = time.monotonic()
         storage = coordinator.storage if coordinator is not None else None
         self.checkpointing = coordinator is not None
-        worker_class = ray.remote(WorkerActor)
+        self.worker_class = ray.remote(WorkerActor)
+        self.pool_key = ("shared", config.tune_allocator)
+        #: workers go back to the pool after a successful run (see headwater.engine.worker_pool)
+        self.reusable = config.reuse_workers and coordinator is None
+        self._released = False
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
         self.assignments = place_subtasks(plan)
+        cpus = [plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None for subtasks in self.assignments]
+        #: which workers hold no CPUs of their own (only those are pooled)
+        self.shared = [not c for c in cpus]
+        pooled = POOL.take(ray, self.pool_key, sum(self.shared)) if config.reuse_workers else []
         self.workers: list[Any] = []
         placement: dict[SubtaskId, int] = {}
         for index, subtasks in enumerate(self.assignments):
-            cpus = plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None
-            self.workers.append(worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(
-                plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None))
+            self.workers.append(pooled.pop() if self.shared[index] and pooled else self._new_worker(cpus[index]))
             placement.update({subtask: index for subtask in subtasks})
-        #: the worker actor hosting each (stage id, subtask)
-        self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
         try:
+            self._assign([(plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None)
+                          for index, subtasks in enumerate(self.assignments)])
+            #: the worker actor hosting each (stage id, subtask)
+            self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
             ray.get([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers])
         except Exception as exc:
             self._kill_all()
@@ -436,7 +460,22 @@ class RayJob:
         self.runs = {worker.run.remote(): index for index, worker in enumerate(self.workers)}
         self._stopped = False
 
+    def _new_worker(self, cpus: float | None) -> Any:
+        return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
+
+    def _assign(self, arguments: list[tuple[Any, ...]]) -> None:
+        """Give every worker its subtasks. A pooled worker that died while idle is replaced by a new one."""
+        refs = [w.assign.remote(*args) for w, args in zip(self.workers, arguments)]
+        for index, ref in enumerate(refs):
+            try:
+                self.ray.get(ref)
+            except self.ray.exceptions.RayActorError:
+                self.workers[index] = self._new_worker(None)
+                self.ray.get(self.workers[index].assign.remote(*arguments[index]))
+
     def stop(self, savepoint: bool = False) -> None:
+        if self._released:
+            return
         self._stopped = True
         if self.checkpointing:
             self.ray.get(self.workers[0].coordinator_prepare_stop.remote(savepoint))
@@ -454,7 +493,7 @@ class RayJob:
         finished: list[SubtaskMetrics] = []
         interval = self.config.progress_interval.total_seconds()
         last_progress = time.monotonic()
-        interrupted = False
+        interrupted = succeeded = False
         try:
             while pending:
                 try:
@@ -477,9 +516,13 @@ class RayJob:
                 if not final:
                     raise JobFailedError("the job ended without its final checkpoint")
                 result.checkpoints, result.last_checkpoint = stats, last
+            succeeded = True
             return result
         finally:
-            self._kill_all()
+            if succeeded and self.reusable:
+                self._release_all()
+            else:
+                self._kill_all()
 
     def _result_of(self, ref: Any) -> list[SubtaskMetrics]:
         hosted = self.assignments[self.runs[ref]]
@@ -496,8 +539,24 @@ class RayJob:
                 step_id=self.plan.stages[stage_id].head, subtask=subtask,
             ) from original
 
+    def _release_all(self) -> None:
+        """Return the shared workers of a finished job to the pool (released first); kill the others."""
+        self._released = True
+        shared = [w for w, ok in zip(self.workers, self.shared) if ok]
+        try:
+            self.ray.get([w.release.remote() for w in shared], timeout=5)
+        except Exception:  # noqa: BLE001 - a worker that cannot release is not reused
+            self._kill(self.workers)
+            return
+        self._kill([w for w, ok in zip(self.workers, self.shared) if not ok])
+        self._kill(POOL.give_back(self.ray, self.pool_key, shared))
+
     def _kill_all(self) -> None:
-        for actor in self.workers:
+        self._released = True
+        self._kill(self.workers)
+
+    def _kill(self, workers: list[Any]) -> None:
+        for actor in workers:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already dead

@@ -19,7 +19,8 @@ def test_thresholds_are_set_in_a_fresh_process() -> None:
     assert out.strip() == "True"
 
 
-def test_tune_allocator_must_be_a_bool() -> None:
-    with pytest.raises(ConfigError, match="tune_allocator must be True or False"):
-        RunConfig(tune_allocator="yes")  # type: ignore[arg-type]
-    assert RunConfig(tune_allocator=False).tune_allocator is False
+@pytest.mark.parametrize("flag", ["tune_allocator", "reuse_workers"])
+def test_worker_flags_must_be_bools(flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"{flag} must be True or False"):
+        RunConfig(**{flag: "yes"})
+    assert getattr(RunConfig(**{flag: False}), flag) is False
