@@ -49,6 +49,7 @@ PANE = "__pane"
 ALL = "__all"  # the constant key of an unkeyed window
 _FIRED = "__fired_until"
 _WINDOW = "__window"
+_ROW = "__row"
 MAX_WATERMARK = np.iinfo(np.int64).max
 #: pre-aggregated partial rows held before they are merged into the panes (see the module docstring)
 PARTIAL_BUFFER_ROWS = 65_536
@@ -328,17 +329,20 @@ class WindowAggregateOperator(Operator):
 
     def _closing_panes(self, partials: pa.Table) -> dict[int, pa.Table]:
         """Partial rows (per key and pane, possibly several per key) as one accumulator row per key, per pane,
-        in the form of :meth:`_export`: combined, then merged once into a scratch keyed state (all panes)."""
+        in the form of :meth:`_export`: combined (one row per key and pane), then merged once into a scratch
+        state keyed by row number — the rows are distinct already, so no key needs looking up."""
         assert self._schema is not None
-        keys = (*self.keys, PANE)
-        grouped = self.accumulators.combine(partials, keys)
-        scratch = KeyedColumns(keys, DEFAULT_MAX_KEY_GROUPS)
-        self.accumulators.declare(scratch, self._schema)
-        self.accumulators.merge(scratch, grouped, scratch.slots_for([grouped.column(k).combine_chunks() for k in keys]))
-        table = self._export(scratch, keys)
-        panes = np.asarray(table.column(PANE))
+        grouped = self.accumulators.combine(partials, [*self.keys, PANE])
+        panes = np.asarray(grouped.column(PANE).combine_chunks())
         order = np.argsort(panes, kind="stable")
-        table, panes = table.take(pa.array(order)).drop_columns([PANE]), panes[order]
+        grouped, panes = grouped.take(pa.array(order)), panes[order]
+        scratch = KeyedColumns((_ROW,), DEFAULT_MAX_KEY_GROUPS)
+        self.accumulators.declare(scratch, self._schema)
+        slots = scratch.slots_for([pa.array(np.arange(grouped.num_rows, dtype=np.int64))])  # slot i is row i
+        self.accumulators.merge(scratch, grouped, slots)
+        exported = self._export(scratch, (_ROW,)).drop_columns([_ROW])
+        table = pa.table([*(grouped.column(k) for k in self.keys), *exported.columns],
+                         names=[*self.keys, *exported.column_names])
         bounds = [0, *(np.flatnonzero(panes[1:] != panes[:-1]) + 1).tolist(), len(panes)]
         return {int(panes[a]): table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])}
 
