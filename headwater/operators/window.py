@@ -16,8 +16,10 @@ the **side output** (``stream.late_records()``) with ``late_reason`` and ``laten
 
 Pre-aggregated input (``merge_partials``, after a local :class:`WindowPartialOperator`): partial rows are
 buffered and merged into the panes in one grouped pass when the watermark is about to complete one of their
-windows, before a snapshot, before early results, or once ``PARTIAL_BUFFER_ROWS`` are waiting. Every sender
-sends a partial per batch, so merging each on arrival cost more than the whole pre-aggregation saved. Partials
+windows, before a snapshot, or before early results. Every sender sends a partial per batch, so merging each on
+arrival cost more than the whole pre-aggregation saved. The buffer is compacted (combined to one row per key and
+pane) whenever it reaches ``PARTIAL_BUFFER_ROWS`` or twice its size after the last compaction, so it never holds
+more than about twice the rows the panes would hold for the same partials. Partials
 for panes whose windows already fired (allowed lateness) are merged at once: their updates are emitted then.
 Buffered partials of panes that the watermark closes for good (every window of the pane fires now and the pane
 leaves state) never enter the panes: they are combined per (key, window) with the panes' exports and emitted.
@@ -132,6 +134,7 @@ class WindowAggregateOperator(Operator):
         self._pending: list[pa.Table] = []  # pre-aggregated partials not merged yet
         self._pending_rows = 0
         self._pending_first_pane = MAX_WATERMARK
+        self._pending_limit = PARTIAL_BUFFER_ROWS  # compact the buffer at this many rows
 
     def open(self, ctx: OperatorContext) -> None:
         store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
@@ -187,11 +190,22 @@ class WindowAggregateOperator(Operator):
         self._pending_rows += batch.num_rows
         self._pending_first_pane = min(self._pending_first_pane, int(panes.min()))
         # the first window of pane p ends at p + slide: at or before fired_until, a fired window changes
-        if self._pending_rows >= PARTIAL_BUFFER_ROWS or self._pending_first_pane + self.slide <= self.state.fired_until:
+        if self._pending_first_pane + self.slide <= self.state.fired_until:
             return self._merge_pending()
+        if self._pending_rows >= self._pending_limit:
+            self._compact_pending()
         if self.early is not None and self._next_early is None:
             self._next_early = time.monotonic() + self.early
         return []
+
+    def _compact_pending(self) -> None:
+        """Combine the buffer to one row per key and pane (arrival order kept for first/last and ties)."""
+        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        compacted = self.accumulators.combine(pending, [*self.keys, PANE]).select(pending.schema.names)
+        if compacted.schema != pending.schema:  # later partials are concatenated to it
+            compacted = compacted.cast(pending.schema)
+        self._pending, self._pending_rows = [compacted], compacted.num_rows
+        self._pending_limit = max(PARTIAL_BUFFER_ROWS, 2 * compacted.num_rows)
 
     def _merge_pending(self) -> list[pa.RecordBatch]:
         """Merge the buffered partials into the panes (one grouped combine); returns re-fired windows."""
@@ -199,6 +213,7 @@ class WindowAggregateOperator(Operator):
             return []
         pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_rows, self._pending_first_pane = [], 0, MAX_WATERMARK
+        self._pending_limit = PARTIAL_BUFFER_ROWS
         return self._merge(self.accumulators.combine(pending, [*self.keys, PANE]))
 
     def _take_closing_partials(self, watermark: int) -> pa.Table | None:
@@ -215,6 +230,7 @@ class WindowAggregateOperator(Operator):
         self._pending = [pending.filter(pa.array(rest))] if rest.any() else []
         self._pending_rows = int(rest.sum())
         self._pending_first_pane = int(panes[rest].min()) if rest.any() else MAX_WATERMARK
+        self._pending_limit = max(PARTIAL_BUFFER_ROWS, 2 * self._pending_rows)
         return pending.filter(pa.array(closing))
 
     def _merge_pending_quietly(self) -> None:

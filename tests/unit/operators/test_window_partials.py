@@ -23,6 +23,7 @@ SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.int64()), ("t", pa.int64())])
 SIMPLE = {"n": hw.count(), "total": hw.sum("v"), "low": hw.min("v"), "high": hw.max("v"), "avg": hw.mean("v"),
           "first": hw.first("v"), "last": hw.last("v"), "kinds": hw.count_distinct("v")}
 MAX_BY = {"high": hw.max("v"), "at": hw.max_by("t", "v"), "n": hw.count()}
+TOP_K = {"top": hw.top_k("v", 2), "n": hw.count(), "last": hw.last("v")}
 WINDOWS = [hw.TumblingWindow(seconds=2), hw.SlidingWindow(size=dt.timedelta(seconds=3), slide=dt.timedelta(seconds=1))]
 
 ROWS = st.lists(st.tuples(st.integers(0, 3), st.one_of(st.none(), st.integers(-5, 5)), st.integers(0, 12_000)),
@@ -56,7 +57,7 @@ def _rows(batches: list[pa.RecordBatch]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=["tumbling", "sliding"])
-@pytest.mark.parametrize("aggregations", [SIMPLE, MAX_BY], ids=["simple", "max_by"])
+@pytest.mark.parametrize("aggregations", [SIMPLE, MAX_BY, TOP_K], ids=["simple", "max_by", "top_k"])
 @pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "global"])
 @settings(max_examples=30, deadline=None)
 @given(rows=ROWS, cuts=st.lists(st.integers(0, 80), max_size=6), buffer_rows=st.sampled_from([1, 3, 65_536]),
