@@ -25,12 +25,24 @@ from headwater.sources.base import Source
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
 
-__all__ = ["TestingSink", "TestingSource", "read_source", "run_local"]
+__all__ = ["TestingSink", "TestingSource", "read_source", "run_local", "through_checkpoint_files"]
 
 
 def run_local(flow: Dataflow, **options: Any) -> JobResult:
     """Run ``flow`` in this process with the same physical plan as on Ray (default parallelism 1)."""
     return run(flow, executor="local", **options)
+
+
+def through_checkpoint_files(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Snapshot tables (``OperatorStateStore.snapshot()[0]``) after what a checkpoint does to them: each written
+    as an Arrow IPC file and read back, so an operator's restore is tested against what it will really get."""
+    out = {}
+    for name, table in tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        out[name] = pa.ipc.open_file(sink.getvalue()).read_all()
+    return out
 
 
 def read_source(source: Source) -> pa.Table:

@@ -24,7 +24,7 @@ from headwater.operators.accumulators import AccumulatorSet
 from headwater.operators.aggregate import RunningAggregateOperator
 from headwater.operators.base import OperatorContext
 from headwater.operators.window import WindowAggregateOperator
-from headwater.testing import TestingSink, TestingSource, run_local
+from headwater.testing import TestingSink, TestingSource, run_local, through_checkpoint_files
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.float64()), ("who", pa.string())])
 
@@ -316,17 +316,6 @@ def _store() -> OperatorStateStore:
     return OperatorStateStore("agg", DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
 
 
-def _through_ipc(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
-    """What a checkpoint does to the snapshot tables: write them out, read them back."""
-    out = {}
-    for name, table in tables.items():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        out[name] = pa.ipc.open_file(sink.getvalue()).read_all()
-    return out
-
-
 AGGREGATIONS = {"top": hw.top_k("v", 2), "who": hw.top_k("who", 2, by="v"), "med": hw.udaf(Median(), "v"),
                 "n": hw.count()}
 FIRST = rows_of("a", [1.0, 5.0, None], ["p", "q", "r"]) + rows_of("b", [2.0], ["s"])
@@ -342,7 +331,7 @@ def test_running_aggregate_state_survives_snapshot_and_restore_exactly() -> None
 
     restored_store = _store()
     restored = operator(AGGREGATIONS, store=restored_store)
-    restored_store.restore(_through_ipc(tables), values)
+    restored_store.restore(through_checkpoint_files(tables), values)
     expected = [b.to_pylist() for b in live.process(batch(SECOND))]
     assert [b.to_pylist() for b in restored.process(batch(SECOND))] == expected
     assert {r["k"]: (r["top"], r["who"], r["med"], r["n"]) for r in expected[0]} == {
@@ -369,7 +358,7 @@ def test_window_panes_survive_snapshot_and_restore_exactly(window: Any) -> None:
     tables, values = live_store.snapshot()
     restored_store = _store()
     restored = window_operator(restored_store)
-    restored_store.restore(_through_ipc(tables), values)
+    restored_store.restore(through_checkpoint_files(tables), values)
     more = timed(rows_of("a", [4.0], ["w"]), 9_000)
     expected = [b.to_pylist() for b in live.process(more) + live.finish()]
     got = [b.to_pylist() for b in restored.process(more) + restored.finish()]

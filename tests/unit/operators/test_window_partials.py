@@ -18,6 +18,7 @@ from headwater.engine.state import OperatorStateStore
 from headwater.operators import window as window_module
 from headwater.operators.base import OperatorContext
 from headwater.operators.window import WindowAggregateOperator, WindowPartialOperator
+from headwater.testing import through_checkpoint_files
 
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.int64()), ("t", pa.int64())])
 SIMPLE = {"n": hw.count(), "total": hw.sum("v"), "low": hw.min("v"), "high": hw.max("v"), "avg": hw.mean("v"),
@@ -40,16 +41,6 @@ def _operator(window: Any, aggregations: dict[str, Any], keyed: bool, merge_part
                                  SCHEMA, pa.int64(), merge_partials=merge_partials)
     op.open(OperatorContext("w", 0, 1, store or _store()))
     return op
-
-
-def _through_ipc(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
-    out = {}
-    for name, table in tables.items():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        out[name] = pa.ipc.open_file(sink.getvalue()).read_all()
-    return out
 
 
 def _rows(batches: list[pa.RecordBatch]) -> list[dict[str, Any]]:
@@ -93,7 +84,7 @@ def _compare(window: Any, aggregations: dict[str, Any], keyed: bool, rows: list[
             merged_store = _store()
             merged = _operator(window, aggregations, keyed, merge_partials=True, store=merged_store,
                                lateness=lateness)
-            merged_store.restore(_through_ipc(tables), values)
+            merged_store.restore(through_checkpoint_files(tables), values)
             if latest >= 0:  # the runtime hands a restored operator the checkpoint's watermark: nothing fires
                 assert merged.on_watermark(latest - lag) == []
         expected = raw.process(batch)
@@ -117,7 +108,7 @@ def test_a_snapshot_holds_buffered_partials() -> None:
     assert not op._pending and tables["panes"].num_rows == 2
     restored_store = _store()
     restored = _operator(WINDOWS[0], SIMPLE, keyed=True, merge_partials=True, store=restored_store)
-    restored_store.restore(_through_ipc(tables), values)
+    restored_store.restore(through_checkpoint_files(tables), values)
     rows = _rows(restored.finish())
     assert [(r["k"], r["n"], r["total"], r["first"], r["last"]) for r in rows] == [(1, 2, 12, 5, 7), (2, 1, 1, 1, 1)]
 
