@@ -441,13 +441,18 @@ class RayJob:
         self.shared = [not c for c in cpus]
         pooled = POOL.take(ray, self.pool_key, sum(self.shared)) if config.reuse_workers else []
         self.workers: list[Any] = []
+        from_pool: set[int] = set()
         placement: dict[SubtaskId, int] = {}
         for index, subtasks in enumerate(self.assignments):
-            self.workers.append(pooled.pop() if self.shared[index] and pooled else self._new_worker(cpus[index]))
+            if self.shared[index] and pooled:
+                self.workers.append(pooled.pop())
+                from_pool.add(index)
+            else:
+                self.workers.append(self._new_worker(cpus[index]))
             placement.update({subtask: index for subtask in subtasks})
         try:
             self._assign([(plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None)
-                          for index, subtasks in enumerate(self.assignments)])
+                          for index, subtasks in enumerate(self.assignments)], from_pool)
             #: the worker actor hosting each (stage id, subtask)
             self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
             ray.get([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers])
@@ -463,13 +468,15 @@ class RayJob:
     def _new_worker(self, cpus: float | None) -> Any:
         return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
 
-    def _assign(self, arguments: list[tuple[Any, ...]]) -> None:
+    def _assign(self, arguments: list[tuple[Any, ...]], from_pool: set[int]) -> None:
         """Give every worker its subtasks. A pooled worker that died while idle is replaced by a new one."""
         refs = [w.assign.remote(*args) for w, args in zip(self.workers, arguments)]
         for index, ref in enumerate(refs):
             try:
                 self.ray.get(ref)
             except self.ray.exceptions.RayActorError:
+                if index not in from_pool:
+                    raise
                 self.workers[index] = self._new_worker(None)
                 self.ray.get(self.workers[index].assign.remote(*arguments[index]))
 
