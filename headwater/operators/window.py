@@ -198,9 +198,12 @@ class WindowAggregateOperator(Operator):
             self._next_early = time.monotonic() + self.early
         return []
 
+    def _pending_table(self) -> pa.Table:
+        return pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+
     def _compact_pending(self) -> None:
         """Combine the buffer to one row per key and pane (arrival order kept for first/last and ties)."""
-        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        pending = self._pending_table()
         compacted = self.accumulators.combine(pending, [*self.keys, PANE]).select(pending.schema.names)
         if compacted.schema != pending.schema:  # later partials are concatenated to it
             compacted = compacted.cast(pending.schema)
@@ -211,7 +214,7 @@ class WindowAggregateOperator(Operator):
         """Merge the buffered partials into the panes (one grouped combine); returns re-fired windows."""
         if not self._pending:
             return []
-        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        pending = self._pending_table()
         self._pending, self._pending_rows, self._pending_first_pane = [], 0, MAX_WATERMARK
         self._pending_limit = PARTIAL_BUFFER_ROWS
         return self._merge(self.accumulators.combine(pending, [*self.keys, PANE]))
@@ -223,7 +226,7 @@ class WindowAggregateOperator(Operator):
         for fired windows are merged on arrival, and ``fired_until`` moves only here, after this)."""
         if not self._pending or self._pending_first_pane + self.size + self.lateness > watermark:
             return None
-        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        pending = self._pending_table()
         panes = np.asarray(pending.column(PANE).combine_chunks())
         closing = panes + self.size + self.lateness <= watermark
         rest = ~closing
