@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from headwater.sources.base import drain  # noqa: E402
 from headwater.sources.nexmark import _KIND_OFFSETS, PROPORTION_DENOMINATOR, NexmarkSource  # noqa: E402
 
 TABLES = ("bid", "auction", "person")
@@ -65,11 +66,7 @@ def _write_table(table: str, events: int, seed: int, files: int, out: Path) -> d
     part, written, writer = 0, 0, None
     first_ms = last_ms = None
     try:
-        while True:
-            try:
-                batch = partition.next_batch()
-            except StopIteration:
-                break
+        for batch in drain(partition):
             if batch is None or batch.num_rows == 0:
                 continue
             times = batch.column("date_time").cast(pa.int64())

@@ -43,6 +43,7 @@ import headwater as hw  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from headwater.sources import NexmarkSource  # noqa: E402
+from headwater.sources.base import drain  # noqa: E402
 import nexmark_windowed as windowed  # noqa: E402
 from nexmark_queries import QUERIES, REFERENCES  # noqa: E402
 
@@ -121,11 +122,7 @@ REFERENCE_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def _rows(partition: Any, columns: tuple[str, ...]):
-    while True:
-        try:
-            batch = partition.next_batch()
-        except StopIteration:
-            return
+    for batch in drain(partition):
         if batch is None:
             continue
         arrays = [batch.column(c) for c in columns]

@@ -21,7 +21,7 @@ from headwater.dataflow import Dataflow
 from headwater.engine.job import JobResult
 from headwater.engine.runner import run
 from headwater.errors import ConfigError
-from headwater.sources.base import Source
+from headwater.sources.base import Source, drain
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
 
@@ -50,17 +50,5 @@ def read_source(source: Source) -> pa.Table:
     compute a reference result over exactly the rows a pipeline will read)."""
     if not source.bounded:
         raise ConfigError(f"read_source() needs a bounded source; {type(source).__name__} never ends")
-    batches = []
-    for part in source.list_parts():
-        partition = source.build_part(part, None)
-        try:
-            while True:
-                try:
-                    batch = partition.next_batch()
-                except StopIteration:
-                    break
-                if batch is not None:
-                    batches.append(batch)
-        finally:
-            partition.close()
+    batches = [b for part in source.list_parts() for b in drain(source.build_part(part, None)) if b is not None]
     return pa.Table.from_batches(batches, schema=source.schema())

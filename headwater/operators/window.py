@@ -45,6 +45,7 @@ from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
 from headwater.engine.state import KEY_GROUP_COLUMN, KeyedColumns, OperatorStateStore
 from headwater.operators.accumulators import AccumulatorSet
 from headwater.operators.base import Operator, OperatorContext
+from headwater.operators.object_accumulators import object_array
 from headwater.windows import SlidingWindow, TumblingWindow
 
 PANE = "__pane"
@@ -336,8 +337,8 @@ class WindowAggregateOperator(Operator):
         values = set(self.accumulators.value_partials)  # to_numpy would turn an int column with nulls into NaN
         columns = SimpleNamespace(columns={
             n: objects[n].to_objects(table.column(n).combine_chunks()) if n in objects
-            else _sets(table.column(n).to_pylist()) if n in distinct
-            else _objects(table.column(n).to_pylist()) if n in values
+            else object_array([set(v or ()) for v in table.column(n).to_pylist()]) if n in distinct
+            else object_array(table.column(n).to_pylist()) if n in values
             else table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names})
         results = self.accumulators.results(columns, np.arange(table.num_rows))
         window_starts = np.asarray(table.column(_WINDOW))
@@ -392,16 +393,6 @@ class WindowAggregateOperator(Operator):
         panes = self.state.panes if self.state is not None else {}
         return {"panes": float(len(panes)), "keys": float(sum(len(p) for p in panes.values())),
                 "late_partials": float(self.late_partials)}
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    return np.fromiter(values, dtype=object, count=len(values))  # list values stay one element each
-
-
-def _sets(lists: list[list[Any] | None]) -> np.ndarray:
-    out = np.empty(len(lists), dtype=object)
-    out[:] = [set(values or ()) for values in lists]
-    return out
 
 
 class WindowPartialOperator(Operator):

@@ -15,7 +15,7 @@ Shaped after Bytewax's fixed-partition sources, but batch-oriented:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -43,6 +43,21 @@ class SourcePartition(ABC):
 
     def close(self) -> None:
         """Release resources; called once, also after failures."""
+
+
+def drain(partition: SourcePartition) -> Iterator[pa.RecordBatch | None]:
+    """Every ``next_batch()`` result of ``partition`` (``None`` included: nothing available at that poll)
+    until it ends; closes the partition afterwards, also when the caller stops early or fails. For bounded
+    sources read outside a dataflow (tests, reference results, materialising input)."""
+    try:
+        while True:
+            try:
+                batch = partition.next_batch()
+            except StopIteration:
+                return
+            yield batch
+    finally:
+        partition.close()
 
 
 class Source(ABC):

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headwater.errors import ConfigError, SourceError
-from headwater.sources.base import Source
+from headwater.sources.base import Source, drain
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
 
 ROWS = 1_000
@@ -58,18 +58,9 @@ def make_source(fmt: str, path: Path | str, batch_size: int = BATCH) -> Source:
 
 
 def read_all(source: Source, part: str, state: int | None = None) -> pa.Table:
-    partition = source.build_part(part, state)
-    batches = []
-    try:
-        while True:
-            try:
-                batch = partition.next_batch()
-            except StopIteration:
-                break
-            assert batch is not None and 0 < batch.num_rows <= source.batch_size  # type: ignore[attr-defined]
-            batches.append(batch)
-    finally:
-        partition.close()
+    batches = list(drain(source.build_part(part, state)))
+    for batch in batches:
+        assert batch is not None and 0 < batch.num_rows <= source.batch_size  # type: ignore[attr-defined]
     return pa.Table.from_batches(batches, schema=source.schema())
 
 

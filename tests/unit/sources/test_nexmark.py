@@ -14,6 +14,7 @@ import pytest
 
 from headwater.errors import ConfigError
 from headwater.sources import nexmark
+from headwater.sources.base import drain as drain_partition
 from headwater.sources.nexmark import HOT_CHANNELS, NexmarkPartition, NexmarkSource
 
 BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -21,14 +22,9 @@ BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 def drain(part: NexmarkPartition) -> list[pa.RecordBatch]:
     """Every batch of an unpaced, bounded partition, in order."""
-    batches = []
-    while True:
-        try:
-            batch = part.next_batch()
-        except StopIteration:
-            return batches
-        assert batch is not None, "an unpaced partition must never return None"
-        batches.append(batch)
+    batches = list(drain_partition(part))
+    assert all(b is not None for b in batches), "an unpaced partition must never return None"
+    return batches  # type: ignore[return-value]
 
 
 def read_all(src: NexmarkSource) -> pa.Table:
