@@ -20,9 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import headwater as hw  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from keyed_source import KeyedSource  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=1 << 30, include_dashboard=False,
+    start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1 << 30,  # token auth, reaper
              configure_logging=False, log_to_driver=False)
     off, on = [], []
     try:

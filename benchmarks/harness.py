@@ -40,7 +40,7 @@ PEER_VENVS = ("bytewax", "flink", "pathway", "raydata")
 REFERENCE = "python"
 ALL_QUERIES = ("q0", "q1", "q2", "q5", "q7", "q8")
 NO_DUMP = {"bytewax"}  # runners without --dump support
-ENV = {"TZ": "UTC", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+ENV = {"TZ": "UTC", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
 class RunnerError(RuntimeError):

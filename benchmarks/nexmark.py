@@ -34,11 +34,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pyarrow as pa  # noqa: E402
 
+from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import headwater as hw  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], configure_logging=False, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
+        start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1024 * 1024 * 1024,  # token auth, reaper
                  configure_logging=False, log_to_driver=False)
     try:
         runs = [run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size,

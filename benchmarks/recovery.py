@@ -19,9 +19,9 @@ import tempfile
 import time
 from datetime import timedelta
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import headwater as hw  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from headwater.sources import NexmarkSource  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=1 << 30, include_dashboard=False,
+    start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1 << 30,  # token auth, reaper
              configure_logging=False, log_to_driver=False)
     flow = hw.Dataflow("recovery")
     (

@@ -12,7 +12,6 @@ import pytest
 import headwater as hw
 from headwater.engine.job import JobResult
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -26,20 +25,26 @@ def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A local Ray with explicit CPUs and a capped object store, shared by every test and shut down at the end."""
+    """A local Ray with explicit CPUs and a capped object store, shared by every test and shut down at the end.
+
+    Started as Headwater starts one (token authentication on, reaper), so the tests run as users do."""
     import ray
 
+    from headwater.engine.ray_cluster import start_local_ray
+
+    reaper = None
     if not ray.is_initialized():
-        ray.init(
+        reaper = start_local_ray(
             num_cpus=2,
             object_store_memory=300 * 1024 * 1024,
-            include_dashboard=False,
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            temp_dir=tmp_path_factory.mktemp("ray"),
             configure_logging=False,
             log_to_driver=True,
         )
     yield ray
     ray.shutdown()
+    if reaper is not None:
+        reaper.finish()
 
 
 Runner = Callable[..., JobResult]

@@ -30,12 +30,12 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pyarrow as pa  # noqa: E402
 
 import common  # noqa: E402
+from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import paced  # noqa: E402
 from headwater.sinks.base import Sink, SinkPartition  # noqa: E402
 from headwater.sources.base import Source, SourcePartition  # noqa: E402
@@ -138,7 +138,7 @@ def setup() -> None:
     # the source and sink classes travel to Ray's workers, which must import `paced` and `common` too
     path = [str(HERE), str(ROOT / "examples"), str(ROOT), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
+    start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1024 * 1024 * 1024,  # token auth, reaper
              configure_logging=False, log_to_driver=False)
 
 

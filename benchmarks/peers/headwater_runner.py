@@ -31,10 +31,10 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import common  # noqa: E402
+from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 
 BATCH_SIZE = 131_072  # as benchmarks/nexmark.py (twice the engine default)
 
@@ -130,7 +130,7 @@ def run(args: Any) -> dict[str, Any]:
     from headwater.testing import TestingSink
 
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=1024 * 1024 * 1024, include_dashboard=False,
+    start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1024 * 1024 * 1024,  # token auth, reaper
              configure_logging=False, log_to_driver=False)
     startup = time.perf_counter() - started
     sink_dir = None

@@ -1,9 +1,13 @@
 """Starting or joining Ray: the embedded default needs nothing running.
 
 * If Ray is already initialised in this process (a test fixture, a notebook), use it as is.
-* Else if ``ray_address`` (or ``$RAY_ADDRESS``) is set, join that cluster.
-* Else start a local Ray with explicit CPUs, a capped object store and its temp dir under the state dir, and
-  shut it down when the run ends.
+* Else if ``ray_address`` (or ``$RAY_ADDRESS``) is set, join that cluster. Its auth mode is the cluster
+  operator's: nothing here changes it (a token, if the cluster needs one, comes from ``$RAY_AUTH_TOKEN`` or
+  ``$RAY_AUTH_TOKEN_PATH``).
+* Else start a local Ray (:func:`start_local_ray`): explicit CPUs, a capped object store, its temp dir under the
+  state dir, token authentication on (:mod:`headwater.engine.ray_auth`), the dashboard (when on) bound to
+  127.0.0.1, and a reaper (:mod:`headwater.engine.ray_reaper`) that stops every Ray process it started within
+  seconds of the driver's end, even a SIGKILL. It is shut down when the run ends.
 """
 
 from __future__ import annotations
@@ -16,15 +20,42 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from headwater.engine.config import RunConfig
-
-# Ray 2.60 enables token auth by default, which breaks local dashboards and `ray status`; usage stats would
-# try to reach the internet. Both only apply if the user has not chosen otherwise.
-_RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+from headwater.engine.ray_auth import use_token_auth_for_local_ray
+from headwater.engine.ray_reaper import Reaper
 
 
 def _prepare_environment() -> None:
-    for name, value in _RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    # Usage stats would try to reach the internet; only if the user has not chosen otherwise.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def start_local_ray(
+    *, num_cpus: int, object_store_memory: int, temp_dir: Path | str | None = None, include_dashboard: bool = False,
+    **init_options: Any,
+) -> Reaper:
+    """``ray.init`` a local Ray the secure way (see the module docstring); returns the reaper to
+    :meth:`~headwater.engine.ray_reaper.Reaper.finish` after ``ray.shutdown()``.
+
+    Tests and benchmarks that start their own local Ray use this too, so they run as users do."""
+    _prepare_environment()
+    use_token_auth_for_local_ray()
+    import ray
+
+    if temp_dir is not None:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+        init_options["_temp_dir"] = str(temp_dir)
+    reaper = Reaper()
+    reaper.start()
+    try:
+        ray.init(
+            num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=include_dashboard,
+            dashboard_host="127.0.0.1", **init_options,
+        )
+    except BaseException:
+        reaper.finish()
+        raise
+    reaper.started_ray()
+    return reaper
 
 
 @contextmanager
@@ -37,16 +68,14 @@ def ray_session(config: RunConfig) -> Iterator[Any]:
         yield ray
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    reaper: Reaper | None = None
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     else:
-        temp_dir = config.resolved_state_dir() / "ray"
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        ray.init(
+        reaper = start_local_ray(
             num_cpus=config.num_cpus or os.cpu_count() or 1,
             object_store_memory=config.object_store_memory,
-            include_dashboard=False,
-            _temp_dir=str(temp_dir),
+            temp_dir=config.resolved_state_dir() / "ray",
             log_to_driver=True,
             configure_logging=False,
         )
@@ -54,6 +83,8 @@ def ray_session(config: RunConfig) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.finish()
 
 
 def ship_user_code(objects: list[Any]) -> None:
