@@ -126,3 +126,15 @@ class CheckpointCorruptError(CheckpointError):
 
 class StateCompatibilityError(BuildError):
     """The checkpoint or savepoint being restored does not fit the dataflow (dropped steps, other key groups)."""
+
+
+class OwnershipConflictError(BuildError):
+    """Two sinks of one job, or a sink and the job's checkpoint directory, claim the same or nested directories."""
+
+
+class DirectoryInUseError(BuildError):
+    """Another live run holds the lease on a checkpoint or sink directory; the message names that holder.
+
+    A build-time error, not a runtime failure: it is raised before any data moves, no restart can cure it
+    (waiting out another run is a scheduler's job), and the fix is operational or configuration (stop the
+    other run, or give this one another directory)."""

@@ -16,6 +16,8 @@ Rules, applied in step order (which is a topological order, since a step can onl
 * **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
   no other consumer, and the edge would be ``forward`` — then the two run in one actor and a batch passes
   between them as a function call, not a message.
+* **Ownership.** No two sinks, nor a sink and the checkpoint directory, may claim the same or nested
+  directories (:mod:`headwater.engine.ownership`): such a job fails here with ``OwnershipConflictError``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from headwater.engine.logical import (
     Step,
     UnionStep,
 )
+from headwater.engine.ownership import check_claims, job_claims
 from headwater.engine.plan import Edge, PhysicalPlan, Stage
 from headwater.errors import BuildError, ConfigError
 
@@ -112,9 +115,13 @@ def _source_columns(steps: dict[str, Step], consumers: Callable[[str], list[str]
     return projections
 
 
-def plan(flow: Dataflow, config: RunConfig, default_parallelism: int) -> PhysicalPlan:
-    """Turn ``flow`` into a :class:`PhysicalPlan` with ``default_parallelism`` where nothing else decides."""
+def plan(
+    flow: Dataflow, config: RunConfig, default_parallelism: int, checkpoint_dir: str | None = None
+) -> PhysicalPlan:
+    """Turn ``flow`` into a :class:`PhysicalPlan` with ``default_parallelism`` where nothing else decides;
+    ``checkpoint_dir`` (when checkpointing) must not overlap a sink's directory."""
     flow.validate()
+    check_claims(job_claims(flow.steps, checkpoint_dir))
     if default_parallelism > config.max_key_groups:
         raise ConfigError(
             f"parallelism {default_parallelism} exceeds max_key_groups {config.max_key_groups}; lower it or raise "

@@ -7,7 +7,8 @@ Each *attempt* starts from the latest complete checkpoint in the checkpoint dire
 2. It is checked against the dataflow: state of steps the dataflow no longer has is refused unless
    ``allow_non_restored_state``; the number of key groups must match.
 3. Sinks are *settled*: every commit token the checkpoint covers is committed (idempotent — this finishes a
-   commit a crash interrupted), and output staged by the failed attempt is aborted.
+   commit a crash interrupted), output staged by the failed attempt is aborted, and every staged file that no
+   token covers is deleted (the run holds the directories' leases, so no one else is writing there).
 4. The job starts with sources at the checkpoint's positions and state restored (re-split by key group when
    the parallelism changed).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage
 from headwater.engine.config import CheckpointConfig
@@ -85,8 +86,14 @@ def check_compatibility(plan: PhysicalPlan, metadata: CheckpointMetadata, config
 
 
 def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> None:
-    """Commit what ``metadata`` covers; abort output staged by earlier attempts (every sink subtask index)."""
+    """Commit what ``metadata`` covers; abort output staged by earlier attempts (every sink subtask index);
+    then let each sink delete staged files that no token of ``metadata`` names (:meth:`Sink.clean_up`).
+
+    Only called while the run holds the leases of its directories: a staged file no token covers belongs to an
+    attempt or run that can never commit it (its checkpoint did not complete, or is older than the one
+    restored), not to a concurrent writer."""
     counts: dict[str, int] = {}
+    tokens: dict[str, list[Any]] = {}
     if metadata is not None:
         for step_id, _, subtask, parallelism, token in metadata.sink_tokens():
             step = plan.steps.get(step_id)
@@ -97,6 +104,7 @@ def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> Non
                 finally:
                     partition.close()
                 counts[step_id] = max(counts.get(step_id, 0), parallelism)
+                tokens.setdefault(step_id, []).append(token)
     for stage in plan.stages:
         for step_id in stage.step_ids:
             step = plan.steps[step_id]
@@ -107,6 +115,7 @@ def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> Non
                         partition.abort()
                     finally:
                         partition.close()
+                step.sink.clean_up(tokens.get(step_id, []))
 
 
 def run_with_recovery(

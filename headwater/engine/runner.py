@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import ExitStack
@@ -12,15 +13,20 @@ from headwater.engine.checkpoint_storage import CheckpointStorage
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.job import JobResult
+from headwater.engine.leases import JobLeases, LeaseHolder
 from headwater.engine.local_executor import LocalJob
+from headwater.engine.logical import SinkStep
 from headwater.engine.metrics import SubtaskMetrics
+from headwater.engine.ownership import job_claims
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.planner import plan
 from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray_cluster import ray_session, ship_user_code
-from headwater.engine.recovery import run_with_recovery
+from headwater.engine.recovery import run_with_recovery, settle_sinks
 from headwater.engine.snapshots import SubtaskRestore
 from headwater.errors import ConfigError
+
+log = logging.getLogger("headwater.runner")
 
 
 def make_config(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
@@ -29,13 +35,15 @@ def make_config(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     return (config or RunConfig()).with_overrides(**options)
 
 
-def plan_flow(flow: Dataflow, config: RunConfig | None = None, **options: Any) -> PhysicalPlan:
+def plan_flow(
+    flow: Dataflow, config: RunConfig | None = None, *, checkpoint_dir: str | None = None, **options: Any
+) -> PhysicalPlan:
     """The physical plan ``run`` would execute (parallelism defaults to the machine's CPU count)."""
     import os
 
     config = make_config(config, options)
     default = config.parallelism or (1 if config.executor == "local" else os.cpu_count() or 1)
-    return plan(flow, config, default)
+    return plan(flow, config, default, checkpoint_dir)
 
 
 def _user_objects(physical: PhysicalPlan) -> list[Any]:
@@ -53,6 +61,10 @@ class RunningJob:
 
     With a :class:`CheckpointConfig` the job is supervised: it restores from the latest checkpoint and is
     restarted after recoverable failures (see :mod:`headwater.engine.recovery`).
+
+    The driver leases the checkpoint directory and every sink's directory (:mod:`headwater.engine.leases`)
+    when the job is made, before anything is settled or started, and releases them when the run ends (after
+    every restart attempt, also on failure); ``hw.start`` raises at once when another run holds one.
     """
 
     def __init__(self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None) -> None:
@@ -68,14 +80,18 @@ class RunningJob:
         self._result: JobResult | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        checkpoint_dir = checkpoint.uri if checkpoint is not None else None
         if config.executor == "local":
-            self.plan = plan_flow(flow, config)
-            return
-        self._ray = self._exit.enter_context(ray_session(config))
+            self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
+        else:
+            self._ray = self._exit.enter_context(ray_session(config))
         try:
-            parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
-            self.plan = plan(flow, config, parallelism)
-            ship_user_code(_user_objects(self.plan))
+            if config.executor != "local":
+                parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+                self.plan = plan(flow, config, parallelism, checkpoint_dir)
+                ship_user_code(_user_objects(self.plan))
+            self.holder = LeaseHolder.this_process(self.plan.flow_name)
+            self._exit.enter_context(JobLeases(job_claims(self.plan.steps, checkpoint_dir), self.holder))
         except BaseException:
             self._exit.close()
             raise
@@ -106,9 +122,26 @@ class RunningJob:
         try:
             if self.checkpoint is not None:
                 return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
-            return self._start_attempt(None, 1).wait(timeout)
+            return self._run_once(timeout)
         finally:
             self._exit.close()
+
+    def _run_once(self, timeout: float | None) -> JobResult:
+        """A run without checkpointing: nothing it staged can ever be committed later, so once it ended, also
+        after a failure, its sinks' staging is cleaned (with earlier runs' leftovers), while the leases are held."""
+        try:
+            result = self._start_attempt(None, 1).wait(timeout)
+        except BaseException:
+            try:
+                settle_sinks(self.plan, None)
+            except Exception:  # noqa: BLE001 - the run's own failure matters more
+                log.warning("job %s: cleaning up staged sink output after the failure failed", self.plan.flow_name,
+                            exc_info=True)
+            raise
+        for step in self.plan.steps.values():
+            if isinstance(step, SinkStep):
+                step.sink.clean_up(())  # every subtask committed; what is left in staging is earlier runs'
+        return result
 
     def start_in_background(self) -> None:
         def target() -> None:

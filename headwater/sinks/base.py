@@ -11,12 +11,18 @@ Commit order (the engine's side of the contract):
 
 A sink that cannot stage (the console) may write directly; it then gives at-least-once, and says so in
 :attr:`Sink.exactly_once`.
+
+Ownership: a sink that writes into a directory declares it with :meth:`Sink.owned_locations`. The engine then
+refuses (at build time) a job in which two sinks, or a sink and the checkpoint directory, claim the same or
+nested locations, and holds a lease on each location for the whole run (:mod:`headwater.engine.leases`), so
+no other run writes there meanwhile. Because of that lease, :meth:`Sink.clean_up` may treat every staged file
+that no commit token covers as garbage.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow as pa
 
@@ -52,3 +58,17 @@ class Sink(ABC):
     @abstractmethod
     def build_part(self, index: int, count: int) -> SinkPartition:
         """Build the writer of subtask ``index`` out of ``count``."""
+
+    def owned_locations(self) -> tuple[str, ...]:
+        """The directories (absolute local paths or ``pyarrow.fs`` URIs) this sink writes and no one else may.
+
+        The engine refuses a job in which two owned locations are equal or one lies inside the other, and leases
+        each one for the whole run. Default: none (a sink writing to a system with its own isolation, or none)."""
+        return ()
+
+    def clean_up(self, tokens: Sequence[Any]) -> None:
+        """Delete staged output of earlier attempts and runs that none of ``tokens`` covers.
+
+        Called in the driver only while the run holds the leases on :meth:`owned_locations`, after ``tokens``
+        (those of the checkpoint being restored, or none) were committed; it must keep committed output and
+        every file a token names. Default: nothing to clean."""

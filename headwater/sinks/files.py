@@ -2,33 +2,48 @@
 
 Layout of ``<path>``::
 
-    <path>/_staging/inprogress-<subtask:04d>-<uuid>.<ext>       being written (not covered by any token)
-    <path>/_staging/part-<checkpoint:06d>-<subtask:04d>-<n:04d>.<ext>   prepared: durable, named in a token
-    <path>/part-<checkpoint:06d>-<subtask:04d>-<n:04d>.<ext>            committed: visible to readers
+    <path>/_lease                                                          the run holding the directory
+    <path>/_staging/inprogress-<subtask:04d>-<uuid>.<ext>                  being written (no token covers it)
+    <path>/_staging/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>   prepared: durable, in a token
+    <path>/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>            committed: visible to readers
 
 Commit order, per subtask:
 
 1. :meth:`FileSinkPartition.write` appends to the subtask's current in-progress file (opened on the first row).
 2. :meth:`FileSinkPartition.prepare` closes it, syncs it and renames it inside ``_staging`` to its final name;
    the returned :class:`FileCommitToken` lists ``(staged, final)`` pairs. Prepared files survive a crash.
-3. :meth:`FileSinkPartition.commit` moves each staged file to its final path with one atomic rename
-   (``os.replace`` locally). A pair whose staged file is gone and whose final file exists was committed
-   already, so committing a token again (after a crash) is harmless.
+3. :meth:`FileSinkPartition.commit` publishes each staged file under its final name without ever replacing a
+   file there (locally a hard link, then the staged name is removed; see :meth:`_Store.publish`). A pair whose
+   staged file is gone and whose final file exists was committed already, and one whose two names are the same
+   file was interrupted between link and unlink, so committing a token again (after a crash) is harmless. A
+   final name taken by another file is a :class:`~headwater.errors.SinkError`, never an overwrite.
 4. :meth:`FileSinkPartition.abort` deletes this subtask's in-progress files (also those of a crashed earlier
-   incarnation); prepared files are left to the engine, which commits or forgets their tokens.
+   incarnation); prepared files are left to the engine, which commits their tokens or, with the directory's
+   lease held, deletes whatever no token covers (:meth:`FileSink.clean_up`).
+
+File names never collide: ``<writer>`` is a random 64-bit id (16 hex digits) drawn by each partition object,
+i.e. per sink, subtask, attempt and run; the checkpoint id, subtask index and file counter keep names sorted
+by checkpoint and tell a file's origin. Two sinks, two jobs or two attempts cannot produce the same name even
+when checkpoint ids start again at 1 (every run without checkpointing commits "checkpoint" 1).
+
+Ownership and existing files: the sink owns ``<path>`` (:meth:`FileSink.owned_locations`; the engine refuses
+two sinks or the checkpoint directory in it and leases it for the run). Files already in the directory are
+**kept**, as with Flink's FileSink or Spark's append mode: a run adds files and never deletes, truncates or
+replaces a visible file, so two jobs run one after the other leave both outputs, and a resumed run keeps what
+it committed before. Point a sink at an empty directory to read back one run's output alone. The sink deletes
+only inside ``_staging/`` (its own staged files).
 
 Readers (``pyarrow.dataset``, Spark, pandas on the listed files, :mod:`headwater.sources.files`) skip
-``_``-prefixed paths, so they see committed files only. Final names never collide between subtasks (the subtask
-index is in the name) or checkpoints (the checkpoint id is), provided checkpoint ids are not reused after a
-completed checkpoint and one job owns the directory.
+``_``-prefixed paths, so they see committed files only.
 
 File operations go through :class:`_Store`, over ``pyarrow.fs``: ``path`` may be a URI (``s3://bucket/out``)
 that ``pyarrow.fs.FileSystem.from_uri`` understands. On object stores a rename is a copy, so the commit there is
-idempotent but not atomic per file.
+idempotent but not atomic per file, and the engine takes no lease there (see :mod:`headwater.engine.leases`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -38,7 +53,7 @@ from base64 import b64encode
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -60,6 +75,10 @@ class FileCommitToken:
     checkpoint_id: int
     subtask: int
     files: tuple[tuple[str, str], ...] = ()
+
+
+class _TakenError(Exception):
+    """A final file name is taken by a file this sink did not stage."""
 
 
 class _Store:
@@ -94,6 +113,36 @@ class _Store:
             os.replace(src, dst)
         else:
             self.fs.move(src, dst)
+
+    def publish(self, staged: str, final: str) -> None:
+        """Give ``staged`` the name ``final`` without replacing another file there; idempotent.
+
+        Locally a hard link (which fails rather than replace) and then the unlink of ``staged``: a crash between
+        the two leaves two names of one file, which a retry recognises. Filesystems without hard links fall back
+        to a check, then a rename (no other run writes here: the engine holds the directory's lease). On object
+        stores a final object of another size than the staged one is not ours."""
+        if self.local:
+            try:
+                os.link(staged, final)
+            except FileExistsError:
+                if not os.path.samefile(staged, final):
+                    raise _TakenError(final) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if os.path.lexists(final):
+                    raise _TakenError(final) from None
+                os.replace(staged, final)
+                return
+            os.unlink(staged)
+            return
+        existing = self.fs.get_file_info(final)
+        if existing.type == pafs.FileType.NotFound:
+            self.fs.move(staged, final)
+        elif existing.size == self.fs.get_file_info(staged).size:
+            self.fs.delete_file(staged)  # a copy that a crash interrupted before the source was deleted
+        else:
+            raise _TakenError(final)
 
     def delete(self, path: str) -> None:
         if self.exists(path):
@@ -143,6 +192,7 @@ class FileSinkPartition(SinkPartition):
     def __init__(self, sink: FileSink, index: int) -> None:
         self._sink = sink
         self._index = index
+        self._writer = uuid.uuid4().hex[:16]  # in every final name: no two partition objects share one
         self._store = _Store(sink.path)
         self._staging = self._store.join(self._store.root, STAGING_DIR)
         self._schema: pa.Schema | None = None
@@ -188,7 +238,7 @@ class FileSinkPartition(SinkPartition):
         try:
             self._close_current()
             for n, in_progress in enumerate(self._closed):
-                name = f"part-{checkpoint_id:06d}-{self._index:04d}-{n:04d}.{self._sink.extension}"
+                name = f"part-{checkpoint_id:06d}-{self._index:04d}-{n:04d}-{self._writer}.{self._sink.extension}"
                 staged_path = self._store.join(self._staging, name)
                 self._store.sync(in_progress)
                 self._store.replace(in_progress, staged_path)
@@ -206,7 +256,7 @@ class FileSinkPartition(SinkPartition):
         try:
             for staged, final in token.files:
                 if self._store.is_file(staged):
-                    self._store.replace(staged, final)
+                    self._store.publish(staged, final)
                 elif not self._store.is_file(final):
                     raise SinkError(
                         f"{type(self._sink).__name__}: cannot commit {final!r}: neither it nor its staged file "
@@ -215,6 +265,12 @@ class FileSinkPartition(SinkPartition):
                     )
             for directory in sorted({final.rsplit("/", 1)[0] for _, final in token.files}):
                 self._store.sync(directory)  # the token's own directory: it may belong to an earlier job
+        except _TakenError:
+            raise SinkError(
+                f"{type(self._sink).__name__}: cannot commit {final!r}: a file this sink did not stage already has "
+                f"that name, and commits never overwrite. Something other than this job writes to "
+                f"{self._sink.path!r}; give each job its own output directory"
+            ) from None
         except OSError as exc:
             raise self._error("commit", final, exc) from exc
 
@@ -271,6 +327,10 @@ class FileSinkPartition(SinkPartition):
 class FileSink(Sink):
     """Base of the directory-writing sinks: configuration only (picklable), one partition per subtask.
 
+    The sink owns ``path``: no other sink of the job and not the checkpoint directory may be in it or around it
+    (refused at build time), and a run holds its lease. Files already there are kept: a run only adds files with
+    names no other writer can produce, and never replaces or deletes a visible file (see the module docstring).
+
     ``max_rows_per_file`` (optional) starts a new file once one holds that many rows; the ``<n>`` part of the
     final name counts the files of one subtask within one checkpoint.
     """
@@ -298,6 +358,26 @@ class FileSink(Sink):
         if not 0 <= index < count:
             raise ConfigError(f"{type(self).__name__}: subtask index {index} is out of range for {count} subtasks")
         return FileSinkPartition(self, index)
+
+    def owned_locations(self) -> tuple[str, ...]:
+        """The output directory: an absolute local path, or the URI as given."""
+        store = _Store(self.path)
+        return (os.path.realpath(store.root),) if store.local else (self.path.rstrip("/"),)
+
+    def clean_up(self, tokens: Sequence[Any]) -> None:
+        """Delete every in-progress and prepared file in ``_staging`` that no token names (of any subtask,
+        attempt or earlier run: the caller holds the directory's lease). Visible files are never touched."""
+        store = _Store(self.path)
+        staging = store.join(store.root, STAGING_DIR)
+        keep = {staged for token in tokens if isinstance(token, FileCommitToken) for staged, _ in token.files}
+        try:
+            for name in store.list_names(staging):
+                path = store.join(staging, name)
+                if name.startswith(("inprogress-", "part-")) and path not in keep:
+                    store.delete(path)
+        except OSError as exc:
+            raise SinkError(f"{type(self).__name__}: cannot clean up {staging!r}: {exc}. Check that the directory "
+                            f"{self.path!r} is writable") from exc
 
     @abstractmethod
     def _open_writer(self, stream: pa.NativeFile, schema: pa.Schema) -> _Writer:

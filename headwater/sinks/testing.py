@@ -4,7 +4,8 @@ Batches are staged in memory; ``prepare`` writes them to an Arrow IPC file under
 ``commit`` renames it into ``<dir>/committed`` (idempotently). Readers (:meth:`TestingSink.table`,
 :meth:`TestingSink.rows`) see only committed output, in commit order per subtask — exactly what a downstream
 consumer of a two-phase-commit sink would see. The directory is a fresh temporary one unless given, so the
-sink works the same in-process and on Ray actors of this machine.
+sink works the same in-process and on Ray actors of this machine. Like a file sink it owns its directory
+(one run at a time holds its lease) and, when the engine settles it, deletes staged files no token names.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class TestingSink(Sink):
 
     def build_part(self, index: int, count: int) -> SinkPartition:
         return _TestingSinkPartition(Path(self.directory), index)
+
+    def owned_locations(self) -> tuple[str, ...]:
+        return (os.path.realpath(self.directory),)
+
+    def clean_up(self, tokens: Sequence[Any]) -> None:
+        keep = {token[0] for token in tokens if isinstance(token, tuple)}
+        for path in Path(self.directory, "staging").glob("*.arrow"):
+            if str(path) not in keep:
+                path.unlink(missing_ok=True)
 
     def _committed_files(self) -> list[Path]:
         return sorted(Path(self.directory, "committed").glob("*.arrow"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,14 @@ def read_back(fmt: str, path: Path) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False).sort_by("id")
 
 
+WRITER_ID = re.compile(r"-[0-9a-f]{16}(\.\w+)$")
+
+
+def plain(names: list[str]) -> list[str]:
+    """``names`` without the per-writer id (``part-000001-0000-0000-<16 hex>.csv`` -> ``part-000001-0000-0000.csv``)."""
+    return [WRITER_ID.sub(r"\1", name) for name in names]
+
+
 def visible(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_file()) if path.exists() else []
 
@@ -62,7 +71,7 @@ def test_round_trip_through_the_matching_source(fmt: str, tmp_path: Path) -> Non
     token = part.prepare(1)
     part.commit(token)
     part.close()
-    assert visible(out) == [f"part-000001-0000-0000.{fmt}"]
+    assert plain(visible(out)) == [f"part-000001-0000-0000.{fmt}"]
     assert read_back(fmt, out).equals(pa.Table.from_batches([batch(0, 12)]))
     source = {"parquet": ParquetSource, "csv": CsvSource, "jsonl": JsonLinesSource}[fmt](out)
     partition = source.build_part(source.list_parts()[0], None)
@@ -77,7 +86,7 @@ def test_nothing_is_visible_before_commit(fmt: str, tmp_path: Path) -> None:
     assert read_back(fmt, out).num_rows == 0
     token = part.prepare(1)
     assert read_back(fmt, out).num_rows == 0
-    assert staged(out) == [f"part-000001-0000-0000.{fmt}"]
+    assert plain(staged(out)) == [f"part-000001-0000-0000.{fmt}"]
     part.commit(token)
     assert read_back(fmt, out).num_rows == 3
     assert staged(out) == []
@@ -96,7 +105,7 @@ def test_commit_is_idempotent_also_from_a_new_incarnation(tmp_path: Path) -> Non
     again = sink.build_part(0, 1)
     again.abort()
     again.commit(token)
-    assert visible(out) == ["part-000007-0000-0000.parquet"]
+    assert plain(visible(out)) == ["part-000007-0000-0000.parquet"]
     assert read_back("parquet", out).num_rows == 4
 
 
@@ -110,7 +119,7 @@ def test_a_crash_between_prepare_and_commit_is_recovered_by_committing_the_token
     del part
     recovered = sink.build_part(0, 1)
     recovered.abort()  # drops the uncommitted in-progress rows, keeps the prepared file
-    assert staged(out) == ["part-000003-0000-0000.csv"]
+    assert plain(staged(out)) == ["part-000003-0000-0000.csv"]
     recovered.commit(token)
     assert read_back("csv", out).equals(pa.Table.from_batches([batch(0, 4)]))
 
@@ -126,7 +135,7 @@ def test_abort_removes_uncommitted_staging_of_this_subtask_only(tmp_path: Path) 
     assert len(staged(out)) == 3
     mine.abort()
     left = staged(out)
-    assert len(left) == 2 and "part-000001-0000-0000.jsonl" in left  # the prepared file stays
+    assert len(left) == 2 and "part-000001-0000-0000.jsonl" in plain(left)  # the prepared file stays
     assert any(n.startswith("inprogress-0001-") for n in left)  # the other subtask's file is untouched
     mine.commit(mine_token)
     assert read_back("jsonl", out).equals(pa.Table.from_batches([batch(0, 2)]))
@@ -149,7 +158,7 @@ def test_subtasks_and_checkpoints_never_collide(tmp_path: Path) -> None:
             tokens.append(part.prepare(checkpoint))
         for part, token in zip(parts, tokens):
             part.commit(token)
-    assert visible(out) == [
+    assert plain(visible(out)) == [
         "part-000001-0000-0000.parquet",
         "part-000001-0001-0000.parquet",
         "part-000002-0000-0000.parquet",
@@ -175,7 +184,7 @@ def test_max_rows_per_file_rolls_over_within_a_checkpoint(tmp_path: Path) -> Non
     part.write(batch(0, 6))
     part.write(batch(6, 3))
     part.commit(part.prepare(5))
-    assert visible(out) == ["part-000005-0002-0000.csv", "part-000005-0002-0001.csv", "part-000005-0002-0002.csv"]
+    assert plain(visible(out)) == ["part-000005-0002-0000.csv", "part-000005-0002-0001.csv", "part-000005-0002-0002.csv"]
     assert [len(pd.read_csv(out / name)) for name in visible(out)] == [4, 4, 1]
 
 
@@ -196,7 +205,7 @@ def test_commit_of_a_lost_staged_file_is_a_sink_error(tmp_path: Path) -> None:
     part.write(batch(0, 2))
     token = part.prepare(1)
     os.remove(token.files[0][0])
-    with pytest.raises(SinkError, match="part-000001-0000-0000.parquet"):
+    with pytest.raises(SinkError, match=r"part-000001-0000-0000-[0-9a-f]{16}\.parquet"):
         part.commit(token)
 
 
@@ -212,7 +221,7 @@ def test_json_lines_writes_temporal_decimal_and_binary_values_as_strings(tmp_pat
     )
     part.write(values)
     part.commit(part.prepare(1))
-    row = json.loads((out / "part-000001-0000-0000.jsonl").read_text())
+    row = json.loads((out / visible(out)[0]).read_text())
     assert row == {"ts": "2024-01-02T03:04:05", "d": "1.50", "b": "AP8="}
     source = JsonLinesSource(out, schema=pa.schema([("ts", pa.timestamp("us")), ("d", pa.string())]))
     assert source.build_part(source.list_parts()[0], None).next_batch() == values.select(["ts"]).append_column(
@@ -238,4 +247,4 @@ def test_a_file_uri_goes_through_pyarrow_fs(tmp_path: Path) -> None:
     part = ParquetSink(f"file://{out}").build_part(0, 1)
     part.write(batch(0, 3))
     part.commit(part.prepare(1))
-    assert visible(out) == ["part-000001-0000-0000.parquet"]
+    assert plain(visible(out)) == ["part-000001-0000-0000.parquet"]
