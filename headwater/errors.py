@@ -138,3 +138,9 @@ class DirectoryInUseError(BuildError):
     A build-time error, not a runtime failure: it is raised before any data moves, no restart can cure it
     (waiting out another run is a scheduler's job), and the fix is operational or configuration (stop the
     other run, or give this one another directory)."""
+
+
+class CheckpointValueError(RuntimeFailure):
+    """A source position or sink commit token is not plain data, so checkpoint metadata (JSON, never pickle)
+    cannot hold it; the message names the step and the type. Deterministic (raised with ``transient=False``):
+    the connector must return plain data or register its token dataclass (docs/writing-operators.md)."""

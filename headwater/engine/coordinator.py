@@ -9,7 +9,16 @@ Protocol (asynchronous barrier snapshots, as in Flink):
    ended reported a final snapshot once (:meth:`report_finished`); it stands in for all later checkpoints.
 3. With every subtask's ack in, the coordinator writes the checkpoint metadata atomically — only now does
    checkpoint ``n`` exist — prunes old checkpoints, and the executor tells the sinks to commit up to ``n``.
-4. A checkpoint not complete within the timeout is aborted; late acks for it are ignored.
+4. A checkpoint not complete within the timeout is aborted: the state files acknowledged for it are deleted at
+   once, and so are those of acks that arrive late for it.
+5. Writing the metadata reads it and every state file back and verifies them (see
+   :meth:`~headwater.engine.checkpoint_storage.CheckpointStorage.write_metadata`). A checkpoint that fails
+   verification is deleted and counts as failed — its sinks are never told to commit — and the job goes on
+   with the next one, so a restore never has to fall back past output that was committed. A write error
+   (disk full, read-only) deletes the checkpoint's files and fails the job with the ``OSError`` as cause.
+
+The coordinator carries the deployment's checkpoint key when it is pickled (it travels to the worker hosting it
+as an actor argument); nothing else that travels to workers does.
 
 The class is transport-free; the Ray executor wraps it in an actor, the in-process executor calls it directly.
 """
@@ -22,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
+from headwater.errors import CheckpointCorruptError, CheckpointError
 
 log = logging.getLogger("headwater.checkpoint")
 
@@ -38,6 +48,7 @@ class _Pending:
 class CheckpointStats:
     completed: int = 0
     aborted: int = 0
+    failed: int = 0  # written but failed verification (deleted; sinks not committed for it)
     last_duration_ms: float = 0.0
     last_bytes: int = 0
     durations_ms: list[float] = field(default_factory=list)
@@ -61,6 +72,19 @@ class CheckpointCoordinator:
         self.last_end = time.monotonic()
         self.stats = CheckpointStats()
         self.final_kind = "final"
+        self.aborted_ids: set[int] = set()
+        #: (path, digest) of state files read back and verified already (final snapshots stand in repeatedly)
+        self.verified_files: set[tuple[str, str]] = set()
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_key"] = self.storage.key  # the storage pickles without its key (see CheckpointStorage)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        key = state.pop("_key")
+        self.__dict__.update(state)
+        self.storage.attach_key(key)  # type: ignore[arg-type]
 
     # -- triggering -----------------------------------------------------------------------------------------
     def due(self, now: float | None = None) -> bool:
@@ -87,7 +111,11 @@ class CheckpointCoordinator:
         """Record an ack; returns the metadata if this completed the checkpoint."""
         pending = self.pending
         if pending is None or ack.checkpoint_id != pending.checkpoint_id:
-            return None  # late ack of an aborted checkpoint
+            # late ack of an aborted checkpoint: its files are no checkpoint's (a finished subtask reports its
+            # final snapshot through report_finished, never here)
+            if ack.checkpoint_id in self.aborted_ids:
+                self.storage.delete_state_files(ack)
+            return None
         pending.acks[(ack.stage_id, ack.subtask)] = ack
         return self._maybe_complete()
 
@@ -119,7 +147,15 @@ class CheckpointCoordinator:
             checkpoint_id=pending.checkpoint_id, flow_name=self.flow_name, kind=kind,
             max_key_groups=self.max_key_groups, created_at=time.time(), acks=acks,
         )
-        metadata.directory = self.storage.write_metadata(metadata)
+        try:
+            metadata.directory = self.storage.write_metadata(metadata, self.verified_files)
+        except CheckpointCorruptError as exc:
+            self._fail(pending, acks, exc)
+            return None
+        except CheckpointError:
+            self.pending = None  # its files are deleted; the job fails with the write error
+            self.aborted_ids.add(pending.checkpoint_id)
+            raise
         self.storage.prune(self.config.retain)
         duration = (time.monotonic() - pending.started) * 1000
         self.stats.completed += 1
@@ -131,6 +167,22 @@ class CheckpointCoordinator:
         self.last_end = time.monotonic()
         self.last_completed = metadata
         return metadata
+
+    def _fail(self, pending: _Pending, acks: list[SubtaskAck], error: CheckpointCorruptError) -> None:
+        """Checkpoint ``pending`` was written but did not verify (its files are deleted already)."""
+        self.pending = None
+        self.aborted_ids.add(pending.checkpoint_id)
+        self.last_end = time.monotonic()
+        self.stats.failed += 1
+        reused = {f.path for a in acks if a.finished for f in a.state_files}
+        if error.path is not None and any(error.path.endswith("/" + p) for p in reused):
+            # a finished subtask's final snapshot is damaged: every later checkpoint would include it
+            raise CheckpointCorruptError(
+                f"checkpoint {pending.checkpoint_id} failed verification in the final snapshot of a finished "
+                f"subtask, which every later checkpoint needs: {error}", error.path,
+            ) from error
+        log.warning("checkpoint %d failed verification and was deleted; its sink output is not committed, the "
+                    "next checkpoint covers it: %s", pending.checkpoint_id, error)
 
     @property
     def final_completed(self) -> bool:
@@ -146,6 +198,10 @@ class CheckpointCoordinator:
         missing = sorted(self.expected - set(pending.acks))
         log.warning("checkpoint %d timed out waiting for subtasks %s; aborted", pending.checkpoint_id, missing)
         self.pending = None
+        self.aborted_ids.add(pending.checkpoint_id)
+        for ack in pending.acks.values():
+            if not ack.finished:  # final snapshots stand in for later checkpoints: kept
+                self.storage.delete_state_files(ack)
         self.last_end = now
         self.stats.aborted += 1
         return pending.checkpoint_id

@@ -31,6 +31,7 @@ from headwater.engine.logical import SinkStep
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.snapshots import SubtaskRestore
 from headwater.errors import (
+    CheckpointCorruptError,
     CheckpointError,
     JobFailedError,
     SimulatedCrashError,
@@ -66,8 +67,11 @@ def load_restore_point(
     if "://" not in location:
         location = str(Path(location).resolve())
     source = CheckpointStorage(location.rsplit("/", 1)[0])
-    restored = source.load(location)
-    source.verify(restored)
+    try:
+        restored = source.load(location)
+        source.verify(restored)
+    except CheckpointCorruptError as exc:
+        raise CheckpointCorruptError(f"restore_from={location} cannot be restored: {exc}", exc.path) from exc
     return restored, source
 
 
@@ -142,7 +146,11 @@ def run_with_recovery(
         attempt = start_attempt(restore, first_id)
         try:
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            result = attempt.wait(remaining)
+            try:
+                result = attempt.wait(remaining)
+            except BaseException:
+                storage.discard_incomplete()  # what the failed attempt wrote for checkpoints it never completed
+                raise
             result.restarts = restarts
             return result
         except RECOVERABLE as exc:

@@ -20,8 +20,10 @@ from typing import Any
 import pyarrow as pa
 
 from headwater.engine.channels import Message
+from headwater.engine.checkpoint_metadata import NotPlainDataError, check_plain
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.state import OperatorStateStore
+from headwater.errors import CheckpointValueError
 
 
 class BarrierAligner:
@@ -100,8 +102,16 @@ def capture(
 
 
 def persist(snapshot: PendingSnapshot, storage: CheckpointStorage) -> SubtaskAck:
-    """Write the snapshot's state tables; return the acknowledgement describing them."""
+    """Write the snapshot's state tables; return the acknowledgement describing them. Positions and sink tokens
+    that checkpoint metadata cannot hold (not plain data) fail here, in the subtask, naming the step."""
     started = time.perf_counter()
+    probe = SubtaskAck(snapshot.checkpoint_id, snapshot.stage_id, snapshot.subtask, snapshot.parallelism,
+                       source_positions=snapshot.source_positions, sink_tokens=snapshot.sink_tokens)
+    try:
+        check_plain(probe)
+    except NotPlainDataError as exc:
+        raise CheckpointValueError(f"checkpoint {snapshot.checkpoint_id}: {exc}", step_id=exc.step_id,
+                                   subtask=snapshot.subtask, transient=False) from None
     files = []
     for step_id, tables in snapshot.tables.items():
         for name, table in tables.items():

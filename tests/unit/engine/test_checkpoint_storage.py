@@ -3,6 +3,7 @@ fallback to the previous checkpoint, self-contained savepoints and retention."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -48,11 +49,12 @@ def state_path(storage: CheckpointStorage, checkpoint_id: int, subtask: int = 0)
 
 
 # -- writing and reading ------------------------------------------------------------------------------------------
-def test_state_file_round_trip_records_size_checksum_and_key_groups(storage: CheckpointStorage) -> None:
+def test_state_file_round_trip_records_size_digest_and_key_groups(storage: CheckpointStorage) -> None:
     written = storage.write_state(7, "agg", "acc", 1, 3, table(7), range(40, 80))
     assert written.path == "chk-000007/state/agg/acc/s1-t3.arrow"
     assert written.size == os.path.getsize(Path(storage.uri, written.path))
-    assert written.key_group_range == (40, 80) and len(written.checksum) == 8
+    assert written.sha256 == hashlib.sha256(Path(storage.uri, written.path).read_bytes()).hexdigest()
+    assert written.key_group_range == (40, 80)
     metadata = CheckpointMetadata(7, "flow", "checkpoint", G, 0.0, [SubtaskAck(7, 1, 3, 4, state_files=[written])])
     storage.write_metadata(metadata)
     loaded = storage.load(str(Path(storage.uri, "chk-000007")))
@@ -173,12 +175,12 @@ def test_every_checkpoint_damaged_raises_naming_the_file(storage: CheckpointStor
     assert raised.value.path in damaged
 
 
-def test_read_state_with_a_wrong_checksum_raises_naming_the_file(storage: CheckpointStorage) -> None:
+def test_read_state_with_a_wrong_digest_raises_naming_the_file(storage: CheckpointStorage) -> None:
     metadata = write_checkpoint(storage, 1)
     overwrite_same_size(state_path(storage, 1))
     state_file = next(f for f in metadata.state_files("agg") if f.path.endswith("s1-t0.arrow"))
     loaded = storage.load(metadata.directory)  # sizes still match: load alone cannot tell
-    with pytest.raises(CheckpointCorruptError, match="does not match its checksum") as raised:
+    with pytest.raises(CheckpointCorruptError, match="does not match its SHA-256 digest") as raised:
         storage.read_state(loaded, state_file)
     assert raised.value.path == str(state_path(storage, 1)) and str(state_path(storage, 1)) in str(raised.value)
 
@@ -218,7 +220,7 @@ def test_prune_keeps_retained_referenced_and_newer_directories(storage: Checkpoi
     final_state = storage.write_state(2, "agg", "acc", 1, 0, table(2), range(G))
     for checkpoint_id in (3, 4, 5):
         write_checkpoint(storage, checkpoint_id)
-    storage.write_state(6, "agg", "acc", 1, 1, table(6), range(G))  # abandoned attempt, older than kept ones?
+    storage.write_state(6, "agg", "acc", 1, 1, table(6), range(G))  # abandoned, older than the newest complete one
     acks = [SubtaskAck(7, 1, 0, 2, state_files=[final_state], finished=True),
             SubtaskAck(7, 1, 1, 2, state_files=[storage.write_state(7, "agg", "acc", 1, 1, table(7), range(64, G))])]
     storage.write_metadata(CheckpointMetadata(7, "flow", "checkpoint", G, 0.0, acks))
@@ -227,7 +229,8 @@ def test_prune_keeps_retained_referenced_and_newer_directories(storage: Checkpoi
     storage.prune(retain=2)
 
     names = sorted(p.name for p in Path(storage.uri).iterdir())
-    assert names == ["chk-000002", "chk-000005", "chk-000006", "chk-000007", "chk-000008", "savepoint-000001"]
+    # chk-000006 goes although it is newer than the oldest kept: no subtask writes below the newest complete one
+    assert names == ["chk-000002", "chk-000005", "chk-000007", "chk-000008", "savepoint-000001"]
     latest = storage.latest_valid()
     assert latest is not None and latest.checkpoint_id == 7
     storage.verify(latest)  # the referenced final snapshot is still there
