@@ -144,3 +144,42 @@ class CheckpointValueError(RuntimeFailure):
     """A source position or sink commit token is not plain data, so checkpoint metadata (JSON, never pickle)
     cannot hold it; the message names the step and the type. Deterministic (raised with ``transient=False``):
     the connector must return plain data or register its token dataclass (docs/writing-operators.md)."""
+
+
+class StepStalledError(RuntimeFailure):
+    """A call into one step's code (a batch, a watermark, a source read, a sink prepare/commit) has not
+    returned for ``RunConfig.stall_timeout``; the job was ended. ``activity`` says what the step was doing and
+    ``stalled_s`` for how long.
+
+    Deterministic: a restart from the latest checkpoint replays the same input into the same code, so a
+    retry is expected to stall again. Do not restart automatically; fix the step or raise ``stall_timeout``.
+    """
+
+    def __init__(
+        self, message: str, *, step_id: str | None = None, subtask: int | None = None, activity: str = "",
+        stalled_s: float = 0.0,
+    ) -> None:
+        super().__init__(message, step_id=step_id, subtask=subtask)
+        self.activity = activity
+        self.stalled_s = stalled_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_stall, (self.message, self.step_id, self.subtask, self.activity, self.stalled_s))
+
+
+def _rebuild_stall(message: str, step_id: str | None, subtask: int | None, activity: str, stalled_s: float) -> StepStalledError:
+    return StepStalledError(message, step_id=step_id, subtask=subtask, activity=activity, stalled_s=stalled_s)
+
+
+class StopTimeoutError(RuntimeFailure):
+    """A stop (``hw.run(timeout=...)``, ``job.stop()``, Ctrl-C) did not end the job within
+    ``RunConfig.stop_grace``; its workers were killed. The message names the steps that were busy and with what.
+
+    Deterministic: the run's deadline has passed, so it must not be restarted automatically. With
+    checkpointing, nothing is lost: the next run resumes from the latest completed checkpoint."""
+
+
+class CheckpointValueError(RuntimeFailure):
+    """A source position or sink commit token is not plain data, so checkpoint metadata (JSON, never pickle)
+    cannot hold it; the message names the step and the type. Deterministic (raised with ``transient=False``):
+    the connector must return plain data or register its token dataclass (docs/writing-operators.md)."""

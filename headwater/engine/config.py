@@ -49,6 +49,19 @@ class RunConfig:
             :mod:`headwater.engine.allocator`); the in-process executor never changes them.
         reuse_workers: after a job without checkpointing ends successfully, keep its worker processes for the
             driver's next job instead of starting new ones (see :mod:`headwater.engine.worker_pool`).
+        stall_timeout: a step *stalls* when one call into its code (processing one batch, a watermark or a
+            timer, reading one batch from a source partition, opening, finishing, a sink's prepare or commit)
+            has not returned for this long; the job then fails with
+            :class:`~headwater.errors.StepStalledError` naming the step and what it was doing. Waiting is not
+            stalling: a source with no new input, a sender held back by backpressure, a subtask waiting for
+            input or for a checkpoint to complete are never flagged, however long they wait; checkpoint state
+            writes are bounded by ``CheckpointConfig.timeout`` instead. ``None`` turns the check off. Raise it
+            for steps whose single calls may legitimately run long (e.g. loading a large model in ``open``).
+            See docs/operations.md, "A job reports a stalled step".
+        stop_grace: how long a stopped job (``timeout`` reached, ``job.stop()``, Ctrl-C) may take to drain,
+            commit and end; after it, its workers are killed and the run raises
+            :class:`~headwater.errors.StopTimeoutError` naming the busy steps. The in-process executor cannot
+            kill a thread: it returns control (raising the same error) and leaves the hung thread behind.
     """
 
     parallelism: int | None = None
@@ -66,6 +79,8 @@ class RunConfig:
     watermark_interval: timedelta = timedelta(milliseconds=20)
     tune_allocator: bool = True
     reuse_workers: bool = True
+    stall_timeout: timedelta | None = timedelta(minutes=5)
+    stop_grace: timedelta = timedelta(seconds=10)
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -83,6 +98,15 @@ class RunConfig:
             raise ConfigError(f"linger must be a non-negative datetime.timedelta, got {self.linger!r}")
         if not isinstance(self.watermark_interval, timedelta) or self.watermark_interval < timedelta(0):
             raise ConfigError(f"watermark_interval must be a non-negative datetime.timedelta, got {self.watermark_interval!r}")
+        if self.stall_timeout is not None and (
+            not isinstance(self.stall_timeout, timedelta) or self.stall_timeout <= timedelta(0)
+        ):
+            raise ConfigError(
+                f"stall_timeout must be a positive datetime.timedelta (e.g. timedelta(minutes=5)) or None to turn "
+                f"the check off, got {self.stall_timeout!r}"
+            )
+        if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
+            raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
         for flag in ("tune_allocator", "reuse_workers"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
@@ -101,6 +125,10 @@ class RunConfig:
     def linger_seconds(self) -> float:
         return self.linger.total_seconds()
 
+    @property
+    def stall_seconds(self) -> float | None:
+        return None if self.stall_timeout is None else self.stall_timeout.total_seconds()
+
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir).resolve() if self.state_dir is not None else default_state_dir()
 
@@ -110,8 +138,10 @@ class RunConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
-        if isinstance(overrides.get("linger"), (int, float)):
-            overrides["linger"] = timedelta(seconds=overrides["linger"])
+        for name in ("linger", "stall_timeout", "stop_grace"):  # plain seconds are accepted as options
+            value = overrides.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                overrides[name] = timedelta(seconds=value)
         return replace(self, **overrides)
 
 

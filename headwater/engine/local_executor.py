@@ -6,6 +6,14 @@ each poll the queue is drained (FIFO), which keeps memory bounded by one source 
 checkpointing, the coordinator is called directly and snapshots are written synchronously. It is the fast
 path for unit tests of pipelines (``headwater.testing.run_local``) and exercises partitioning, fusion,
 barriers, end-of-stream and finishing exactly as the Ray executor does.
+
+Deadlines (see :mod:`headwater.engine.watchdog`): the job's loop runs in its own thread, and :meth:`LocalJob.wait`
+watches it from the caller's thread, so a call into user code that never returns cannot take the caller with
+it. The watcher stops the job at ``timeout``, fails it with :class:`~headwater.errors.StepStalledError` when a
+call exceeds ``stall_timeout``, times out in-flight checkpoints (under :attr:`LocalJob.lock`, which the loop
+holds only while it calls the coordinator, never around user code) and gives up ``stop_grace`` after a stop. Python cannot kill a
+thread: a hung call keeps its thread (a daemon) until it returns; the loop then sees that it was abandoned and
+exits without running or committing anything more.
 """
 
 from __future__ import annotations
@@ -13,21 +21,30 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Any
 
-from headwater.engine.checkpoint_storage import CheckpointMetadata
+from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.config import RunConfig
 from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
-from headwater.engine.snapshots import SubtaskRestore, persist
+from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
+from headwater.engine.watchdog import SubtaskActivity, find_stall, log_checkpoint_timeout, stop_timeout
+from headwater.errors import JobFailedError
 
 _IDLE_SLEEP_S = 0.005
+_WATCH_S = 0.1  # how often the caller's thread looks at the job
+
+
+class _Abandoned(Exception):
+    """The caller gave up on this job (stall, stop grace, second Ctrl-C): the loop thread must end."""
 
 
 class LocalJob:
-    """A job run in the calling thread by :meth:`wait` (``stop`` may be called from another thread)."""
+    """A job run by :meth:`wait` in a thread of its own, watched from the calling thread (``stop`` may be
+    called from any thread)."""
 
     def __init__(
         self, plan: PhysicalPlan, config: RunConfig, coordinator: CheckpointCoordinator | None = None,
@@ -39,16 +56,27 @@ class LocalJob:
         self._stop = threading.Event()
         self._queue: deque[tuple[SubtaskRuntime, int, int, object]] = deque()
         self._reported: set[tuple[int, int]] = set()
+        #: held by the loop while it calls the coordinator, and by the watcher to time checkpoints out
+        self.lock = threading.Lock()
+        self._abandoned = False
+        self._stop_requested_at: float | None = None
+        self._stop_reason = ""
         self.runtimes: dict[tuple[int, int], SubtaskRuntime] = {
             (stage.stage_id, i): SubtaskRuntime(plan, stage.stage_id, i, config, coordinator is not None, restore)
             for stage in plan.stages
             for i in range(stage.parallelism)
         }
 
-    def stop(self, savepoint: bool = False) -> None:
+    def stop(self, savepoint: bool = False, reason: str = "a stop was requested") -> None:
         if savepoint and self.coordinator is not None:
             self.coordinator.final_kind = "savepoint"
+        if self._stop_requested_at is None:
+            self._stop_requested_at, self._stop_reason = time.monotonic(), reason
         self._stop.set()
+
+    def activities(self) -> list[SubtaskActivity]:
+        now = time.monotonic()
+        return [rt.activity("idle (between rounds)", now) for rt in self.runtimes.values()]
 
     def metrics(self) -> list[SubtaskMetrics]:
         return [rt.metrics(backlog=len(self._queue)) for rt in self.runtimes.values()]
@@ -60,6 +88,8 @@ class LocalJob:
 
     def _drain(self) -> None:
         while self._queue:
+            if self._abandoned:
+                raise _Abandoned()
             runtime, edge_id, sender, message = self._queue.popleft()
             self._deliver(runtime, runtime.on_message(edge_id, sender, message))  # type: ignore[arg-type]
 
@@ -69,35 +99,91 @@ class LocalJob:
         return self.coordinator is None or self.coordinator.final_completed
 
     def wait(self, timeout: float | None = None) -> JobResult:
-        """Run the job to its end (or until ``stop()``, Ctrl-C or ``timeout`` seconds, which stop gracefully)."""
+        """Run the job to its end (or until ``stop()``, Ctrl-C or ``timeout`` seconds, which stop gracefully);
+        the deadlines of the module docstring apply."""
         started = time.monotonic()
+        outcome: dict[str, Any] = {}
+        thread = threading.Thread(target=self._run, args=(started, outcome), name=f"headwater-{self.plan.flow_name}",
+                                  daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                try:
+                    thread.join(_WATCH_S)
+                    if thread.is_alive():
+                        self._watch(started, timeout)
+                except KeyboardInterrupt:
+                    if self._stop.is_set():
+                        raise  # a second Ctrl-C (or one during a stop) ends the run at once
+                    self.stop(reason="Ctrl-C")  # first Ctrl-C: stop gracefully
+        except BaseException:
+            self._abandoned = True
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def _watch(self, started: float, timeout: float | None) -> None:
+        """From the caller's thread: the timeout, stalled steps, checkpoint timeouts and the stop grace."""
+        now = time.monotonic()
+        if timeout is not None and not self._stop.is_set() and now - started > timeout:
+            self.stop(reason=f"the run's timeout of {timeout:g} s")
+        activities = self.activities()
+        stalled = find_stall(activities, self.config.stall_seconds)
+        if stalled is not None:
+            raise stalled
+        if self.coordinator is not None and self.lock.acquire(blocking=False):
+            try:
+                self._expire(activities)
+            finally:
+                self.lock.release()
+        if self._stop_requested_at is not None and now - self._stop_requested_at > self.config.stop_grace.total_seconds():
+            raise stop_timeout(activities, self.config.stop_grace.total_seconds(), self._stop_reason, killed=False)
+
+    def _expire(self, activities: list[SubtaskActivity]) -> None:
+        coordinator = self.coordinator
+        assert coordinator is not None
+        pending = coordinator.pending
+        if pending is None:
+            return
+        missing = sorted(coordinator.expected - set(pending.acks))
+        age = time.monotonic() - pending.started
+        if coordinator.expire() is not None:
+            by_key = {(a.stage_id, a.subtask): a for a in activities}
+            log_checkpoint_timeout(pending.checkpoint_id, age, missing, by_key)
+
+    def _run(self, started: float, outcome: dict[str, Any]) -> None:
+        """The job's loop (in its own thread); its result or error goes to ``outcome``."""
         runtimes = list(self.runtimes.values())
         sources = [rt for rt in runtimes if rt.source_step is not None]
         try:
             for rt in runtimes:
                 rt.open()
+                if self._abandoned:
+                    raise _Abandoned()
             while not self._done(runtimes):
-                try:
-                    if timeout is not None and time.monotonic() - started > timeout:
-                        self._stop.set()
-                    self._round(runtimes, sources)
-                except KeyboardInterrupt:
-                    if self._stop.is_set():
-                        raise  # a second Ctrl-C (or one during a stop) ends the run at once
-                    self._stop.set()  # first Ctrl-C: stop gracefully
+                if self._abandoned:
+                    raise _Abandoned()
+                if self._stop.is_set():
+                    for rt in sources:
+                        rt.request_stop()
+                self._round(runtimes, sources)
+        except _Abandoned:
+            outcome["error"] = JobFailedError("the job was abandoned by its caller")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
         finally:
             for rt in runtimes:
                 rt.close()
+        if "error" in outcome:
+            return
         result = JobResult.merge(self.plan, time.monotonic() - started, self.metrics(), self._stop.is_set())
         if self.coordinator is not None:
             result.checkpoints = self.coordinator.stats
             result.last_checkpoint = self.coordinator.last_completed
-        return result
+        outcome["result"] = result
 
     def _round(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
-        if self._stop.is_set():
-            for rt in sources:
-                rt.request_stop()
         progressed = False
         for rt in sources:
             if not rt.finished:
@@ -118,19 +204,35 @@ class LocalJob:
     def _checkpoint_work(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
         coordinator = self.coordinator
         assert coordinator is not None
-        if coordinator.due() and not self._stop.is_set():
-            checkpoint_id = coordinator.begin()
+        with self.lock:  # only coordinator calls hold it: user code (sinks' prepare/commit) runs outside
+            checkpoint_id = coordinator.begin() if coordinator.due() and not self._stop.is_set() else None
+        if checkpoint_id is not None:
             for rt in sources:
                 self._deliver(rt, rt.trigger_checkpoint(checkpoint_id))
             self._drain()
-        coordinator.expire()
         for rt in runtimes:
             for snapshot in rt.take_snapshots():
-                self._completed(coordinator.ack(persist(snapshot, coordinator.storage)))
+                ack = self._persist(rt, snapshot)
+                with self.lock:
+                    completed = coordinator.ack(ack)
+                self._completed(completed)
             key = (rt.stage.stage_id, rt.subtask)
             if rt.final_snapshot is not None and key not in self._reported:
                 self._reported.add(key)
-                self._completed(coordinator.report_finished(persist(rt.final_snapshot, coordinator.storage)))
+                ack = self._persist(rt, rt.final_snapshot)
+                with self.lock:
+                    completed = coordinator.report_finished(ack)
+                self._completed(completed)
+
+    def _persist(self, rt: SubtaskRuntime, snapshot: PendingSnapshot) -> SubtaskAck:
+        """Write a snapshot, recorded as the subtask's call (bounded by the checkpoint timeout, not the stall
+        timeout: see :data:`headwater.engine.watchdog.EXEMPT`)."""
+        assert self.coordinator is not None
+        rt.call = (rt.stage.head, persist, (snapshot.checkpoint_id,), time.monotonic())
+        try:
+            return persist(snapshot, self.coordinator.storage)
+        finally:
+            rt.call = None
 
     def _completed(self, metadata: CheckpointMetadata | None) -> None:
         if metadata is not None:

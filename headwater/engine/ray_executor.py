@@ -18,6 +18,13 @@ directly, awaiting the same inbox bound.
 ``seq`` numbers the calls of each (edge, sender) stream (consecutive messages of one poll to one receiver travel
 in one call); the receiver re-orders by it, so the order of data and in-band
 markers holds even if Ray runs async calls out of order.
+
+Deadlines: each worker answers ``activity``, ``stop`` and the coordinator's stop and timer in its *watch*
+concurrency group (its own thread and event loop, :mod:`headwater.engine.ray_watch`), so they work while user
+code blocks the main loop. :meth:`RayJob.wait` polls ``activity`` and fails the job when a step stalls
+(``RunConfig.stall_timeout``); a stop that has not ended the job within ``RunConfig.stop_grace`` kills the
+workers and raises :class:`~headwater.errors.StopTimeoutError`. Every wait of the driver on a worker is
+bounded, so the driver never hangs on a blocked worker.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.ray_coordinator import CoordinatorClient, CoordinatorService, Expired
+from headwater.engine.ray_watch import WATCH, WATCH_CONCURRENCY, WorkerWatch
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
 from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
+from headwater.engine.watchdog import SubtaskActivity, stop_timeout
 from headwater.engine.worker_pool import POOL
 from headwater.errors import HeadwaterError, JobFailedError
 
@@ -91,6 +101,8 @@ class SubtaskHost:
         self.has_items = asyncio.Event()
         self.space = asyncio.Event()
         self.stop_requested = False
+        #: where the subtask waits when it is not inside a call into step code (for activity reports)
+        self.waiting = "starting"
 
     def connect(self, receivers: dict[int, list[SubtaskHost | Any]], coordinator: CoordinatorClient | None) -> None:
         self.receivers = receivers
@@ -102,7 +114,15 @@ class SubtaskHost:
         self.committed.set()
 
     def _acknowledge_snapshots(self) -> None:
-        """Persist snapshots taken by the runtime in a background thread, then acknowledge them."""
+        """Persist snapshots taken by the runtime in a background thread, then acknowledge them.
+
+        A snapshot that could not be written or acknowledged fails the subtask here, at once — not when the
+        subtask ends, which an unbounded job never does — as it does on the in-process executor; the
+        supervisor then decides whether a restart can cure the cause (a full disk cannot)."""
+        for task in self.ack_tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise _unwrap(task.exception())  # type: ignore[arg-type]
+        self.ack_tasks = [task for task in self.ack_tasks if not task.done()]
         for snapshot in self.runtime.take_snapshots():
             self.ack_tasks.append(asyncio.create_task(self._persist_and_ack(snapshot)))
 
@@ -119,6 +139,7 @@ class SubtaskHost:
         ack = await asyncio.to_thread(persist, final, self.storage)
         assert self.coordinator is not None
         await self.coordinator.report_finished(ack)
+        self.waiting = "waiting for its checkpoint to complete (to commit its output)"
         while self.runtime.has_uncommitted:
             self.committed.clear()
             await self.committed.wait()
@@ -163,11 +184,16 @@ class SubtaskHost:
             self.next_seq[key] = seq + 1
             target = self.receivers[edge_id][receiver]
             if isinstance(target, SubtaskHost):
+                if len(target.inbox) > target.inbox_limit:
+                    self.waiting = "waiting for room downstream (backpressure)"
                 await target.push(edge_id, self.subtask, seq, messages)
+                self.waiting = "between calls"
                 continue
             inflight = self.inflight[key]
             while len(inflight) >= self.credits:
+                self.waiting = "waiting for credits downstream (backpressure)"
                 await inflight.popleft()
+                self.waiting = "between calls"
             dst = self.plan.edges[edge_id].dst
             inflight.append(target.push.remote(dst, receiver, edge_id, self.subtask, seq, messages))
 
@@ -206,6 +232,7 @@ class SubtaskHost:
             if produced or runtime.finished:
                 await asyncio.sleep(0)  # let the worker's other subtasks, stop() and metrics() calls in
                 continue
+            self.waiting = "waiting for its source partitions to have data"
             now = time.monotonic()
             wake = [now + _SOURCE_IDLE_S]
             for hint in (runtime.next_source_wakeup(), runtime.next_deadline()):
@@ -217,6 +244,7 @@ class SubtaskHost:
         runtime = self.runtime
         while not runtime.finished:
             if not self.inbox:
+                self.waiting = "waiting for input"
                 self.has_items.clear()
                 deadline = runtime.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -237,25 +265,8 @@ class SubtaskHost:
     def metrics(self) -> SubtaskMetrics:
         return self.runtime.metrics(backlog=len(self.inbox))
 
-
-class CoordinatorClient:
-    """How a subtask reaches the checkpoint coordinator: a direct call in the worker that hosts it, an actor
-    call to that worker from the others."""
-
-    def __init__(self, local: CoordinatorService | None, remote_worker: Any = None) -> None:
-        self.local, self.remote_worker = local, remote_worker
-
-    async def ack(self, ack: SubtaskAck) -> None:
-        if self.local is not None:
-            await self.local.ack(ack)
-        else:
-            await self.remote_worker.coordinator_ack.remote(ack)
-
-    async def report_finished(self, ack: SubtaskAck) -> None:
-        if self.local is not None:
-            await self.local.report_finished(ack)
-        else:
-            await self.remote_worker.coordinator_report_finished.remote(ack)
+    def activity(self, now: float) -> SubtaskActivity:
+        return self.runtime.activity("finished" if self.runtime.finished else self.waiting, now)
 
 
 class WorkerActor:
@@ -281,8 +292,8 @@ class WorkerActor:
     async def release(self) -> None:
         """The job ended (every ``run`` returned): drop its subtasks and coordinator, keep the process for
         another job (see :mod:`headwater.engine.worker_pool`)."""
-        if self.service is not None and self.service.loop is not None:
-            self.service.loop.cancel()
+        if self.service is not None:
+            self.service.closed = True
         self.hosts, self.plan, self.service = {}, None, None
 
     async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], checkpointing: bool) -> None:
@@ -319,13 +330,24 @@ class WorkerActor:
 
     async def run(self) -> list[SubtaskMetrics]:
         """Run every hosted subtask to its end; the first failure is raised (the driver then stops the job)."""
-        if self.service is not None:
-            self.service.start()  # runs until the actor is killed: other workers may need checkpoints after ours end
         return list(await asyncio.gather(*(host.run() for host in self.hosts.values())))
 
+    # -- the watch group: its own thread and event loop (see headwater.engine.ray_watch) --------------------
     async def stop(self) -> None:
-        for host in self.hosts.values():
+        """(watch group) Ask every hosted subtask to stop; a flag the subtasks read between calls."""
+        for host in list(self.hosts.values()):
             host.stop_requested = True
+
+    async def activity(self) -> tuple[list[SubtaskActivity], list[Expired]]:
+        """(watch group) What each hosted subtask is doing, and checkpoints that timed out since the last call."""
+        now = time.monotonic()
+        activities = [host.activity(now) for host in list(self.hosts.values())]
+        return activities, self.service.take_expired() if self.service is not None else []
+
+    async def coordinate(self) -> None:
+        """(watch group) The checkpoint coordinator's timer; runs until the job is released or killed (other
+        workers may need checkpoints after this worker's subtasks ended)."""
+        await self._service().run_timer()
 
     async def metrics(self) -> list[SubtaskMetrics]:
         return [host.metrics() for host in self.hosts.values()]
@@ -342,66 +364,11 @@ class WorkerActor:
         await self._service().report_finished(ack)
 
     async def coordinator_prepare_stop(self, savepoint: bool) -> None:
+        """(watch group)"""
         self._service().prepare_stop(savepoint)
 
     async def coordinator_result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
         return self._service().result()
-
-
-class CoordinatorService:
-    """The checkpoint coordinator in a worker's event loop: triggers sources on a timer, collects acks,
-    notifies every worker when a checkpoint completed (see :class:`CheckpointCoordinator` for the rules)."""
-
-    def __init__(self, core: CheckpointCoordinator) -> None:
-        self.core = core
-        self.sources: list[tuple[Any, SubtaskId]] = []
-        self.workers: list[Any] = []
-        self.home: WorkerActor | None = None
-        self.stopping = False
-        self.loop: asyncio.Task[None] | None = None
-
-    def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
-        self.sources, self.workers, self.home = sources, workers, home
-
-    def start(self) -> None:
-        self.loop = asyncio.create_task(self._trigger_loop())
-
-    async def _trigger_loop(self) -> None:
-        assert self.home is not None
-        while True:
-            await asyncio.sleep(0.02)
-            self.core.expire()
-            if not self.stopping and self.core.due():
-                checkpoint_id = self.core.begin()
-                for worker, (stage_id, subtask) in self.sources:
-                    if (stage_id, subtask) in self.home.hosts:
-                        self.home.hosts[(stage_id, subtask)].triggers.append(checkpoint_id)
-                    else:
-                        worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
-
-    def _notify(self, metadata: CheckpointMetadata | None) -> None:
-        if metadata is None:
-            return
-        assert self.home is not None
-        for host in self.home.hosts.values():
-            host.notify_complete(metadata.checkpoint_id)
-        for worker in self.workers[1:]:
-            worker.notify_complete.remote(metadata.checkpoint_id)
-
-    async def ack(self, ack: SubtaskAck) -> None:
-        self._notify(self.core.ack(ack))
-
-    async def report_finished(self, ack: SubtaskAck) -> None:
-        self._notify(self.core.report_finished(ack))
-
-    def prepare_stop(self, savepoint: bool) -> None:
-        """No new checkpoints; the final one is kept as a savepoint if asked."""
-        self.stopping = True
-        if savepoint:
-            self.core.final_kind = "savepoint"
-
-    def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
-        return self.core.stats, self.core.last_completed, self.core.final_completed
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -420,7 +387,10 @@ class RayJob:
 
     def __init__(self, plan: PhysicalPlan, config: RunConfig, ray: Any,
                  on_progress: Callable[[list[SubtaskMetrics], float], None] | None = None,
-                 coordinator: CheckpointCoordinator | None = None, restore: SubtaskRestore | None = None) -> None:
+                 coordinator: CheckpointCoordinator | None = None, restore: SubtaskRestore | None = None,
+                 deadline: float | None = None) -> None:
+        """``deadline`` (a ``time.monotonic()`` value) bounds the start-up too: at it the job is stopped, and
+        ``stop_grace`` later, if the workers still have not opened their steps, killed."""
         self.plan = plan
         self.config = config
         self.ray = ray
@@ -428,11 +398,16 @@ class RayJob:
         self.started = time.monotonic()
         storage = coordinator.storage if coordinator is not None else None
         self.checkpointing = coordinator is not None
-        self.worker_class = ray.remote(WorkerActor)
+        self.worker_class = ray.remote(concurrency_groups={WATCH: WATCH_CONCURRENCY})(WorkerActor)
         self.pool_key = ("shared", config.tune_allocator)
         #: workers go back to the pool after a successful run (see headwater.engine.worker_pool)
         self.reusable = config.reuse_workers and coordinator is None
         self._released = False
+        self._stopped = False
+        self._stop_requested_at: float | None = None
+        self._stop_reason = "a stop was requested"
+        self.grace_s = config.stop_grace.total_seconds()
+        self.timer: Any = None
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
         self.assignments = place_subtasks(plan)
@@ -455,15 +430,29 @@ class RayJob:
                           for index, subtasks in enumerate(self.assignments)], from_pool)
             #: the worker actor hosting each (stage id, subtask)
             self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
-            ray.get([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers])
+            self.watch = WorkerWatch(ray, plan, self.workers, self.assignments, config.stall_seconds)
+            self._await_connected([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers],
+                                  deadline)
         except Exception as exc:
             self._kill_all()
             original = _unwrap(exc)
             if isinstance(original, HeadwaterError):
                 raise original from None
             raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
+        if self.checkpointing:  # None until the steps are open: the timer triggers sources
+            self.timer = self.workers[0].coordinate.options(concurrency_group=WATCH).remote()
         self.runs = {worker.run.remote(): index for index, worker in enumerate(self.workers)}
-        self._stopped = False
+
+    def _await_connected(self, refs: list[Any], deadline: float | None) -> None:
+        """Wait for every worker to open its steps, watching for stalls (a constructor that never returns) and
+        for the run's deadline."""
+        pending = refs
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=len(pending), timeout=0.25)
+            self.ray.get(ready)
+            if deadline is not None and not self._stopped and time.monotonic() > deadline:
+                self.stop(reason="the run's timeout (while its steps were opening)")
+            self._check_deadlines()
 
     def _new_worker(self, cpus: float | None) -> Any:
         return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
@@ -480,14 +469,31 @@ class RayJob:
                 self.workers[index] = self._new_worker(None)
                 self.ray.get(self.workers[index].assign.remote(*arguments[index]))
 
-    def stop(self, savepoint: bool = False) -> None:
+    def stop(self, savepoint: bool = False, reason: str = "a stop was requested") -> None:
+        """Stop gracefully; from now on the job has ``stop_grace`` to end (see :meth:`_check_deadlines`)."""
         if self._released:
             return
         self._stopped = True
+        if self._stop_requested_at is None:
+            self._stop_requested_at, self._stop_reason = time.monotonic(), reason
         if self.checkpointing:
-            self.ray.get(self.workers[0].coordinator_prepare_stop.remote(savepoint))
+            ref = self.workers[0].coordinator_prepare_stop.options(concurrency_group=WATCH).remote(savepoint)
+            try:
+                self.ray.get(ref, timeout=self.grace_s)
+            except self.ray.exceptions.GetTimeoutError:
+                pass  # worker 0 does not answer at all: the stop grace ends the job
         for worker in self.workers:
-            worker.stop.remote()
+            worker.stop.options(concurrency_group=WATCH).remote()
+
+    def _check_deadlines(self) -> None:
+        """Raise if a step stalled, or if a stop has not ended the job within the grace (the caller's
+        ``finally`` kills the workers)."""
+        self.watch.poll()
+        if self.timer is not None and self.ray.wait([self.timer], timeout=0)[0]:
+            self.ray.get(self.timer)  # the coordinator's timer never returns while the job runs: raise its error
+            raise JobFailedError("the checkpoint coordinator's timer ended while the job was running")
+        if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self.grace_s:
+            raise stop_timeout(self.watch.activities(), self.grace_s, self._stop_reason, killed=True)
 
     def metrics(self, timeout: float = 5.0) -> list[SubtaskMetrics]:
         refs = [w.metrics.remote() for w in self.workers]
@@ -505,10 +511,12 @@ class RayJob:
             while pending:
                 try:
                     if timeout is not None and not self._stopped and time.monotonic() - self.started > timeout:
-                        self.stop()
-                    done, pending = ray.wait(pending, num_returns=1, timeout=min(interval, 0.5))
+                        self.stop(reason=f"the run's timeout of {timeout:g} s")
+                    done, pending = ray.wait(pending, num_returns=1, timeout=min(interval, 0.25))
                     for ref in done:
                         finished.extend(self._result_of(ref))
+                    if pending:
+                        self._check_deadlines()
                     if self.on_progress and time.monotonic() - last_progress >= interval:
                         last_progress = time.monotonic()
                         self.on_progress(self.metrics(timeout=interval), last_progress - self.started)
@@ -516,10 +524,10 @@ class RayJob:
                     if interrupted:
                         raise
                     interrupted = True
-                    self.stop()  # first Ctrl-C stops gracefully; a second one kills the job
+                    self.stop(reason="Ctrl-C")  # first Ctrl-C stops gracefully; a second one kills the job
             result = JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
             if self.checkpointing:
-                stats, last, final = ray.get(self.workers[0].coordinator_result.remote())
+                stats, last, final = ray.get(self.workers[0].coordinator_result.remote(), timeout=self.grace_s)
                 if not final:
                     raise JobFailedError("the job ended without its final checkpoint")
                 result.checkpoints, result.last_checkpoint = stats, last

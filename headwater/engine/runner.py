@@ -80,6 +80,7 @@ class RunningJob:
         self._result: JobResult | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._deadline: float | None = None  # time.monotonic() at which a run with a timeout stops
         checkpoint_dir = checkpoint.uri if checkpoint is not None else None
         if config.executor == "local":
             self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
@@ -111,7 +112,7 @@ class RunningJob:
 
             progress = ProgressDisplay(self.plan) if self.config.progress else None
             attempt = RayJob(self.plan, self.config, self._ray, on_progress=progress, coordinator=coordinator,
-                             restore=restore)
+                             restore=restore, deadline=self._deadline)
         self._attempt = attempt
         self._attempts += 1
         if self._stop is not None:
@@ -119,6 +120,7 @@ class RunningJob:
         return attempt
 
     def _wait(self, timeout: float | None) -> JobResult:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if self.checkpoint is not None:
                 return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)

@@ -10,6 +10,9 @@ Invariants:
 * The chain finishes (operators' ``finish``, sinks commit) exactly once, after the end of stream of every
   sender on every input edge — or, for a source stage, after every partition ended or a stop was requested.
   Only then is end of stream sent downstream.
+* :attr:`SubtaskRuntime.call` is the call into step code running right now (``None`` between calls); it is set
+  and restored around every such call, so a watcher in another thread can tell what the subtask is doing and
+  for how long (see :mod:`headwater.engine.watchdog`).
 * A failure in operator or source code surfaces as a :class:`~headwater.errors.RuntimeFailure` naming the
   step and subtask; user exceptions become :class:`~headwater.errors.UserCodeError` with the original as
   ``__cause__``.
@@ -33,6 +36,7 @@ from headwater.engine.partitioning import key_group_range
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
 from headwater.engine.state import OperatorStateStore
+from headwater.engine.watchdog import Call, SubtaskActivity, activity_of
 from headwater.errors import BuildError, CheckpointError, HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
 from headwater.operators.base import Operator, OperatorContext
 from headwater.operators.sink import SinkOperator
@@ -73,6 +77,9 @@ class SubtaskRuntime:
         operator_steps = self.stage.step_ids[1:] if self.source_step else self.stage.step_ids
         self.operators: list[tuple[str, Operator]] = [(s, plan.steps[s].make_operator()) for s in operator_steps]
         self.counters = {step_id: StepCounters() for step_id in self.stage.step_ids}
+        #: the call into step code in progress (read by watchers in other threads; see the module docstring)
+        self.call: Call | None = None
+        self._kinds = {step_id: plan.steps[step_id].kind for step_id in self.stage.step_ids}
         # Latency is measured where rows reach the sink: from their ingest time (a source read them) or, for
         # results released by a watermark, from when the source computed that watermark.
         self.latency = LatencyHistogram() if isinstance(plan.steps[self.stage.tail], SinkStep) else None
@@ -180,10 +187,20 @@ class SubtaskRuntime:
                 pass
 
     def _guard(self, step_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+        outer = self.call
+        self.call = (step_id, fn, args, time.monotonic())
         try:
             return fn(*args)
         except Exception as exc:
             raise _located(exc, step_id, self.subtask) from exc
+        finally:
+            self.call = outer
+
+    def activity(self, waiting: str = "idle", now: float | None = None) -> SubtaskActivity:
+        """What this subtask is doing: its current call into step code, or ``waiting`` (the executor's words
+        for where it waits). Safe to call from another thread."""
+        return activity_of(self.stage.stage_id, self.subtask, self.stage.head, self._kinds, self.call, waiting,
+                           time.monotonic() if now is None else now)
 
     # -- data path ------------------------------------------------------------------------------------------
     def on_message(self, edge_id: int, sender: int, message: Message) -> list[Outgoing]:
@@ -410,9 +427,11 @@ class SubtaskRuntime:
             index = self._next_partition % len(self.partitions)
             self._next_partition = index + 1
             part, partition = self.partitions[index]
+            self.call = (step_id, partition.next_batch, (part,), time.monotonic())
             try:
                 batch = partition.next_batch()
             except StopIteration:
+                self.call = None
                 self.ended_parts[part] = self._guard(step_id, partition.snapshot)
                 partition.close()
                 del self.partitions[index]
@@ -422,7 +441,9 @@ class SubtaskRuntime:
                     return self._finish(), False
                 continue
             except Exception as exc:
+                self.call = None
                 raise _located(exc, step_id, self.subtask) from exc
+            self.call = None
             if batch is None or batch.num_rows == 0:
                 continue
             if self._source_columns is not None:

@@ -1,0 +1,133 @@
+"""The checkpoint coordinator of a Ray job, hosted by its first worker actor, and how subtasks reach it.
+
+:class:`CoordinatorService` wraps the transport-free :class:`~headwater.engine.coordinator.CheckpointCoordinator`.
+Its timer (trigger every interval, abort on timeout: :meth:`CoordinatorService.run_timer`) runs in the worker's
+*watch* concurrency group — its own thread and event loop — so checkpoints time out, and the timeout is
+reported, even while user code blocks the worker's main event loop. Acks, final reports and completion
+notices arrive in the main loop. Both threads touch the coordinator only under :attr:`CoordinatorService.lock`,
+which is never held across an ``await``.
+
+Invariant: a completed checkpoint is announced (``notify_complete``) from the main loop only, because that is
+where sinks commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
+from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
+
+if TYPE_CHECKING:
+    from headwater.engine.ray_executor import WorkerActor
+
+log = logging.getLogger("headwater.checkpoint")
+
+SubtaskId = tuple[int, int]  # (stage id, subtask index)
+
+#: a timed-out checkpoint: (id, age in seconds, subtasks that had not acknowledged it)
+Expired = tuple[int, float, list[SubtaskId]]
+
+
+class CoordinatorService:
+    """The checkpoint coordinator in a worker: triggers sources on a timer, collects acks, notifies every
+    worker when a checkpoint completed (see :class:`CheckpointCoordinator` for the rules)."""
+
+    def __init__(self, core: CheckpointCoordinator) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self.sources: list[tuple[Any, SubtaskId]] = []
+        self.workers: list[Any] = []
+        self.home: WorkerActor | None = None
+        self.stopping = False
+        self.closed = False
+        #: timeouts not yet reported to the driver (taken by :meth:`take_expired`)
+        self.expired: list[Expired] = []
+
+    def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
+        self.sources, self.workers, self.home = sources, workers, home
+
+    async def run_timer(self) -> None:
+        """Trigger due checkpoints and abort timed-out ones until the job is released (watch group's loop)."""
+        assert self.home is not None
+        while not self.closed:
+            await asyncio.sleep(0.02)
+            with self.lock:
+                self._expire()
+                checkpoint_id = self.core.begin() if not self.stopping and self.core.due() else None
+            if checkpoint_id is None:
+                continue
+            for worker, (stage_id, subtask) in self.sources:
+                host = self.home.hosts.get((stage_id, subtask))
+                if host is not None:
+                    host.triggers.append(checkpoint_id)  # a deque: safe to append from this thread
+                else:
+                    worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
+
+    def _expire(self) -> None:
+        pending = self.core.pending
+        if pending is None:
+            return
+        missing = sorted(self.core.expected - set(pending.acks))
+        age = time.monotonic() - pending.started
+        if self.core.expire() is not None:
+            self.expired.append((pending.checkpoint_id, age, missing))
+
+    def take_expired(self) -> list[Expired]:
+        with self.lock:
+            taken, self.expired = self.expired, []
+        return taken
+
+    def _notify(self, metadata: CheckpointMetadata | None) -> None:
+        if metadata is None:
+            return
+        assert self.home is not None
+        for host in self.home.hosts.values():
+            host.notify_complete(metadata.checkpoint_id)
+        for worker in self.workers[1:]:
+            worker.notify_complete.remote(metadata.checkpoint_id)
+
+    async def ack(self, ack: SubtaskAck) -> None:
+        with self.lock:
+            completed = self.core.ack(ack)
+        self._notify(completed)
+
+    async def report_finished(self, ack: SubtaskAck) -> None:
+        with self.lock:
+            completed = self.core.report_finished(ack)
+        self._notify(completed)
+
+    def prepare_stop(self, savepoint: bool) -> None:
+        """No new checkpoints; the final one is kept as a savepoint if asked."""
+        with self.lock:
+            self.stopping = True
+            if savepoint:
+                self.core.final_kind = "savepoint"
+
+    def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
+        with self.lock:
+            return self.core.stats, self.core.last_completed, self.core.final_completed
+
+
+class CoordinatorClient:
+    """How a subtask reaches the checkpoint coordinator: a direct call in the worker that hosts it, an actor
+    call to that worker from the others."""
+
+    def __init__(self, local: CoordinatorService | None, remote_worker: Any = None) -> None:
+        self.local, self.remote_worker = local, remote_worker
+
+    async def ack(self, ack: SubtaskAck) -> None:
+        if self.local is not None:
+            await self.local.ack(ack)
+        else:
+            await self.remote_worker.coordinator_ack.remote(ack)
+
+    async def report_finished(self, ack: SubtaskAck) -> None:
+        if self.local is not None:
+            await self.local.report_finished(ack)
+        else:
+            await self.remote_worker.coordinator_report_finished.remote(ack)
