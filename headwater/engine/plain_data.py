@@ -9,7 +9,7 @@ restricted to *plain data*:
 
 :func:`encode` turns such a value into JSON-compatible objects and :func:`decode` turns them back, so that
 ``decode(json.loads(json.dumps(encode(v)))) == v`` with the same types (a tuple stays a tuple, ``1.0`` stays a
-float). JSON arrays, strings, numbers, ``true``/``false``/``null`` stand for themselves; every JSON *object* is
+float; dict key order is not kept). JSON arrays, strings, numbers, ``true``/``false``/``null`` stand for themselves; every JSON *object* is
 a tag with exactly one key::
 
     {"$tuple": [...]}            {"$bytes": "<base64>"}       {"$float": "nan" | "inf" | "-inf"}
