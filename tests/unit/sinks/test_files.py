@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from headwater.errors import ConfigError, SinkError
@@ -248,3 +249,82 @@ def test_a_file_uri_goes_through_pyarrow_fs(tmp_path: Path) -> None:
     part.write(batch(0, 3))
     part.commit(part.prepare(1))
     assert plain(visible(out)) == ["part-000001-0000-0000.parquet"]
+
+
+# -- ownership, names that never collide, no overwrite, clean-up (issue 16) --------------------------------------
+
+def test_two_writers_with_the_same_subtask_and_checkpoint_never_share_a_file_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tokens = []
+    for start in (0, 100):  # two sinks (or jobs, or attempts) on one directory, both at checkpoint 1, subtask 0
+        part = ParquetSink(out).build_part(0, 1)
+        part.write(batch(start, 5))
+        tokens.append(part.prepare(1))
+        part.commit(tokens[-1])
+    assert len(set(visible(out))) == 2 and plain(visible(out)) == ["part-000001-0000-0000.parquet"] * 2
+    assert read_back("parquet", out).num_rows == 10
+
+
+def test_commit_never_overwrites_a_file_it_did_not_stage(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    part = CsvSink(out).build_part(0, 1)
+    part.write(batch(0, 3))
+    token = part.prepare(1)
+    staged_path, final_path = token.files[0]
+    Path(final_path).write_text("someone else's file\n")
+    with pytest.raises(SinkError, match="never overwrite"):
+        part.commit(token)
+    assert Path(final_path).read_text() == "someone else's file\n" and Path(staged_path).exists()
+
+
+def test_a_commit_interrupted_between_link_and_unlink_completes_on_retry(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    part = ParquetSink(out).build_part(0, 1)
+    part.write(batch(0, 3))
+    token = part.prepare(1)
+    staged_path, final_path = token.files[0]
+    os.link(staged_path, final_path)  # the crash came before the staged name was removed
+    part.commit(token)
+    assert staged(out) == [] and visible(out) == [Path(final_path).name]
+    assert read_back("parquet", out).num_rows == 3
+
+
+def test_files_already_in_the_directory_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.Table.from_batches([batch(1000, 2)]), out / "earlier.parquet")
+    for run in range(2):  # two runs one after the other, both starting at checkpoint 1
+        part = ParquetSink(out).build_part(0, 1)
+        part.write(batch(10 * run, 4))
+        part.commit(part.prepare(1))
+    assert "earlier.parquet" in visible(out) and len(visible(out)) == 3
+    assert read_back("parquet", out).num_rows == 10
+
+
+def test_clean_up_deletes_staged_files_no_token_names_and_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = JsonLinesSink(out)
+    committed = sink.build_part(0, 3)
+    committed.write(batch(0, 2))
+    committed.commit(committed.prepare(1))
+    kept = sink.build_part(1, 3)
+    kept.write(batch(10, 2))
+    kept_token = kept.prepare(2)  # prepared for the checkpoint being restored
+    orphan = sink.build_part(2, 3)
+    orphan.write(batch(20, 2))
+    orphan.prepare(3)  # prepared for a checkpoint that never completed
+    orphan.write(batch(30, 2))  # in progress when the attempt died
+    (out / "_staging" / "inprogress-0007-deadbeef.jsonl").write_text("{}\n")  # a subtask of a wider earlier run
+    (out / "_staging" / "notes.txt").write_text("not the sink's")
+    sink.clean_up([kept_token])
+    assert staged(out) == sorted(["notes.txt", Path(kept_token.files[0][0]).name])
+    assert read_back("jsonl", out).num_rows == 2  # committed output untouched
+    sink.build_part(1, 3).commit(kept_token)
+    assert read_back("jsonl", out).num_rows == 4
+
+
+def test_a_file_sink_owns_its_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert ParquetSink(tmp_path / "link" / "out").owned_locations() == (str(tmp_path / "real" / "out"),)
+    assert ParquetSink(f"file://{tmp_path}/out").owned_locations() == (str(tmp_path / "out"),)
