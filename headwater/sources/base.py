@@ -38,7 +38,8 @@ class SourcePartition(ABC):
     def snapshot(self) -> Any:
         """Return the position to resume *after*: everything emitted so far is covered by it.
 
-        Must be picklable and small (an offset, an index, an LSN), never the data itself.
+        Must be small plain data (an offset, an index, an LSN; see :mod:`headwater.engine.plain_data`), never
+        the data itself: checkpoint metadata is JSON, not pickle.
         """
 
     def close(self) -> None:
