@@ -314,7 +314,7 @@ def test_recovery_of_an_aggregate_keyed_by_a_nullable_integer(tmp_path: Path) ->
 
 
 # -- exactly-once into files ----------------------------------------------------------------------------------------
-PART_FILE = re.compile(r"^part-\d{6}-\d{4}-\d{4}\.parquet$")
+PART_FILE = re.compile(r"^part-\d{6}-\d{4}-\d{4}-[0-9a-f]{16}\.parquet$")  # checkpoint, subtask, n, writer id
 
 
 def stateless_flow(source: Source, sink: Sink) -> hw.Dataflow:
@@ -340,10 +340,11 @@ def as_multiset(rows: Sequence[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
 
 
 def assert_only_committed_files_visible(directory: Path) -> None:
-    visible = [p for p in directory.rglob("*") if p.is_file() and "_staging" not in p.relative_to(directory).parts]
+    visible = [p for p in directory.rglob("*")
+               if p.is_file() and not any(part.startswith("_") for part in p.relative_to(directory).parts)]
     assert all(PART_FILE.match(p.name) and p.parent == directory for p in visible), visible
-    leftovers = [p.name for p in (directory / "_staging").glob("inprogress-*")]
-    assert leftovers == [], f"in-progress files of failed attempts were not cleaned up: {leftovers}"
+    leftovers = [p.name for p in (directory / "_staging").glob("*")]
+    assert leftovers == [], f"staged files of failed attempts were not cleaned up: {leftovers}"
 
 
 def check_files_exactly_once(script: Script, base: Path, executor: str, parallelism: int) -> hw.JobResult:
