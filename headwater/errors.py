@@ -49,11 +49,19 @@ class PipelineNotFoundError(BuildError):
 
 
 class RuntimeFailure(HeadwaterError):
-    """Base of failures that happen while the job runs; carries where it happened."""
+    """Base of failures that happen while the job runs; carries where it happened.
 
-    def __init__(self, message: str, *, step_id: str | None = None, subtask: int | None = None) -> None:
+    ``transient`` declares whether a restart may cure the failure (``True``: e.g. a broker timeout; ``False``:
+    e.g. a record that cannot be decoded); ``None`` leaves it to :func:`headwater.engine.failures.classify`,
+    which decides from the error's class and its ``__cause__`` chain.
+    """
+
+    def __init__(
+        self, message: str, *, step_id: str | None = None, subtask: int | None = None, transient: bool | None = None,
+    ) -> None:
         self.step_id = step_id
         self.subtask = subtask
+        self.transient = transient
         where = ""
         if step_id is not None:
             where = f"step {step_id!r}"
@@ -66,20 +74,27 @@ class RuntimeFailure(HeadwaterError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep keyword-only fields and the original exception across pickling (errors travel from Ray actors
         # to the driver); a cause that cannot be pickled is replaced by its text.
-        cause = self.__cause__
-        if cause is not None:
-            try:
-                pickle.dumps(cause)
-            except Exception:  # noqa: BLE001 - any pickling failure
-                cause = Exception(f"{type(cause).__name__}: {cause}")
-        return (_rebuild_failure, (type(self), self.message, self.step_id, self.subtask, cause))
+        return (_rebuild_failure, (type(self), self.message, self.step_id, self.subtask, _picklable_cause(self),
+                                   self.transient))
+
+
+def _picklable_cause(error: BaseException) -> BaseException | None:
+    """``error.__cause__``, or its text when it cannot be pickled."""
+    cause = error.__cause__
+    if cause is not None:
+        try:
+            pickle.dumps(cause)
+        except Exception:  # noqa: BLE001 - any pickling failure
+            cause = Exception(f"{type(cause).__name__}: {cause}")
+    return cause
 
 
 def _rebuild_failure(
     cls: type[RuntimeFailure], message: str, step_id: str | None, subtask: int | None,
-    cause: BaseException | None = None,
+    cause: BaseException | None = None, transient: bool | None = None,
 ) -> RuntimeFailure:
     error = cls(message, step_id=step_id, subtask=subtask)
+    error.transient = transient
     error.__cause__ = cause
     return error
 
@@ -113,7 +128,21 @@ class SimulatedCrashError(RuntimeFailure):
 
 
 class CheckpointError(HeadwaterError):
-    """A checkpoint could not be written or read."""
+    """A checkpoint could not be written or read; the storage's own error (e.g. an ``OSError``) is ``__cause__``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the cause across pickling (from a worker to the driver): its errno tells a full or read-only
+        # disk (no restart helps) from a passing I/O error.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__), _picklable_cause(self)))
+
+
+def _rebuild_error(
+    cls: type[HeadwaterError], args: tuple[Any, ...], state: dict[str, Any], cause: BaseException | None,
+) -> HeadwaterError:
+    error = cls(*args)
+    error.__dict__.update(state)
+    error.__cause__ = cause
+    return error
 
 
 class CheckpointCorruptError(CheckpointError):

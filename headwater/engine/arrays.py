@@ -44,3 +44,21 @@ def from_int64(array: pa.Array, kind: pa.DataType) -> pa.Array:
 def same_columns(a: pa.Schema, b: pa.Schema) -> bool:
     """Same column names and types in the same order (nullability flags and metadata ignored)."""
     return a.names == b.names and all(x.type == y.type for x, y in zip(a, b))
+
+
+def schema_difference(expected: pa.Schema, actual: pa.Schema) -> str | None:
+    """The first way ``actual`` differs from ``expected`` in names, order or types, in words (``None``: it
+    does not, by :func:`same_columns`)."""
+    if actual.names != expected.names:
+        missing = [n for n in expected.names if n not in actual.names]
+        extra = [n for n in actual.names if n not in expected.names]
+        if missing or extra:
+            parts = ([f"missing column(s) {missing}"] if missing else []) + ([f"new column(s) {extra}"] if extra else [])
+            return " and ".join(parts)
+        index = next(i for i, (a, b) in enumerate(zip(actual.names, expected.names)) if a != b)
+        return f"columns in another order: column {index} is {actual.names[index]!r}, expected {expected.names[index]!r}"
+    for field in actual:
+        wanted = expected.field(field.name)
+        if field.type != wanted.type:
+            return f"column {field.name!r} is {field.type}, expected {wanted.type}"
+    return None

@@ -156,8 +156,13 @@ class CheckpointConfig:
         retain: complete checkpoints kept (older ones are deleted; savepoints are never deleted).
         min_pause: minimum time between the completion of one checkpoint and the next trigger.
         timeout: a checkpoint not complete after this long is aborted (the job keeps running).
-        max_restarts: automatic restarts from the latest checkpoint after a failure before the run fails.
-        restart_delay: pause before each restart.
+        max_restarts: automatic restarts from the latest checkpoint after *transient* failures in a row before
+            the run fails (deterministic failures — bad data, schema mismatches, configuration, a full or
+            read-only disk — are never restarted; see :mod:`headwater.engine.failures`).
+        restart_delay: pause before the first restart; it doubles with each further restart in a row ...
+        max_restart_delay: ... up to this cap (each pause is shortened by a random jitter of up to 10 %).
+        restart_reset_after: an attempt that ran this long and completed a checkpoint was healthy: the next
+            failure starts a new row (pause ``restart_delay`` again, ``max_restarts`` available again).
         restore_from: start from this checkpoint or savepoint directory instead of the latest one in ``dir``.
         allow_non_restored_state: when restoring, drop state of steps the dataflow no longer has instead of
             refusing to start.
@@ -170,13 +175,15 @@ class CheckpointConfig:
     timeout: timedelta = timedelta(minutes=2)
     max_restarts: int = 5
     restart_delay: timedelta = timedelta(milliseconds=200)
+    max_restart_delay: timedelta = timedelta(seconds=30)
+    restart_reset_after: timedelta = timedelta(minutes=10)
     restore_from: str | Path | None = None
     allow_non_restored_state: bool = False
 
     def __post_init__(self) -> None:
         if not str(self.dir):
             raise ConfigError("CheckpointConfig.dir must name a directory or a pyarrow.fs URI")
-        for name in ("interval", "min_pause", "timeout", "restart_delay"):
+        for name in ("interval", "min_pause", "timeout", "restart_delay", "max_restart_delay", "restart_reset_after"):
             value = getattr(self, name)
             if not isinstance(value, timedelta) or value < timedelta(0):
                 raise ConfigError(f"CheckpointConfig.{name} must be a non-negative datetime.timedelta, got {value!r}")
@@ -188,6 +195,11 @@ class CheckpointConfig:
             raise ConfigError(f"CheckpointConfig.retain must keep at least 1 checkpoint, got {self.retain!r}")
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ConfigError(f"CheckpointConfig.max_restarts must be >= 0, got {self.max_restarts!r}")
+        if self.max_restart_delay < self.restart_delay:
+            raise ConfigError(
+                f"CheckpointConfig.max_restart_delay ({self.max_restart_delay}) is below restart_delay "
+                f"({self.restart_delay}); raise max_restart_delay or lower restart_delay"
+            )
 
     @property
     def uri(self) -> str:

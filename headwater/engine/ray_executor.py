@@ -371,6 +371,14 @@ class WorkerActor:
         return self._service().result()
 
 
+def _as_raised(error: HeadwaterError) -> HeadwaterError:
+    """``error`` ready to be raised in the driver in place of Ray's wrapper. Its own ``__cause__`` (e.g. the
+    ``OSError`` of a full disk) is kept, as :func:`headwater.engine.failures.classify` decides from it;
+    ``raise error from None`` would erase it. Only the wrapper (the context) is hidden."""
+    error.__suppress_context__ = True
+    return error
+
+
 def _unwrap(error: BaseException) -> BaseException:
     """The original exception raised inside an actor, if Ray wrapped it."""
     import ray
@@ -437,7 +445,7 @@ class RayJob:
             self._kill_all()
             original = _unwrap(exc)
             if isinstance(original, HeadwaterError):
-                raise original from None
+                raise _as_raised(original)
             raise JobFailedError(f"could not start the job's actors: {type(original).__name__}: {original}") from original
         if self.checkpointing:  # None until the steps are open: the timer triggers sources
             self.timer = self.workers[0].coordinate.options(concurrency_group=WATCH).remote()
@@ -546,7 +554,7 @@ class RayJob:
         except Exception as exc:  # noqa: BLE001 - translated into Headwater's errors below
             original = _unwrap(exc)
             if isinstance(original, HeadwaterError):
-                raise original from None
+                raise _as_raised(original)
             stage_id, subtask = hosted[0]
             steps = ", ".join(dict.fromkeys(self.plan.stages[s].head for s, _ in hosted))
             raise JobFailedError(

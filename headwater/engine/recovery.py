@@ -12,9 +12,13 @@ Each *attempt* starts from the latest complete checkpoint in the checkpoint dire
 4. The job starts with sources at the checkpoint's positions and state restored (re-split by key group when
    the parallelism changed).
 
-Failures that a restart can cure (a worker died, a simulated crash, a source/sink I/O error) restart the job,
-up to ``max_restarts`` times; failures of user code or data (``UserCodeError``, ``SchemaMismatchError``) fail
-the run at once, since replaying the same input would fail the same way.
+Every failure of an attempt is classified (:func:`headwater.engine.failures.classify`). A *transient* one (a
+worker died, a simulated crash, a connection error, an I/O error of unknown cause) restarts the job after an
+exponentially growing pause (:class:`~headwater.engine.failures.RestartBackoff`: ``restart_delay`` doubling
+up to ``max_restart_delay``), at most ``max_restarts`` times in a row; an attempt that ran healthy for
+``restart_reset_after`` starts a new row. A *deterministic* one (bad data, a schema mismatch, user code,
+configuration, a full, read-only or forbidden checkpoint directory) fails the run at once with its cause,
+since replaying the same input would fail the same way. Each decision is logged with the classification.
 """
 
 from __future__ import annotations
@@ -26,24 +30,14 @@ from typing import Any, Callable, Protocol
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage
 from headwater.engine.config import CheckpointConfig
+from headwater.engine.failures import DETERMINISTIC_ERRNOS, RestartBackoff, causes, classify, os_error_in
 from headwater.engine.job import JobResult
 from headwater.engine.logical import SinkStep
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.snapshots import SubtaskRestore
-from headwater.errors import (
-    CheckpointCorruptError,
-    CheckpointError,
-    JobFailedError,
-    SimulatedCrashError,
-    SinkError,
-    SourceError,
-    StateCompatibilityError,
-)
+from headwater.errors import CheckpointCorruptError, CheckpointError, HeadwaterError, StateCompatibilityError
 
 log = logging.getLogger("headwater.recovery")
-
-RECOVERABLE = (JobFailedError, SimulatedCrashError, SourceError, SinkError, CheckpointError)
-
 
 class Attempt(Protocol):
     def wait(self, timeout: float | None = None) -> JobResult: ...
@@ -127,11 +121,22 @@ def run_with_recovery(
     config: CheckpointConfig,
     start_attempt: Callable[[SubtaskRestore | None, int], Attempt],
     timeout: float | None = None,
+    *,
+    backoff: RestartBackoff | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> JobResult:
-    """Run attempts until one finishes; restart recoverable failures from the latest checkpoint."""
+    """Run attempts until one finishes; restart transient failures from the latest checkpoint (with backoff),
+    raise deterministic ones at once (see the module docstring). ``backoff``, ``clock`` and ``sleep`` are
+    replaceable for tests."""
     storage = CheckpointStorage(config.uri)
+    if backoff is None:
+        backoff = RestartBackoff(
+            config.max_restarts, config.restart_delay.total_seconds(), config.max_restart_delay.total_seconds(),
+            config.restart_reset_after.total_seconds(),
+        )
     restarts = 0
-    started = time.monotonic()
+    started = clock()
     own_from = storage.next_id()  # checkpoints with this id or more are written by this run
     while True:
         found = load_restore_point(storage, config, own_from)
@@ -143,9 +148,10 @@ def run_with_recovery(
         settle_sinks(plan, metadata)
         # ids never repeat: neither this directory's nor those of the checkpoint restored from elsewhere
         first_id = max(storage.next_id(), metadata.checkpoint_id + 1 if metadata is not None else 1)
+        attempt_started = clock()
         attempt = start_attempt(restore, first_id)
         try:
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            remaining = None if timeout is None else max(0.0, timeout - (clock() - started))
             try:
                 result = attempt.wait(remaining)
             except BaseException:
@@ -153,10 +159,37 @@ def run_with_recovery(
                 raise
             result.restarts = restarts
             return result
-        except RECOVERABLE as exc:
-            restarts += 1
-            if restarts > config.max_restarts:
+        except HeadwaterError as exc:
+            verdict = classify(exc)
+            cause = f"{type(exc).__name__}: {exc}"
+            if not verdict.transient:
+                log.error("job %s failed; not retried: %s (%s)", plan.flow_name, verdict.reason, cause)
+                explained = _explain_checkpoint_storage(exc, config)
+                if explained is not None:
+                    raise explained from exc
                 raise
-            log.warning("job %s failed (%s: %s); restart %d/%d from its latest checkpoint", plan.flow_name,
-                        type(exc).__name__, exc, restarts, config.max_restarts)
-            time.sleep(config.restart_delay.total_seconds())
+            progressed = any(i >= first_id for i, _ in storage.completed())
+            delay = backoff.next_delay(clock() - attempt_started, progressed)
+            if delay is None:
+                log.error("job %s failed (%s; %s); not retried: %d restarts in a row used up max_restarts=%d",
+                          plan.flow_name, verdict, cause, backoff.consecutive - 1, config.max_restarts)
+                raise
+            restarts += 1
+            log.warning("job %s failed (%s; %s); restart %d/%d in %.2f s from its latest checkpoint",
+                        plan.flow_name, verdict, cause, backoff.consecutive, config.max_restarts, delay)
+            if timeout is not None:
+                delay = min(delay, max(0.0, timeout - (clock() - started)))
+            sleep(delay)
+
+
+def _explain_checkpoint_storage(error: HeadwaterError, config: CheckpointConfig) -> CheckpointError | None:
+    """For a checkpoint write that failed on a full, read-only or forbidden directory: an error that names the
+    directory, the condition and the fix (``None`` for any other failure)."""
+    os_error = os_error_in(error)
+    if os_error is None or not any(isinstance(link, CheckpointError) for link in causes(error)):
+        return None
+    condition, fix = DETERMINISTIC_ERRNOS[os_error.errno]
+    return CheckpointError(
+        f"checkpoint directory {config.uri}: {condition}; {fix}, or point CheckpointConfig.dir at another "
+        f"directory (not retried: a restart would fail the same way). {error}"
+    )

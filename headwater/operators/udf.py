@@ -5,6 +5,12 @@ subtask (so expensive set-up such as loading a model happens once per actor, as 
 and its instance is called per batch. The function may return a RecordBatch, a Table, a dict of columns, a
 pandas DataFrame, or ``None`` (drop the batch).
 
+Every batch a ``map_batches`` function returns must have one schema: the declared ``output_schema``, else the
+schema of its first non-empty result. A batch with another schema fails the step at once with a
+:class:`~headwater.errors.SchemaMismatchError` naming the step and the first differing column — not later, at
+a sink or an exchange that cannot combine the batches. The check compares names and types (one equality per
+batch).
+
 ``map_rows(fn)`` and ``flat_map(fn)`` call ``fn`` per row with a dict; they are a convenience for code that is
 not vectorised and cost Python per row.
 """
@@ -15,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 
-from headwater.engine.arrays import same_columns
+from headwater.engine.arrays import same_columns, schema_difference
 from headwater.errors import SchemaMismatchError
 from headwater.operators.base import Operator, OperatorContext
 
@@ -47,9 +53,15 @@ def to_batches(result: Any, schema: pa.Schema | None) -> list[pa.RecordBatch]:
         for batch in batches:
             if not same_columns(batch.schema, schema):
                 raise SchemaMismatchError(
-                    f"the function returned schema {batch.schema} but declared output_schema {schema}"
+                    f"the function returned schema ({_one_line(batch.schema)}) but declared output_schema "
+                    f"({_one_line(schema)}): {schema_difference(schema, batch.schema)}"
                 )
     return [b for b in batches if b.num_rows]
+
+
+def _one_line(schema: pa.Schema, limit: int = 12) -> str:
+    shown = ", ".join(f"{f.name}: {f.type}" for f in list(schema)[:limit])
+    return shown if len(schema) <= limit else f"{shown}, ... ({len(schema) - limit} more)"
 
 
 class MapBatchesOperator(Operator):
@@ -67,6 +79,7 @@ class MapBatchesOperator(Operator):
         self.constructor_kwargs = dict(constructor_kwargs or {})
         self.output_schema = output_schema
         self._callable: Callable[[pa.RecordBatch], Any] | None = None
+        self._first_schema: pa.Schema | None = None  # of the first non-empty result, when none is declared
 
     def open(self, ctx: OperatorContext) -> None:
         if isinstance(self.fn, type):
@@ -76,7 +89,19 @@ class MapBatchesOperator(Operator):
 
     def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
         assert self._callable is not None, "open() was not called"
-        return to_batches(self._callable(batch), self.output_schema)
+        batches = to_batches(self._callable(batch), self.output_schema)
+        if self.output_schema is None:
+            for out in batches:
+                if self._first_schema is None:
+                    self._first_schema = out.schema
+                elif not same_columns(out.schema, self._first_schema):
+                    raise SchemaMismatchError(
+                        "the function changed its output schema after its first batch: "
+                        f"{schema_difference(self._first_schema, out.schema)} (now {_one_line(out.schema)}; first "
+                        f"batch {_one_line(self._first_schema)}). "
+                        "Return one schema for every batch, or declare output_schema= and cast to it"
+                    )
+        return batches
 
     def close(self) -> None:
         closer = getattr(self._callable, "close", None) if isinstance(self.fn, type) else None

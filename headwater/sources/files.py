@@ -42,8 +42,22 @@ _GLOB_CHARS = frozenset("*?[")
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 
 
+#: characters of a reader's message kept in an error: pyarrow quotes the offending row or value, and after an
+#: unclosed quote that value is the rest of the read block (up to ``block_size``, 1 MiB by default)
+_MESSAGE_LIMIT = 200
+
+
 def _describe(exc: BaseException) -> str:
-    return str(exc).strip().rstrip(".") or type(exc).__name__
+    """The reader's message on one line, at most ``_MESSAGE_LIMIT`` characters of it (its start names the row
+    and column), and a hint when the quoted row or value spans lines, which an unclosed quote causes."""
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    multiline = "\n" in text
+    flat = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(flat) > _MESSAGE_LIMIT:
+        flat = f"{flat[:_MESSAGE_LIMIT]}... ({len(flat) - _MESSAGE_LIMIT:,} more characters)"
+    if multiline:
+        flat += " (the quoted text spans lines: an unclosed quote?)"
+    return flat
 
 
 def _is_hidden(relative: str) -> bool:

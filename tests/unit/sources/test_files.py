@@ -272,6 +272,18 @@ def test_broken_json_line_names_the_file(tmp_path: Path) -> None:
         read_all(source, "a.jsonl")
 
 
+def test_unclosed_csv_quote_gives_a_short_message_naming_the_file_and_row(tmp_path: Path) -> None:
+    """pyarrow quotes the whole unterminated value (the rest of the block, ~1 MB here) in its message."""
+    path = tmp_path / "q.csv"
+    path.write_text('id,amount\n1,2\n3,"4\n' + "5,6\n" * 262_144)
+    with pytest.raises(SourceError) as info:
+        read_all(CsvSource(path), "q.csv")
+    message = str(info.value)
+    assert len(message) < 500, message[:600]
+    assert str(path) in message and "Row #3" in message and "unclosed quote" in message
+    assert "\n" not in message and "more characters" in message
+
+
 def test_empty_text_file_reads_no_rows(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").write_text("")
     source = JsonLinesSource(tmp_path, schema=pa.schema([("id", pa.int64())]))
