@@ -60,6 +60,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from headwater.engine import plain_data
 from headwater.errors import ConfigError, SinkError
 from headwater.sinks.base import Sink, SinkPartition
 
@@ -68,6 +69,7 @@ __all__ = ["CsvSink", "FileCommitToken", "FileSinkPartition", "JsonLinesSink", "
 STAGING_DIR = "_staging"
 
 
+@plain_data.register(name="headwater.FileCommitToken")
 @dataclass(frozen=True)
 class FileCommitToken:
     """What one ``prepare`` staged: ``(staged_path, final_path)`` pairs; empty when no rows were written."""
