@@ -169,12 +169,6 @@ class DirectoryInUseError(BuildError):
     other run, or give this one another directory)."""
 
 
-class CheckpointValueError(RuntimeFailure):
-    """A source position or sink commit token is not plain data, so checkpoint metadata (JSON, never pickle)
-    cannot hold it; the message names the step and the type. Deterministic (raised with ``transient=False``):
-    the connector must return plain data or register its token dataclass (docs/writing-operators.md)."""
-
-
 class StepStalledError(RuntimeFailure):
     """A call into one step's code (a batch, a watermark, a source read, a sink prepare/commit) has not
     returned for ``RunConfig.stall_timeout``; the job was ended. ``activity`` says what the step was doing and
