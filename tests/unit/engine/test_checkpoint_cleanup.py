@@ -185,4 +185,7 @@ def test_a_job_whose_checkpoint_is_damaged_on_disk_completes_exactly_once(
     assert result.checkpoints.failed == 1 and result.restarts == 0
     assert damaged[0] not in committed, "sinks were told to commit a checkpoint that failed verification"
     assert not (tmp_path / "chk" / f"chk-{damaged[0]:06d}").exists()
-    assert sorted(map(str, out.rows()), key=str) == sorted(map(str, clean.rows()), key=str)
+    # A running aggregate's output is a changelog whose update rows depend on how input was batched (timing);
+    # its result is the last row per key, and a replayed input would show there (counts and sums double).
+    assert out.latest(["k"]) == clean.latest(["k"])
+    assert len(clean.latest(["k"])) == 7
