@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -362,11 +363,15 @@ class _TextSource(_FileSource):
         # The readers reject an empty file even with a schema; it simply has no rows.
         reader = None if os.path.getsize(path) == 0 else self._open_reader(path, schema)
         try:
-            batches = iter(()) if reader is None else (_conform(batch, schema) for batch in reader)
+            batches = iter(()) if reader is None else self._checked(_conform(batch, schema) for batch in reader)
             yield from _skip_and_slice(batches, skip, self.batch_size, path)
         finally:
             if reader is not None:
                 reader.close()
+
+    def _checked(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``batches`` after the format's own checks of what the reader accepted (none by default)."""
+        return batches
 
 
 class CsvSource(_TextSource):
@@ -412,6 +417,27 @@ class CsvSource(_TextSource):
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter),
             convert_options=convert,
         )
+
+    def _checked(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Refuse values that contain a line break. Values may not span lines here (pyarrow's
+        ``newlines_in_values`` is off), yet after an unclosed quote pyarrow reads the rest of the file as that
+        one value and reports no error: rows would vanish silently (300,002 rows read as 37,862 in a test).
+        One vectorised substring scan per string column and batch."""
+        row = 0
+        for batch in batches:
+            for name, column in zip(batch.schema.names, batch.columns):
+                if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                    continue
+                broken = pc.match_substring(column, "\n")
+                if pc.any(broken).as_py():
+                    at = pc.index(broken, True).as_py()
+                    value = str(column[at].as_py())
+                    raise pa.ArrowInvalid(
+                        f"data row {row + at + 1}, column {name!r}: the value runs over a line break (an unclosed "
+                        f"quote?), starting {value[:60]!r}"
+                    )
+            row += batch.num_rows
+            yield batch
 
 
 class JsonLinesSource(_TextSource):

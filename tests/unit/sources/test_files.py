@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headwater.engine.failures import is_transient
 from headwater.errors import ConfigError, SourceError
 from headwater.sources.base import Source, drain
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
@@ -288,3 +289,24 @@ def test_empty_text_file_reads_no_rows(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").write_text("")
     source = JsonLinesSource(tmp_path, schema=pa.schema([("id", pa.int64())]))
     assert read_all(source, "e.jsonl").num_rows == 0
+
+
+@pytest.mark.parametrize("where", ["early", "late"])
+def test_unclosed_quote_in_a_string_column_fails_instead_of_swallowing_rows(tmp_path: Path, where: str) -> None:
+    """pyarrow reads everything after an unclosed quote as one value without an error (300,002 rows came back
+    as 37,862): the source refuses a value with a line break, naming the row and column."""
+    before = 2 if where == "early" else 200_000
+    path = tmp_path / "s.csv"
+    path.write_text("id,name\n" + "1,a\n" * before + '3,"x\n' + "5,y\n" * 100_000)
+    with pytest.raises(SourceError) as info:
+        read_all(CsvSource(path), "s.csv")
+    message = str(info.value)
+    assert f"data row {before + 1}, column 'name'" in message and "unclosed quote" in message
+    assert str(path) in message and len(message) < 500
+    assert not is_transient(info.value)
+
+
+def test_quoted_values_without_line_breaks_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "ok.csv"
+    path.write_text('id,name\n1,"a, b"\n2,"say ""hi"""\n')
+    assert read_all(CsvSource(path), "ok.csv").to_pylist() == [{"id": 1, "name": "a, b"}, {"id": 2, "name": 'say "hi"'}]
