@@ -4,7 +4,8 @@
 Its timer (trigger every interval, abort on timeout: :meth:`CoordinatorService.run_timer`) runs in the worker's
 *watch* concurrency group — its own thread and event loop — so checkpoints time out, and the timeout is
 reported, even while user code blocks the worker's main event loop. Acks, final reports and completion
-notices arrive in the main loop. Both threads touch the coordinator only under :attr:`CoordinatorService.lock`,
+notices arrive in the main loop; the coordinator's work on them (writing and verifying a completed checkpoint)
+runs in a thread so that it does not pause the subtasks of this worker. Both threads touch the coordinator only under :attr:`CoordinatorService.lock`,
 which is never held across an ``await``.
 
 Invariant: a completed checkpoint is announced (``notify_complete``) from the main loop only, because that is
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
@@ -92,14 +93,17 @@ class CoordinatorService:
             worker.notify_complete.remote(metadata.checkpoint_id)
 
     async def ack(self, ack: SubtaskAck) -> None:
-        with self.lock:
-            completed = self.core.ack(ack)
-        self._notify(completed)
+        self._notify(await asyncio.to_thread(self._record, self.core.ack, ack))
 
     async def report_finished(self, ack: SubtaskAck) -> None:
+        self._notify(await asyncio.to_thread(self._record, self.core.report_finished, ack))
+
+    def _record(self, method: Callable[[SubtaskAck], CheckpointMetadata | None], ack: SubtaskAck
+                ) -> CheckpointMetadata | None:
+        """Run ``method`` under the lock, off the main loop: the ack that completes a checkpoint writes its
+        metadata and reads every state file back to verify it, which must not pause the subtasks hosted here."""
         with self.lock:
-            completed = self.core.report_finished(ack)
-        self._notify(completed)
+            return method(ack)
 
     def prepare_stop(self, savepoint: bool) -> None:
         """No new checkpoints; the final one is kept as a savepoint if asked."""
