@@ -210,7 +210,7 @@ class FileSinkPartition(SinkPartition):
             raise SinkError(
                 f"{type(self._sink).__name__} at {self._sink.path!r}: a batch's schema differs from the first "
                 f"batch's, which fixes the schema of every file; cast or select columns before the sink.\n"
-                f"first batch:\n{self._schema}\nthis batch:\n{batch.schema}"
+                f"first batch:\n{self._schema}\nthis batch:\n{batch.schema}", transient=False,
             )
         limit = self._sink.max_rows_per_file
         offset = 0
@@ -226,7 +226,7 @@ class FileSinkPartition(SinkPartition):
         except (TypeError, ValueError, pa.ArrowInvalid) as exc:
             raise SinkError(
                 f"{type(self._sink).__name__} at {self._sink.path!r}: cannot encode a batch: {exc}. Cast the "
-                "offending column to a type the format supports before the sink"
+                "offending column to a type the format supports before the sink", transient=False,
             ) from exc
         except (OSError, pa.ArrowException) as exc:
             raise self._error("write to", self._current.path if self._current else self._staging, exc) from exc
@@ -263,7 +263,7 @@ class FileSinkPartition(SinkPartition):
                     raise SinkError(
                         f"{type(self._sink).__name__}: cannot commit {final!r}: neither it nor its staged file "
                         f"{staged!r} exists; the staging directory was cleaned by hand or by another job writing "
-                        f"to {self._sink.path!r}. Give each job its own output directory"
+                        f"to {self._sink.path!r}. Give each job its own output directory", transient=False,
                     )
             for directory in sorted({final.rsplit("/", 1)[0] for _, final in token.files}):
                 self._store.sync(directory)  # the token's own directory: it may belong to an earlier job
@@ -271,7 +271,7 @@ class FileSinkPartition(SinkPartition):
             raise SinkError(
                 f"{type(self._sink).__name__}: cannot commit {final!r}: a file this sink did not stage already has "
                 f"that name, and commits never overwrite. Something other than this job writes to "
-                f"{self._sink.path!r}; give each job its own output directory"
+                f"{self._sink.path!r}; give each job its own output directory", transient=False,
             ) from None
         except OSError as exc:
             raise self._error("commit", final, exc) from exc

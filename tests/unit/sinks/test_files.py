@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from headwater.engine.failures import is_transient
 from headwater.errors import ConfigError, SinkError
 from headwater.sinks.files import CsvSink, FileCommitToken, FileSink, JsonLinesSink, ParquetSink
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
@@ -272,9 +273,10 @@ def test_commit_never_overwrites_a_file_it_did_not_stage(tmp_path: Path) -> None
     token = part.prepare(1)
     staged_path, final_path = token.files[0]
     Path(final_path).write_text("someone else's file\n")
-    with pytest.raises(SinkError, match="never overwrite"):
+    with pytest.raises(SinkError, match="never overwrite") as raised:
         part.commit(token)
     assert Path(final_path).read_text() == "someone else's file\n" and Path(staged_path).exists()
+    assert not is_transient(raised.value)  # a restart would meet the same file: not retried
 
 
 def test_a_commit_interrupted_between_link_and_unlink_completes_on_retry(tmp_path: Path) -> None:
