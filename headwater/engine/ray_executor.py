@@ -535,7 +535,13 @@ class RayJob:
                     self.stop(reason="Ctrl-C")  # first Ctrl-C stops gracefully; a second one kills the job
             result = JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
             if self.checkpointing:
-                stats, last, final = ray.get(self.workers[0].coordinator_result.remote(), timeout=self.grace_s)
+                try:
+                    stats, last, final = ray.get(self.workers[0].coordinator_result.remote(), timeout=self.grace_s)
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+                    raise JobFailedError(
+                        f"the checkpoint coordinator did not report the job's final checkpoint within "
+                        f"{self.grace_s:g} s ({type(exc).__name__})"
+                    ) from exc
                 if not final:
                     raise JobFailedError("the job ended without its final checkpoint")
                 result.checkpoints, result.last_checkpoint = stats, last
