@@ -191,7 +191,8 @@ class CheckpointStorage:
         back and verify them; only then does the checkpoint exist. Returns its directory.
 
         ``verified`` holds (path, digest) of state files verified before (a finished subtask's final snapshot
-        stands in for every later checkpoint: it is read back once); files verified now are added to it.
+        stands in for every later checkpoint: it is read back once); final snapshots verified now are added to
+        it (no other file recurs, so the set holds at most one entry per subtask and state).
         A write error raises :class:`CheckpointError` (the ``OSError`` as cause), failed verification
         :class:`CheckpointCorruptError`; either way the checkpoint's own files are deleted first."""
         directory = self._path(self.dir_name(metadata.checkpoint_id, metadata.kind))
@@ -233,8 +234,8 @@ class CheckpointStorage:
                 if verified is not None and (path, state_file.sha256) in verified:
                     continue
                 self._check_file(path, state_file)
-                if verified is not None:
-                    verified.add((path, state_file.sha256))
+                if verified is not None and ack.finished:
+                    verified.add((path, state_file.sha256))  # only these recur: the set stays bounded
 
     def discard(self, metadata: CheckpointMetadata) -> None:
         """Delete the files of a checkpoint that failed: its metadata and the state files written for it. A

@@ -81,6 +81,20 @@ def test_a_state_file_damaged_before_completion_fails_that_checkpoint_and_delete
     assert core.storage.latest_valid().checkpoint_id == 2  # type: ignore[union-attr]
 
 
+def test_the_read_back_cache_holds_only_final_snapshots(tmp_path: Path) -> None:
+    """Files of running subtasks never recur, so remembering them would grow the coordinator without bound."""
+    core = coordinator(tmp_path)
+    final = None
+    for _ in range(5):
+        checkpoint_id = core.begin()
+        if final is None:
+            final = ack_for(core, checkpoint_id, 0, finished=True)
+            core.report_finished(final)
+        assert core.ack(ack_for(core, checkpoint_id, 1)) is not None
+    assert core.stats.completed == 5
+    assert len(core.verified_files) == 1  # the final snapshot, verified once, standing in for five checkpoints
+
+
 def test_damage_in_a_finished_subtasks_final_snapshot_fails_the_attempt(tmp_path: Path) -> None:
     """A final snapshot stands in for every later checkpoint: none of them could ever verify."""
     core = coordinator(tmp_path)
