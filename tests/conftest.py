@@ -32,9 +32,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     from headwater.engine.ray_cluster import start_local_ray
 
-    reaper = None
+    local = None
     if not ray.is_initialized():
-        reaper = start_local_ray(
+        local = start_local_ray(
             num_cpus=2,
             object_store_memory=300 * 1024 * 1024,
             temp_dir=tmp_path_factory.mktemp("ray"),
@@ -42,9 +42,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             log_to_driver=True,
         )
     yield ray
-    ray.shutdown()
-    if reaper is not None:
-        reaper.finish()
+    if local is not None:
+        local.shutdown()
+    else:
+        ray.shutdown()
 
 
 Runner = Callable[..., JobResult]

@@ -16,6 +16,7 @@ Invariants:
   benchmark subprocesses) as a *path* in ``$RAY_AUTH_TOKEN_PATH``, never as its value, so it appears in no
   command line, environment dump or log line.
 * Joining an existing cluster (``RAY_ADDRESS``) never touches the auth mode: the cluster's operator decides.
+  The variables set for a local Ray are restored when it shuts down (:func:`restore_auth_environment`).
 * ``RAY_AUTH_MODE=disabled`` set explicitly by the user is respected for a local Ray, with a warning that anyone
   who can reach this machine can then run code on it.
 """
@@ -59,6 +60,25 @@ def ensure_token_file(path: Path | None = None) -> Path:
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
     return path
+
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+def auth_environment() -> dict[str, str | None]:
+    """The auth variables as they are now, for :func:`restore_auth_environment`."""
+    return {name: os.environ.get(name) for name in AUTH_ENV}
+
+
+def restore_auth_environment(saved: dict[str, str | None]) -> None:
+    """Put the auth variables back as they were before a local Ray was started: a later ``ray_address=`` run in
+    this process, or a program it starts, must not inherit the local Ray's mode and token."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _refresh_ray_config()
 
 
 def use_token_auth_for_local_ray() -> bool:

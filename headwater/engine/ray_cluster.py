@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from headwater.engine.config import RunConfig
-from headwater.engine.ray_auth import use_token_auth_for_local_ray
+from headwater.engine.ray_auth import auth_environment, restore_auth_environment, use_token_auth_for_local_ray
 from headwater.engine.ray_reaper import Reaper
 
 
@@ -29,15 +29,34 @@ def _prepare_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+class LocalRay:
+    """A local Ray started by :func:`start_local_ray`; :meth:`shutdown` stops it and undoes what starting it
+    changed in this process (the reaper's watch, the auth environment)."""
+
+    def __init__(self, reaper: Reaper, saved_auth: dict[str, str | None]) -> None:
+        self.reaper = reaper
+        self.saved_auth = saved_auth
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            self.reaper.finish()
+            restore_auth_environment(self.saved_auth)
+
+
 def start_local_ray(
     *, num_cpus: int, object_store_memory: int, temp_dir: Path | str | None = None, include_dashboard: bool = False,
     **init_options: Any,
-) -> Reaper:
-    """``ray.init`` a local Ray the secure way (see the module docstring); returns the reaper to
-    :meth:`~headwater.engine.ray_reaper.Reaper.finish` after ``ray.shutdown()``.
+) -> LocalRay:
+    """``ray.init`` a local Ray the secure way (see the module docstring); call ``shutdown()`` on the result
+    instead of ``ray.shutdown()``. A process that just exits is fine too: the reaper sees it go.
 
     Tests and benchmarks that start their own local Ray use this too, so they run as users do."""
     _prepare_environment()
+    saved_auth = auth_environment()
     use_token_auth_for_local_ray()
     import ray
 
@@ -53,9 +72,10 @@ def start_local_ray(
         )
     except BaseException:
         reaper.finish()
+        restore_auth_environment(saved_auth)
         raise
     reaper.started_ray()
-    return reaper
+    return LocalRay(reaper, saved_auth)
 
 
 @contextmanager
@@ -68,23 +88,24 @@ def ray_session(config: RunConfig) -> Iterator[Any]:
         yield ray
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    reaper: Reaper | None = None
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
-    else:
-        reaper = start_local_ray(
-            num_cpus=config.num_cpus or os.cpu_count() or 1,
-            object_store_memory=config.object_store_memory,
-            temp_dir=config.resolved_state_dir() / "ray",
-            log_to_driver=True,
-            configure_logging=False,
-        )
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+        return
+    local = start_local_ray(
+        num_cpus=config.num_cpus or os.cpu_count() or 1,
+        object_store_memory=config.object_store_memory,
+        temp_dir=config.resolved_state_dir() / "ray",
+        log_to_driver=True,
+        configure_logging=False,
+    )
     try:
         yield ray
     finally:
-        ray.shutdown()
-        if reaper is not None:
-            reaper.finish()
+        local.shutdown()
 
 
 def ship_user_code(objects: list[Any]) -> None:

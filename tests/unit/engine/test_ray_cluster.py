@@ -71,3 +71,15 @@ def test_explicitly_disabled_auth_is_respected_loudly(fake_ray: list[dict[str, A
         pass
     assert fake_ray[0]["mode"] == "disabled"
     assert "anyone who can reach" in caplog.text
+
+
+def test_the_auth_environment_is_restored_after_a_local_ray(fake_ray: list[dict[str, Any]],
+                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A later run that joins a cluster (or a program this process starts) must not inherit the local token."""
+    monkeypatch.setenv(ray_auth.TOKEN_FILE_ENV, str(tmp_path / "keys" / "auth_token"))
+    with ray_session(RunConfig(state_dir=tmp_path / "state", num_cpus=1)):
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ
+    with ray_session(RunConfig(ray_address="10.0.0.5:6379")):
+        pass
+    assert fake_ray[1]["mode"] is None and fake_ray[1]["token_path"] is None
