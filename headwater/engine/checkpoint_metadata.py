@@ -31,6 +31,7 @@ from typing import Any
 
 from headwater.engine import plain_data
 from headwater.engine.checkpoint_key import ENV_KEY, ENV_KEY_FILE, CheckpointKey
+from headwater.errors import HeadwaterError
 
 FORMAT = "headwater-checkpoint"
 VERSION = 1
@@ -114,11 +115,11 @@ class CheckpointMetadata:
         return sum(a.bytes_written for a in self.acks)
 
 
-class MetadataError(ValueError):
+class MetadataError(HeadwaterError, ValueError):
     """``_metadata`` is not a valid, authentic checkpoint metadata document; the message says what is wrong."""
 
 
-class NotPlainDataError(ValueError):
+class NotPlainDataError(HeadwaterError, ValueError):
     """A source position or sink token is not plain data; names the step and the type."""
 
     def __init__(self, message: str, step_id: str) -> None:

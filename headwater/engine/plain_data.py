@@ -38,6 +38,8 @@ import dataclasses
 import math
 from typing import Any, Callable, TypeVar
 
+from headwater.errors import HeadwaterError
+
 __all__ = ["PlainDataError", "decode", "encode", "register", "registered_name"]
 
 T = TypeVar("T", bound=type)
@@ -47,7 +49,7 @@ _NAMES: dict[type, str] = {}
 _TAGS = ("$tuple", "$bytes", "$float", "$map", "$dict", "$dataclass")
 
 
-class PlainDataError(ValueError):
+class PlainDataError(HeadwaterError, ValueError):
     """A value is not plain data (when encoding), or the input is not the encoding of plain data (decoding).
     ``where`` names the place inside the value (``[3].files[0]``)."""
 
