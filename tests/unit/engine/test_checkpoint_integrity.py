@@ -358,3 +358,13 @@ def test_a_position_that_is_not_plain_data_fails_the_checkpoint_naming_step_and_
     snapshot = PendingSnapshot(3, 0, 1, 2, range(G), {}, {}, {}, {"out": [(3, Token())]}, False, 0.0)
     with pytest.raises(CheckpointValueError, match=r"step 'out'.*Token is not plain data.*prepare\(\) must return plain data"):
         persist(snapshot, storage)
+
+
+def test_the_coordinator_travels_inline_never_through_the_object_store(tmp_path: Path) -> None:
+    """The key rides in the pickled coordinator, an argument of one actor call. Ray inlines arguments up to
+    100 KiB in the call's message; a larger one would go through the object store, which can spill to disk."""
+    config = CheckpointConfig(dir=tmp_path / "chk")
+    storage = CheckpointStorage(config.uri, key=CheckpointKey(b"k" * 32, "test"))
+    subtasks = [(stage, i) for stage in range(8) for i in range(64)]  # 512 subtasks
+    coordinator = CheckpointCoordinator(storage, config, "a-flow-with-a-long-name" * 4, subtasks, 32_768, 1)
+    assert len(pickle.dumps(coordinator)) < 100 * 1024 // 4
