@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
@@ -42,6 +43,14 @@ class _Pending:
     kind: str
     started: float
     acks: dict[tuple[int, int], SubtaskAck] = field(default_factory=dict)
+
+
+class Expired(NamedTuple):
+    """A checkpoint that timed out and was aborted: plain data (it travels from a Ray worker to the driver)."""
+
+    checkpoint_id: int
+    age_s: float  # how long it had been in flight
+    missing: list[tuple[int, int]]  # (stage id, subtask) that had not acknowledged it
 
 
 @dataclass
@@ -189,8 +198,9 @@ class CheckpointCoordinator:
         """The checkpoint holding every subtask's final snapshot exists: the job may end."""
         return self.last_completed is not None and self.last_completed.kind != "checkpoint"
 
-    def expire(self, now: float | None = None) -> int | None:
-        """Abort the in-flight checkpoint if it exceeded the timeout; returns its id."""
+    def expire(self, now: float | None = None) -> Expired | None:
+        """Abort the in-flight checkpoint if it exceeded the timeout; returns which one, its age and the subtasks
+        that had not acknowledged it (what the executors report, see :func:`~headwater.engine.watchdog.log_checkpoint_timeout`)."""
         now = time.monotonic() if now is None else now
         pending = self.pending
         if pending is None or now - pending.started < self.config.timeout.total_seconds():
@@ -204,4 +214,4 @@ class CheckpointCoordinator:
                 self.storage.delete_state_files(ack)
         self.last_end = now
         self.stats.aborted += 1
-        return pending.checkpoint_id
+        return Expired(pending.checkpoint_id, now - pending.started, missing)

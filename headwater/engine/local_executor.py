@@ -141,16 +141,11 @@ class LocalJob:
             raise stop_timeout(activities, self.config.stop_grace.total_seconds(), self._stop_reason, killed=False)
 
     def _expire(self, activities: list[SubtaskActivity]) -> None:
-        coordinator = self.coordinator
-        assert coordinator is not None
-        pending = coordinator.pending
-        if pending is None:
-            return
-        missing = sorted(coordinator.expected - set(pending.acks))
-        age = time.monotonic() - pending.started
-        if coordinator.expire() is not None:
+        assert self.coordinator is not None
+        expired = self.coordinator.expire()
+        if expired is not None:
             by_key = {(a.stage_id, a.subtask): a for a in activities}
-            log_checkpoint_timeout(pending.checkpoint_id, age, missing, by_key)
+            log_checkpoint_timeout(*expired, by_key)
 
     def _run(self, started: float, outcome: dict[str, Any]) -> None:
         """The job's loop (in its own thread); its result or error goes to ``outcome``."""

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
-from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
+from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats, Expired
 
 if TYPE_CHECKING:
     from headwater.engine.ray_executor import WorkerActor
@@ -30,8 +29,7 @@ log = logging.getLogger("headwater.checkpoint")
 
 SubtaskId = tuple[int, int]  # (stage id, subtask index)
 
-#: a timed-out checkpoint: (id, age in seconds, subtasks that had not acknowledged it)
-Expired = tuple[int, float, list[SubtaskId]]
+__all__ = ["CoordinatorClient", "CoordinatorService", "Expired"]
 
 
 class CoordinatorService:
@@ -70,13 +68,9 @@ class CoordinatorService:
                     worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
 
     def _expire(self) -> None:
-        pending = self.core.pending
-        if pending is None:
-            return
-        missing = sorted(self.core.expected - set(pending.acks))
-        age = time.monotonic() - pending.started
-        if self.core.expire() is not None:
-            self.expired.append((pending.checkpoint_id, age, missing))
+        expired = self.core.expire()
+        if expired is not None:
+            self.expired.append(expired)
 
     def take_expired(self) -> list[Expired]:
         with self.lock:

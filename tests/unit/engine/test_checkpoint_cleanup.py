@@ -114,7 +114,7 @@ def test_a_timed_out_checkpoint_and_its_late_acks_leave_no_files_but_final_snaps
     final = ack_for(core, one, 2, finished=True)  # finished while 1 was in flight: stands in for later ones
     core.report_finished(final)
 
-    assert core.expire(now=core.pending.started + 5) == one  # type: ignore[union-attr]
+    assert core.expire(now=core.pending.started + 5).checkpoint_id == one  # type: ignore[union-attr]
 
     assert files_under(root) == [final.state_files[0].path], "the acked state file went at once"
     late = ack_for(core, one, 1)  # a subtask still writing when the checkpoint was aborted

@@ -191,7 +191,7 @@ def test_due_waits_for_interval_and_min_pause_after_the_last_checkpoint(tmp_path
 def test_late_and_foreign_acks_are_ignored(tmp_path: Path) -> None:
     core = coordinator(tmp_path)
     first = core.begin()
-    assert core.expire(core.pending.started + 10.0) == first  # type: ignore[union-attr]
+    assert core.expire(core.pending.started + 10.0) == (first, 10.0, SUBTASKS)  # type: ignore[union-attr]
     assert core.ack(ack(core, first, 0, 0)) is None, "ack of an aborted checkpoint"
     second = core.begin()
     assert second == first + 1
@@ -211,7 +211,7 @@ def test_a_checkpoint_that_times_out_is_aborted_and_the_job_goes_on(tmp_path: Pa
     started = core.pending.started  # type: ignore[union-attr]
     core.ack(ack(core, checkpoint_id, 0, 0))
     assert core.expire(started + 2.9) is None and core.pending is not None
-    assert core.expire(started + 3.0) == checkpoint_id
+    assert core.expire(started + 3.0) == (checkpoint_id, 3.0, [(1, 0), (1, 1)])  # id, age, who did not ack
     assert core.pending is None and core.stats.aborted == 1 and core.stats.completed == 0
     assert core.expire(started + 100) is None, "nothing left to abort"
     assert not core.due(started + 3.5) and core.due(started + 4.0), "the interval counts from the abort"
