@@ -8,6 +8,13 @@ notices arrive in the main loop; the coordinator's work on them (writing and ver
 runs in a thread so that it does not pause the subtasks of this worker. Both threads touch the coordinator only under :attr:`CoordinatorService.lock`,
 which is never held across an ``await``.
 
+The watch group never *waits* for that lock: the thread completing a checkpoint holds it for the whole metadata
+write and the read-back of every state file, which may take longer than the stall timeout, and a blocked
+watch loop would stop answering ``activity`` (the driver would end the job). So the timer only tries the lock
+and skips a tick while it is held (a checkpoint being completed has all its acks: it cannot time out then);
+timeouts are handed over in a deque (:meth:`take_expired` takes them without the lock); and
+:meth:`prepare_stop` only sets flags (single attribute writes), which the timer and the completion read.
+
 Invariant: a completed checkpoint is announced (``notify_complete``) from the main loop only, because that is
 where sinks commit.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
@@ -45,7 +53,7 @@ class CoordinatorService:
         self.stopping = False
         self.closed = False
         #: timeouts not yet reported to the driver (taken by :meth:`take_expired`)
-        self.expired: list[Expired] = []
+        self.expired: deque[Expired] = deque()
 
     def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
         self.sources, self.workers, self.home = sources, workers, home
@@ -55,9 +63,13 @@ class CoordinatorService:
         assert self.home is not None
         while not self.closed:
             await asyncio.sleep(0.02)
-            with self.lock:
+            if not self.lock.acquire(blocking=False):
+                continue  # a checkpoint is being completed (see the module docstring): try again next tick
+            try:
                 self._expire()
                 checkpoint_id = self.core.begin() if not self.stopping and self.core.due() else None
+            finally:
+                self.lock.release()
             if checkpoint_id is None:
                 continue
             for worker, (stage_id, subtask) in self.sources:
@@ -73,8 +85,10 @@ class CoordinatorService:
             self.expired.append(expired)
 
     def take_expired(self) -> list[Expired]:
-        with self.lock:
-            taken, self.expired = self.expired, []
+        """(watch group) The timeouts since the last call; never waits for :attr:`lock`."""
+        taken = []
+        while self.expired:
+            taken.append(self.expired.popleft())
         return taken
 
     def _notify(self, metadata: CheckpointMetadata | None) -> None:
@@ -100,11 +114,11 @@ class CoordinatorService:
             return method(ack)
 
     def prepare_stop(self, savepoint: bool) -> None:
-        """No new checkpoints; the final one is kept as a savepoint if asked."""
-        with self.lock:
-            self.stopping = True
-            if savepoint:
-                self.core.final_kind = "savepoint"
+        """(watch group) No new checkpoints; the final one is kept as a savepoint if asked. Two attribute writes,
+        without :attr:`lock`: a checkpoint the timer began just before is like one begun just before the stop."""
+        if savepoint:
+            self.core.final_kind = "savepoint"
+        self.stopping = True
 
     def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
         with self.lock:
