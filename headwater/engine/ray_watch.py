@@ -42,7 +42,8 @@ class WorkerWatch:
 
     def poll(self) -> None:
         """Collect ready answers, send due calls; raise :class:`~headwater.errors.StepStalledError` when a call
-        into step code exceeded the stall timeout or a worker has not answered for too long."""
+        into step code exceeded the stall timeout, a transient :class:`~headwater.errors.JobFailedError` when a
+        worker has not answered for too long."""
         now = time.monotonic()
         refs = [ref for ref, _ in self._outstanding.values()]
         ready = set(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
@@ -52,7 +53,8 @@ class WorkerWatch:
                 self._take(ref)
             elif self.stall_s is not None and now - sent > max(self.stall_s, UNANSWERED_MIN_S):
                 steps = [(self.plan.stages[s].head, i) for s, i in self.assignments[index]]
-                raise unanswered(steps, now - sent)
+                last = [self.latest[key] for key in self.assignments[index] if key in self.latest]
+                raise unanswered(steps, now - sent, last)
         for index, worker in enumerate(self.workers):
             if index not in self._outstanding and now - self._last_sent.get(index, 0.0) >= self.every:
                 self._outstanding[index] = (worker.activity.options(concurrency_group=WATCH).remote(), now)

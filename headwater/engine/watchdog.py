@@ -16,8 +16,12 @@ Definitions (stated once, used by both executors):
   ``None`` at once), a sender awaiting credits, a subtask awaiting input or a checkpoint's completion are never
   stalls, however long they last. Checkpoint state writes (``persist``) are bounded by the checkpoint timeout,
   not by the stall timeout (:data:`EXEMPT`).
-* A worker process that does not answer its ``activity`` call at all (e.g. a C extension holding the GIL) is
-  reported as stalled after ``max(stall_timeout, UNANSWERED_MIN_S)``.
+* A worker process that does not answer its ``activity`` call at all for ``max(stall_timeout,
+  UNANSWERED_MIN_S)`` ends the job with a *transient* :class:`~headwater.errors.JobFailedError`
+  (:func:`unanswered`), not a stall: nothing says a call is stuck — the process may be partitioned away,
+  swapping or dying (or a C extension holds the GIL), and a restart on a healthy worker may well succeed. The
+  error says what the worker last reported. Only a call known to be running that has not returned is a
+  :class:`~headwater.errors.StepStalledError` (deterministic).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
-from headwater.errors import StepStalledError, StopTimeoutError
+from headwater.errors import JobFailedError, StepStalledError, StopTimeoutError
 
 log = logging.getLogger("headwater.checkpoint")
 
@@ -119,14 +123,18 @@ def find_stall(activities: Iterable[SubtaskActivity], stall_s: float | None) -> 
     )
 
 
-def unanswered(steps: list[tuple[str, int]], waited_s: float) -> StepStalledError:
-    """A worker process did not answer ``activity`` for ``waited_s``: something holds its interpreter."""
+def unanswered(steps: list[tuple[str, int]], waited_s: float, last: Iterable[SubtaskActivity]) -> JobFailedError:
+    """A worker process did not answer ``activity`` for ``waited_s`` (``last``: what its subtasks reported
+    before). Transient: see the module docstring."""
     step_id, subtask = steps[0]
     names = ", ".join(f"{s!r} (subtask {i})" for s, i in steps)
-    doing = "not answering (its process is blocked, e.g. by native code holding the GIL)"
-    return StepStalledError(
-        f"stalled: the worker hosting step(s) {names} has not answered for {waited_s:.1f} s; the job was ended",
-        step_id=step_id, subtask=subtask, activity=doing, stalled_s=waited_s,
+    listed = list(last)
+    reported = "; ".join(a.describe() for a in listed) if listed else "nothing (it never answered)"
+    return JobFailedError(
+        f"the worker hosting step(s) {names} did not answer for {waited_s:.1f} s (its process may be partitioned "
+        f"away, swapping, dying, or blocked by native code holding the GIL); the job was ended. It last "
+        f"reported: {reported}",
+        step_id=step_id, subtask=subtask, transient=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from headwater.engine.local_executor import LocalJob
 from headwater.engine.runner import plan_flow
 from headwater.engine.snapshots import persist
 from headwater.engine.watchdog import SubtaskActivity, activity_of, describe_call, find_stall, stop_timeout
-from headwater.errors import ConfigError
+from headwater.errors import ConfigError, StepStalledError
 from headwater.testing import TestingSink, TestingSource
 
 
@@ -89,3 +90,32 @@ def test_deadline_options_accept_seconds_and_none() -> None:
     assert (config.stall_timeout, config.stop_grace) == (timedelta(seconds=3), timedelta(seconds=2.5))
     assert hw.RunConfig(stall_timeout=None).stall_seconds is None
     assert hw.RunConfig().stall_timeout == timedelta(minutes=5)
+
+
+class _SilentRay:
+    """Just enough of ``ray`` for :class:`WorkerWatch`: no ``activity`` call is ever answered."""
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
+        return [], refs
+
+
+def test_a_worker_that_does_not_answer_is_a_transient_failure_naming_what_it_last_reported() -> None:
+    from headwater.engine.failures import classify
+    from headwater.engine.ray_watch import WorkerWatch
+    from headwater.errors import JobFailedError
+
+    flow = hw.Dataflow("silent")
+    flow.source("in", TestingSource([{"v": 1}])).map_batches(lambda b: b, step_id="m").sink("out", TestingSink())
+    plan = plan_flow(flow, executor="local")
+    stage = plan.stages[0].stage_id
+    watch = WorkerWatch(_SilentRay(), plan, [object()], [[(stage, 0)]], stall_s=3.0)
+    watch.latest[(stage, 0)] = SubtaskActivity(stage, 0, "m", "map_batches: processing a batch of 1 rows", 1.5)
+    watch._outstanding[0] = ("ref", time.monotonic() - 12.0)  # asked 12 s ago; the floor is 10 s
+    with pytest.raises(JobFailedError) as raised:
+        watch.poll()
+    error = raised.value
+    assert not isinstance(error, StepStalledError), "nothing says a call is stuck: the worker is silent"
+    assert classify(error).transient
+    assert (error.step_id, error.subtask) == (plan.stages[0].head, 0)
+    assert "did not answer for 12.0 s" in str(error)
+    assert str(error).endswith("It last reported: step 'm' (subtask 0) map_batches: processing a batch of 1 rows for 1.5 s")
