@@ -19,6 +19,9 @@ up to ``max_restart_delay``), at most ``max_restarts`` times in a row; an attemp
 ``restart_reset_after`` starts a new row. A *deterministic* one (bad data, a schema mismatch, user code,
 configuration, a full, read-only or forbidden checkpoint directory) fails the run at once with its cause,
 since replaying the same input would fail the same way. Each decision is logged with the classification.
+
+A run with a ``timeout`` is not restarted once that deadline has passed (nor is a restart's pause allowed to
+run past it): the transient failure is raised as it is, since it, not the clock, is what went wrong.
 """
 
 from __future__ import annotations
@@ -167,6 +170,10 @@ def run_with_recovery(
                 explained = _explain_checkpoint_storage(exc, config)
                 if explained is not None:
                     raise explained from exc
+                raise
+            if timeout is not None and clock() - started >= timeout:
+                log.error("job %s failed (%s; %s); not retried: the run's timeout of %g s has passed",
+                          plan.flow_name, verdict, cause, timeout)
                 raise
             progressed = any(i >= first_id for i, _ in storage.completed())
             delay = backoff.next_delay(clock() - attempt_started, progressed)

@@ -174,7 +174,8 @@ class FailingAttempts:
         return JobResult.merge(self.plan, self.ran_for, [], False)
 
 
-def supervise(tmp_path: Path, failures: list[BaseException | None], **options: Any) -> tuple[FailingAttempts, FakeTime]:
+def supervise(tmp_path: Path, failures: list[BaseException | None], timeout: float | None = None, **options: Any
+              ) -> tuple[FailingAttempts, FakeTime]:
     flow = hw.Dataflow("f")
     flow.source("in", TestingSource([{"v": 1}])).sink("out", TestingSink(tmp_path / "out"))
     config = CheckpointConfig(dir=tmp_path / "chk", **options)
@@ -184,8 +185,7 @@ def supervise(tmp_path: Path, failures: list[BaseException | None], **options: A
     backoff = RestartBackoff(config.max_restarts, config.restart_delay.total_seconds(),
                              config.max_restart_delay.total_seconds(), config.restart_reset_after.total_seconds(),
                              random_fraction=lambda: 0.0)
-    run_with_recovery(plan, config, attempts, backoff=backoff, clock=time.clock,
-                      sleep=time.sleep)
+    run_with_recovery(plan, config, attempts, timeout, backoff=backoff, clock=time.clock, sleep=time.sleep)
     return attempts, time
 
 
@@ -211,6 +211,22 @@ def test_spent_budget_raises_the_last_failure(tmp_path: Path) -> None:
     died = JobFailedError("worker died")
     with pytest.raises(JobFailedError):
         supervise(tmp_path, [died] * 4, max_restarts=2, restart_delay=timedelta(0))
+
+
+def test_no_restart_once_the_runs_timeout_has_passed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash = SimulatedCrashError("ABORT marker", step_id="in")
+    # each attempt runs 1 s; restarts pause 1 s: attempt 1 fails at t=1, restarts (t=2), fails at t=3 > 2.5
+    with caplog.at_level(logging.ERROR, "headwater.recovery"), pytest.raises(SimulatedCrashError) as raised:
+        supervise(tmp_path, [crash, crash, None], timeout=2.5, restart_delay=timedelta(seconds=1))
+    assert raised.value is crash
+    assert any("not retried: the run's timeout of 2.5 s has passed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restart_pause_does_not_run_past_the_runs_timeout(tmp_path: Path) -> None:
+    crash = SimulatedCrashError("ABORT marker", step_id="in")
+    attempts, time = supervise(tmp_path, [crash, None], timeout=1.5, restart_delay=timedelta(seconds=10),
+                               max_restart_delay=timedelta(seconds=10))
+    assert attempts.started == 2 and time.slept == [0.5]
 
 
 @pytest.mark.parametrize("code, words", [
