@@ -13,7 +13,12 @@ it. The watcher stops the job at ``timeout``, fails it with :class:`~headwater.e
 call exceeds ``stall_timeout``, times out in-flight checkpoints (under :attr:`LocalJob.lock`, which the loop
 holds only while it calls the coordinator, never around user code) and gives up ``stop_grace`` after a stop. Python cannot kill a
 thread: a hung call keeps its thread (a daemon) until it returns; the loop then sees that it was abandoned and
-exits without running or committing anything more.
+exits without running or committing anything more — it checks before every delivery, snapshot write and
+coordinator call, so no checkpoint is begun, acknowledged or completed after the abandonment.
+
+Invariant: until that thread has ended it may still write into the job's directories, so whoever holds their
+leases releases them through :meth:`LocalJob.after_exit`, never earlier: a new run on the same directories is
+refused meanwhile, naming this process as the holder (which is the truth).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.config import RunConfig
@@ -59,6 +64,9 @@ class LocalJob:
         #: held by the loop while it calls the coordinator, and by the watcher to time checkpoints out
         self.lock = threading.Lock()
         self._abandoned = False
+        self._exited = True  # no thread of the job is running (until wait() starts one)
+        self._on_exit: list[Callable[[], None]] = []
+        self._exit_lock = threading.Lock()
         self._stop_requested_at: float | None = None
         self._stop_reason = ""
         self.runtimes: dict[tuple[int, int], SubtaskRuntime] = {
@@ -81,6 +89,19 @@ class LocalJob:
     def metrics(self) -> list[SubtaskMetrics]:
         return [rt.metrics(backlog=len(self._queue)) for rt in self.runtimes.values()]
 
+    def after_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the job's thread has ended: now, if it has (or never started); otherwise from
+        that thread, as the last thing it does (an abandoned job's thread ends when its hung call returns)."""
+        with self._exit_lock:
+            if not self._exited:
+                self._on_exit.append(callback)
+                return
+        callback()
+
+    def _check_abandoned(self) -> None:
+        if self._abandoned:
+            raise _Abandoned()
+
     def _deliver(self, sender: SubtaskRuntime, outgoing: list[Outgoing]) -> None:
         for edge_id, receiver, message in outgoing:
             dst = self.runtimes[(self.plan.edges[edge_id].dst, receiver)]
@@ -88,8 +109,7 @@ class LocalJob:
 
     def _drain(self) -> None:
         while self._queue:
-            if self._abandoned:
-                raise _Abandoned()
+            self._check_abandoned()
             runtime, edge_id, sender, message = self._queue.popleft()
             self._deliver(runtime, runtime.on_message(edge_id, sender, message))  # type: ignore[arg-type]
 
@@ -103,8 +123,10 @@ class LocalJob:
         the deadlines of the module docstring apply."""
         started = time.monotonic()
         outcome: dict[str, Any] = {}
-        thread = threading.Thread(target=self._run, args=(started, outcome), name=f"headwater-{self.plan.flow_name}",
-                                  daemon=True)
+        with self._exit_lock:
+            self._exited = False
+        thread = threading.Thread(target=self._thread_main, args=(started, outcome),
+                                  name=f"headwater-{self.plan.flow_name}", daemon=True)
         thread.start()
         try:
             while thread.is_alive():
@@ -147,6 +169,16 @@ class LocalJob:
             by_key = {(a.stage_id, a.subtask): a for a in activities}
             log_checkpoint_timeout(*expired, by_key)
 
+    def _thread_main(self, started: float, outcome: dict[str, Any]) -> None:
+        try:
+            self._run(started, outcome)
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                callbacks, self._on_exit = self._on_exit, []
+            for callback in callbacks:
+                callback()
+
     def _run(self, started: float, outcome: dict[str, Any]) -> None:
         """The job's loop (in its own thread); its result or error goes to ``outcome``."""
         runtimes = list(self.runtimes.values())
@@ -154,11 +186,9 @@ class LocalJob:
         try:
             for rt in runtimes:
                 rt.open()
-                if self._abandoned:
-                    raise _Abandoned()
+                self._check_abandoned()
             while not self._done(runtimes):
-                if self._abandoned:
-                    raise _Abandoned()
+                self._check_abandoned()
                 if self._stop.is_set():
                     for rt in sources:
                         rt.request_stop()
@@ -191,6 +221,7 @@ class LocalJob:
             if not rt.finished:
                 self._deliver(rt, rt.poll_timers(now))
         self._drain()
+        self._check_abandoned()  # a hung call that returned must not begin or complete a checkpoint
         if self.coordinator is not None:
             self._checkpoint_work(runtimes, sources)
         if not progressed and not self._done(runtimes):
@@ -200,6 +231,7 @@ class LocalJob:
         coordinator = self.coordinator
         assert coordinator is not None
         with self.lock:  # only coordinator calls hold it: user code (sinks' prepare/commit) runs outside
+            self._check_abandoned()
             checkpoint_id = coordinator.begin() if coordinator.due() and not self._stop.is_set() else None
         if checkpoint_id is not None:
             for rt in sources:
@@ -209,6 +241,7 @@ class LocalJob:
             for snapshot in rt.take_snapshots():
                 ack = self._persist(rt, snapshot)
                 with self.lock:
+                    self._check_abandoned()
                     completed = coordinator.ack(ack)
                 self._completed(completed)
             key = (rt.stage.stage_id, rt.subtask)
@@ -216,6 +249,7 @@ class LocalJob:
                 self._reported.add(key)
                 ack = self._persist(rt, rt.final_snapshot)
                 with self.lock:
+                    self._check_abandoned()
                     completed = coordinator.report_finished(ack)
                 self._completed(completed)
 
@@ -223,6 +257,7 @@ class LocalJob:
         """Write a snapshot, recorded as the subtask's call (bounded by the checkpoint timeout, not the stall
         timeout: see :data:`headwater.engine.watchdog.EXEMPT`)."""
         assert self.coordinator is not None
+        self._check_abandoned()
         rt.call = (rt.stage.head, persist, (snapshot.checkpoint_id,), time.monotonic())
         try:
             return persist(snapshot, self.coordinator.storage)
@@ -231,6 +266,7 @@ class LocalJob:
 
     def _completed(self, metadata: CheckpointMetadata | None) -> None:
         if metadata is not None:
+            self._check_abandoned()  # the next run settles (commits) what the checkpoint covers
             for rt in self.runtimes.values():
                 rt.notify_checkpoint_complete(metadata.checkpoint_id)
 

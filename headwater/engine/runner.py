@@ -64,7 +64,9 @@ class RunningJob:
 
     The driver leases the checkpoint directory and every sink's directory (:mod:`headwater.engine.leases`)
     when the job is made, before anything is settled or started, and releases them when the run ends (after
-    every restart attempt, also on failure); ``hw.start`` raises at once when another run holds one.
+    every restart attempt, also on failure); ``hw.start`` raises at once when another run holds one. An
+    in-process job abandoned in a hung call (a stall, the stop grace) keeps them until its thread ends
+    (:meth:`LocalJob.after_exit`): until then it may still write.
     """
 
     def __init__(self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None) -> None:
@@ -126,7 +128,10 @@ class RunningJob:
                 return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
             return self._run_once(timeout)
         finally:
-            self._exit.close()
+            if isinstance(self._attempt, LocalJob):
+                self._attempt.after_exit(self._exit.close)  # an abandoned job's thread may still write
+            else:
+                self._exit.close()
 
     def _run_once(self, timeout: float | None) -> JobResult:
         """A run without checkpointing: nothing it staged can ever be committed later, so once it ended, also
