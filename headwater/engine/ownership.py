@@ -14,10 +14,15 @@ Locations are compared after normalisation (:func:`location`): local paths are m
 resolved, and ``file://`` URIs are local paths; other URIs compare by scheme, authority (bucket) and path with
 ``.``/``..`` and repeated slashes removed. Two different spellings of one object-store location through
 different endpoints are not recognised as one.
+
+A sink stages for the job that owns its output (:func:`sink_owner`): the key of a checkpointed job is derived
+from its normalised checkpoint directory, so a job's staged files stay its own across runs and restarts, and
+another job on the same sink directory (one at a time: the lease) never deletes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from headwater.engine.logical import SinkStep, Step
 from headwater.errors import ConfigError, OwnershipConflictError
+from headwater.sinks.base import SinkOwner
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,16 @@ def location(text: str | os.PathLike[str]) -> Location:
 
 def _segments(path: str) -> tuple[str, ...]:
     return tuple(part for part in path.replace(os.sep, "/").split("/") if part)
+
+
+def sink_owner(checkpoint_dir: str | os.PathLike[str] | None) -> SinkOwner:
+    """The owner a run's sinks stage for: ``job-<16 hex of SHA-256 of the normalised checkpoint directory>``,
+    or the unchecked owner for a run without checkpointing."""
+    if checkpoint_dir is None:
+        return SinkOwner()
+    where = location(checkpoint_dir)
+    digest = hashlib.sha256(f"{where.scheme}\0{where.path}".encode()).hexdigest()[:16]
+    return SinkOwner(f"job-{digest}", where.path)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Rules, applied in step order (which is a topological order, since a step can onl
   between them as a function call, not a message.
 * **Ownership.** No two sinks, nor a sink and the checkpoint directory, may claim the same or nested
   directories (:mod:`headwater.engine.ownership`): such a job fails here with ``OwnershipConflictError``.
+  Every sink of the plan stages for the job's owner (``Sink.staging_as(sink_owner(checkpoint_dir))``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from headwater.engine.logical_time import LateRecordsStep, WindowAggregateStep, 
 from headwater.engine.logical import (
     AggregateStep,
     Partitioning,
+    SinkStep,
     SourceStep,
     Step,
     UnionStep,
 )
-from headwater.engine.ownership import check_claims, job_claims
+from headwater.engine.ownership import check_claims, job_claims, sink_owner
 from headwater.engine.plan import Edge, PhysicalPlan, Stage
 from headwater.errors import BuildError, ConfigError
 
@@ -134,6 +136,12 @@ def plan(
     edge_specs: list[tuple[str, str, Partitioning, tuple[str, ...], int]] = []
 
     steps = _with_local_aggregation(flow)
+    owner = sink_owner(checkpoint_dir)
+    for step_id, step in steps.items():
+        if isinstance(step, SinkStep):
+            bound = copy.copy(step)
+            bound.sink = step.sink.staging_as(owner)
+            steps[step_id] = bound
 
     def consumers(step_id: str) -> list[str]:
         return [s.step_id for s in steps.values() if step_id in s.inputs]

@@ -7,8 +7,9 @@ Each *attempt* starts from the latest complete checkpoint in the checkpoint dire
 2. It is checked against the dataflow: state of steps the dataflow no longer has is refused unless
    ``allow_non_restored_state``; the number of key groups must match.
 3. Sinks are *settled*: every commit token the checkpoint covers is committed (idempotent — this finishes a
-   commit a crash interrupted), output staged by the failed attempt is aborted, and every staged file that no
-   token covers is deleted (the run holds the directories' leases, so no one else is writing there).
+   commit a crash interrupted), output staged by the failed attempt is aborted, and every staged file of this
+   job (and of ended runs without checkpointing) that no token covers is deleted (the run holds the
+   directories' leases, so no one else is writing there; other checkpointed jobs' staged files are kept).
 4. The job starts with sources at the checkpoint's positions and state restored (re-split by key group when
    the parallelism changed).
 
@@ -90,9 +91,11 @@ def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> Non
     """Commit what ``metadata`` covers; abort output staged by earlier attempts (every sink subtask index);
     then let each sink delete staged files that no token of ``metadata`` names (:meth:`Sink.clean_up`).
 
-    Only called while the run holds the leases of its directories: a staged file no token covers belongs to an
-    attempt or run that can never commit it (its checkpoint did not complete, or is older than the one
-    restored), not to a concurrent writer."""
+    Only called while the run holds the leases of its directories: a staged file of this job's own area that no
+    token covers belongs to an attempt or run that can never commit it (its checkpoint did not complete, or is
+    older than the one restored), not to a concurrent writer. The plan's sinks stage for this job's owner
+    (the planner binds them), so another checkpointed job's prepared files, which that job commits when it
+    resumes, are never deleted here."""
     counts: dict[str, int] = {}
     tokens: dict[str, list[Any]] = {}
     if metadata is not None:

@@ -15,16 +15,42 @@ A sink that cannot stage (the console) may write directly; it then gives at-leas
 Ownership: a sink that writes into a directory declares it with :meth:`Sink.owned_locations`. The engine then
 refuses (at build time) a job in which two sinks, or a sink and the checkpoint directory, claim the same or
 nested locations, and holds a lease on each location for the whole run (:mod:`headwater.engine.leases`), so
-no other run writes there meanwhile. Because of that lease, :meth:`Sink.clean_up` may treat every staged file
-that no commit token covers as garbage.
+no other run writes there meanwhile. The lease covers a run only while it runs, though: a checkpointed job that
+crashed after completing a checkpoint still owns the files it prepared for it, and commits them when it
+resumes, after other runs may have used the directory. So a sink stages per *owner* (:class:`SinkOwner`, bound
+by the planner through :meth:`Sink.staging_as`): the checkpointed job with a given checkpoint directory, or
+runs without checkpointing. :meth:`Sink.clean_up` deletes only its own owner's staged files that no token
+covers, and those of runs without checkpointing (which have ended: the lease is held), never another
+checkpointed job's.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class SinkOwner:
+    """Whom a sink stages output for: the checkpointed job whose checkpoint directory is ``checkpoint_dir``, or
+    (``checkpoint_dir=None``, key :attr:`UNCHECKED`) runs without checkpointing.
+
+    ``key`` names the owner's staging area; it is derived from the normalised checkpoint directory
+    (:func:`headwater.engine.ownership.sink_owner`), so every run and restart of one job has the same key and no
+    two jobs share one. Staged files of the unchecked owner are garbage once their run ended: no checkpoint can
+    commit them."""
+
+    UNCHECKED: ClassVar[str] = "unchecked"
+
+    key: str = UNCHECKED
+    checkpoint_dir: str | None = None
+
+    @property
+    def checkpointed(self) -> bool:
+        return self.checkpoint_dir is not None
 
 
 class SinkPartition(ABC):
@@ -66,8 +92,15 @@ class Sink(ABC):
         each one for the whole run. Default: none (a sink writing to a system with its own isolation, or none)."""
         return ()
 
+    def staging_as(self, owner: SinkOwner) -> Sink:
+        """This sink, staging its output for ``owner`` (see the module docstring); the planner calls it for every
+        sink of a run. Sinks that stage in a shared place return a copy that stages in ``owner``'s own area.
+        Default: ``self`` (nothing staged where another job could find it)."""
+        return self
+
     def clean_up(self, tokens: Sequence[Any]) -> None:
-        """Delete staged output of earlier attempts and runs that none of ``tokens`` covers.
+        """Delete staged output of earlier attempts and runs of this sink's owner that none of ``tokens`` covers,
+        and staged output of runs without checkpointing; never another checkpointed job's.
 
         Called in the driver only while the run holds the leases on :meth:`owned_locations`, after ``tokens``
         (those of the checkpoint being restored, or none) were committed; it must keep committed output and

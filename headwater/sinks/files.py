@@ -2,10 +2,15 @@
 
 Layout of ``<path>``::
 
-    <path>/_lease                                                          the run holding the directory
-    <path>/_staging/inprogress-<subtask:04d>-<uuid>.<ext>                  being written (no token covers it)
-    <path>/_staging/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>   prepared: durable, in a token
-    <path>/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>            committed: visible to readers
+    <path>/_lease                                                       the run holding the directory
+    <path>/_staging/<owner>/_owner                                      the checkpoint directory of <owner>
+    <path>/_staging/<owner>/inprogress-<subtask:04d>-<uuid>.<ext>       being written (no token covers it)
+    <path>/_staging/<owner>/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>   prepared, in a token
+    <path>/part-<checkpoint:06d>-<subtask:04d>-<n:04d>-<writer>.<ext>         committed: visible to readers
+
+``<owner>`` is the key of the job the sink stages for (:class:`~headwater.sinks.base.SinkOwner`, bound by the
+planner): ``job-<16 hex>`` derived from a checkpointed job's checkpoint directory, or ``unchecked`` for runs
+without checkpointing.
 
 Commit order, per subtask:
 
@@ -19,7 +24,14 @@ Commit order, per subtask:
    final name taken by another file is a :class:`~headwater.errors.SinkError`, never an overwrite.
 4. :meth:`FileSinkPartition.abort` deletes this subtask's in-progress files (also those of a crashed earlier
    incarnation); prepared files are left to the engine, which commits their tokens or, with the directory's
-   lease held, deletes whatever no token covers (:meth:`FileSink.clean_up`).
+   lease held, deletes those of its own owner that no token covers (:meth:`FileSink.clean_up`).
+
+Staging per owner: the lease keeps two runs apart only while they run. A checkpointed job that crashed after
+completing checkpoint 7 but before its sink committed it still needs its prepared files: it commits them when
+it resumes, possibly after another job used the directory. So a run's clean-up deletes only its own owner's
+staged files (and those of ended runs without checkpointing, which no checkpoint can commit) and never touches
+another job's area; it logs the areas it kept that hold prepared files, naming their job's checkpoint
+directory. Delete such an area by hand only once that job will never resume.
 
 File names never collide: ``<writer>`` is a random 64-bit id (16 hex digits) drawn by each partition object,
 i.e. per sink, subtask, attempt and run; the checkpoint id, subtask index and file counter keep names sorted
@@ -31,7 +43,7 @@ two sinks or the checkpoint directory in it and leases it for the run). Files al
 **kept**, as with Flink's FileSink or Spark's append mode: a run adds files and never deletes, truncates or
 replaces a visible file, so two jobs run one after the other leave both outputs, and a resumed run keeps what
 it committed before. Point a sink at an empty directory to read back one run's output alone. The sink deletes
-only inside ``_staging/`` (its own staged files).
+only inside ``_staging/`` (its owner's staged files and those of ended unchecked runs).
 
 Readers (``pyarrow.dataset``, Spark, pandas on the listed files, :mod:`headwater.sources.files`) skip
 ``_``-prefixed paths, so they see committed files only.
@@ -43,8 +55,10 @@ idempotent but not atomic per file, and the engine takes no lease there (see :mo
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -62,11 +76,14 @@ import pyarrow.parquet as pq
 
 from headwater.engine import plain_data
 from headwater.errors import ConfigError, SinkError
-from headwater.sinks.base import Sink, SinkPartition
+from headwater.sinks.base import Sink, SinkOwner, SinkPartition
+
+log = logging.getLogger("headwater.sinks.files")
 
 __all__ = ["CsvSink", "FileCommitToken", "FileSinkPartition", "JsonLinesSink", "ParquetSink"]
 
 STAGING_DIR = "_staging"
+OWNER_FILE = "_owner"
 
 
 @plain_data.register(name="headwater.FileCommitToken")
@@ -150,9 +167,20 @@ class _Store:
         if self.exists(path):
             self.fs.delete_file(path)
 
-    def list_names(self, directory: str) -> list[str]:
+    def list_names(self, directory: str, kind: pafs.FileType = pafs.FileType.File) -> list[str]:
         info = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-        return sorted(posixpath.basename(i.path) for i in info if i.type == pafs.FileType.File)
+        return sorted(posixpath.basename(i.path) for i in info if i.type == kind)
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return bytes(stream.read()).decode("utf-8", "replace")
+        except (OSError, pa.ArrowException):
+            return None
+
+    def write_text(self, path: str, text: str) -> None:
+        with self.fs.open_output_stream(path) as stream:
+            stream.write(text.encode("utf-8"))
 
     def sync(self, path: str) -> None:
         """Flush ``path`` (a file, or a directory after renames in it) to disk; object stores need nothing."""
@@ -196,7 +224,7 @@ class FileSinkPartition(SinkPartition):
         self._index = index
         self._writer = uuid.uuid4().hex[:16]  # in every final name: no two partition objects share one
         self._store = _Store(sink.path)
-        self._staging = self._store.join(self._store.root, STAGING_DIR)
+        self._staging = self._store.join(self._store.root, STAGING_DIR, sink.owner.key)
         self._schema: pa.Schema | None = None
         self._current: _OpenFile | None = None
         self._closed: list[str] = []  # in-progress files full (max_rows_per_file) and closed, not yet prepared
@@ -262,8 +290,10 @@ class FileSinkPartition(SinkPartition):
                 elif not self._store.is_file(final):
                     raise SinkError(
                         f"{type(self._sink).__name__}: cannot commit {final!r}: neither it nor its staged file "
-                        f"{staged!r} exists; the staging directory was cleaned by hand or by another job writing "
-                        f"to {self._sink.path!r}. Give each job its own output directory", transient=False,
+                        f"{staged!r} exists; the staged file was deleted by something other than this job (the "
+                        f"sink never deletes a file a token of a job that may resume names), so the rows of "
+                        f"checkpoint {token.checkpoint_id} are lost. Restore from an earlier savepoint, or rerun "
+                        f"into an empty output directory", transient=False,
                     )
             for directory in sorted({final.rsplit("/", 1)[0] for _, final in token.files}):
                 self._store.sync(directory)  # the token's own directory: it may belong to an earlier job
@@ -302,7 +332,7 @@ class FileSinkPartition(SinkPartition):
     def _open_new(self) -> _OpenFile:
         assert self._schema is not None
         if not self._dirs_made:
-            self._store.makedirs(self._staging)
+            _make_area(self._store, self._staging, self._sink.owner)
             self._dirs_made = True
         name = f"inprogress-{self._index:04d}-{uuid.uuid4().hex}.{self._sink.extension}"
         path = self._store.join(self._staging, name)
@@ -326,6 +356,15 @@ class FileSinkPartition(SinkPartition):
         )
 
 
+def _make_area(store: _Store, area: str, owner: SinkOwner) -> None:
+    """Create ``owner``'s staging area; a checkpointed owner's records its checkpoint directory (for the
+    warnings of other jobs' clean-ups and for operators)."""
+    store.makedirs(area)
+    record = store.join(area, OWNER_FILE)
+    if owner.checkpoint_dir is not None and store.read_text(record) is None:
+        store.write_text(record, json.dumps({"checkpoint_dir": owner.checkpoint_dir}) + "\n")
+
+
 class FileSink(Sink):
     """Base of the directory-writing sinks: configuration only (picklable), one partition per subtask.
 
@@ -343,6 +382,7 @@ class FileSink(Sink):
 
     def __init__(self, path: str | os.PathLike[str], *, max_rows_per_file: int | None = None) -> None:
         self.path = os.fspath(path)
+        self.owner = SinkOwner()  # set per run by staging_as
         owner = type(self).__name__
         if max_rows_per_file is not None and (
             isinstance(max_rows_per_file, bool) or not isinstance(max_rows_per_file, int) or max_rows_per_file < 1
@@ -366,20 +406,48 @@ class FileSink(Sink):
         store = _Store(self.path)
         return (os.path.realpath(store.root),) if store.local else (self.path.rstrip("/"),)
 
+    def staging_as(self, owner: SinkOwner) -> FileSink:
+        """A copy of this sink that stages in ``_staging/<owner.key>/``."""
+        bound = copy.copy(self)
+        bound.owner = owner
+        return bound
+
     def clean_up(self, tokens: Sequence[Any]) -> None:
-        """Delete every in-progress and prepared file in ``_staging`` that no token names (of any subtask,
-        attempt or earlier run: the caller holds the directory's lease). Visible files are never touched."""
+        """Delete the in-progress and prepared files of this sink's owner (any subtask, attempt or earlier run)
+        that no token names, and every staged file of runs without checkpointing (they ended: the caller holds
+        the directory's lease). Other jobs' staging areas are kept, with a warning when they hold prepared files;
+        visible files are never touched. A checkpointed owner's area records its checkpoint directory."""
         store = _Store(self.path)
         staging = store.join(store.root, STAGING_DIR)
         keep = {staged for token in tokens if isinstance(token, FileCommitToken) for staged, _ in token.files}
         try:
-            for name in store.list_names(staging):
-                path = store.join(staging, name)
-                if name.startswith(("inprogress-", "part-")) and path not in keep:
-                    store.delete(path)
+            areas = store.list_names(staging, pafs.FileType.Directory)
+            for key in {self.owner.key, SinkOwner.UNCHECKED}:
+                area = store.join(staging, key)
+                for name in store.list_names(area) if key in areas else ():
+                    path = store.join(area, name)
+                    if name.startswith(("inprogress-", "part-")) and path not in keep:
+                        store.delete(path)
+            _make_area(store, store.join(staging, self.owner.key), self.owner)
+            for key in areas:
+                if key not in (self.owner.key, SinkOwner.UNCHECKED):
+                    self._report_kept(store, store.join(staging, key))
         except OSError as exc:
             raise SinkError(f"{type(self).__name__}: cannot clean up {staging!r}: {exc}. Check that the directory "
                             f"{self.path!r} is writable") from exc
+
+    def _report_kept(self, store: _Store, area: str) -> None:
+        prepared = [name for name in store.list_names(area) if name.startswith("part-")]
+        if not prepared:
+            return
+        try:
+            checkpoint_dir = json.loads(store.read_text(store.join(area, OWNER_FILE)) or "{}").get("checkpoint_dir")
+        except (ValueError, AttributeError):
+            checkpoint_dir = None
+        job = f"the job with checkpoint directory {checkpoint_dir!r}" if checkpoint_dir else "another job"
+        log.warning("%s at %s: kept %d prepared file(s) in %s, staged by %s; that job commits them when it resumes. "
+                    "Delete %s by hand only once that job will never resume", type(self).__name__, self.path,
+                    len(prepared), area, job, area)
 
     @abstractmethod
     def _open_writer(self, stream: pa.NativeFile, schema: pa.Schema) -> _Writer:

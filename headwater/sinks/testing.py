@@ -1,15 +1,18 @@
 """A sink for tests that proves what was *committed*, across processes on one machine.
 
-Batches are staged in memory; ``prepare`` writes them to an Arrow IPC file under ``<dir>/staging`` and
+Batches are staged in memory; ``prepare`` writes them to an Arrow IPC file under ``<dir>/staging/<owner>``
+(the key of the job it stages for, as for file sinks) and
 ``commit`` renames it into ``<dir>/committed`` (idempotently). Readers (:meth:`TestingSink.table`,
 :meth:`TestingSink.rows`) see only committed output, in commit order per subtask — exactly what a downstream
 consumer of a two-phase-commit sink would see. The directory is a fresh temporary one unless given, so the
 sink works the same in-process and on Ray actors of this machine. Like a file sink it owns its directory
-(one run at a time holds its lease) and, when the engine settles it, deletes staged files no token names.
+(one run at a time holds its lease) and, when the engine settles it, deletes the staged files of its own owner
+that no token names and those of runs without checkpointing, never another checkpointed job's.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import uuid
@@ -19,7 +22,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from headwater.sinks.base import Sink, SinkPartition
+from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 
 
 class TestingSink(Sink):
@@ -29,20 +32,27 @@ class TestingSink(Sink):
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = str(directory) if directory is not None else tempfile.mkdtemp(prefix="headwater-testing-sink-")
+        self.owner = SinkOwner()  # set per run by staging_as
         for sub in ("staging", "committed"):
             Path(self.directory, sub).mkdir(parents=True, exist_ok=True)
 
     def build_part(self, index: int, count: int) -> SinkPartition:
-        return _TestingSinkPartition(Path(self.directory), index)
+        return _TestingSinkPartition(Path(self.directory), self.owner.key, index)
 
     def owned_locations(self) -> tuple[str, ...]:
         return (os.path.realpath(self.directory),)
 
+    def staging_as(self, owner: SinkOwner) -> TestingSink:
+        bound = copy.copy(self)
+        bound.owner = owner
+        return bound
+
     def clean_up(self, tokens: Sequence[Any]) -> None:
         keep = {token[0] for token in tokens if isinstance(token, tuple)}
-        for path in Path(self.directory, "staging").glob("*.arrow"):
-            if str(path) not in keep:
-                path.unlink(missing_ok=True)
+        for key in {self.owner.key, SinkOwner.UNCHECKED}:
+            for path in Path(self.directory, "staging", key).glob("*.arrow"):
+                if str(path) not in keep:
+                    path.unlink(missing_ok=True)
 
     def _committed_files(self) -> list[Path]:
         return sorted(Path(self.directory, "committed").glob("*.arrow"))
@@ -71,8 +81,9 @@ class TestingSink(Sink):
 
 
 class _TestingSinkPartition(SinkPartition):
-    def __init__(self, directory: Path, subtask: int) -> None:
+    def __init__(self, directory: Path, owner_key: str, subtask: int) -> None:
         self.directory = directory
+        self.staging = directory / "staging" / owner_key
         self.subtask = subtask
         self.staged: list[pa.RecordBatch] = []
         self.sequence = 0
@@ -85,7 +96,8 @@ class _TestingSinkPartition(SinkPartition):
             return None
         table = pa.Table.from_batches(self.staged)
         self.staged = []
-        staged = self.directory / "staging" / f"{uuid.uuid4().hex}.arrow"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        staged = self.staging / f"{uuid.uuid4().hex}.arrow"
         with ipc.new_file(staged, table.schema) as writer:
             writer.write_table(table)
         final = self.directory / "committed" / f"{checkpoint_id:08d}-{self.subtask:04d}-{self.sequence:06d}-{uuid.uuid4().hex[:8]}.arrow"

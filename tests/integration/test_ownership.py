@@ -19,8 +19,9 @@ import pyarrow.dataset as ds
 import pytest
 
 import headwater as hw
-from headwater.errors import DirectoryInUseError, UserCodeError
-from headwater.sinks.files import ParquetSink
+from headwater.engine.ownership import sink_owner
+from headwater.errors import DirectoryInUseError, SinkError, UserCodeError
+from headwater.sinks.files import FileSinkPartition, ParquetSink
 from headwater.sinks.testing import TestingSink
 from headwater.testing import TestingSource
 
@@ -56,8 +57,8 @@ def parquet_keys(directory: Path) -> Counter[int]:
 
 
 def staging_files(directory: Path) -> list[str]:
-    staging = directory / "_staging"
-    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+    """Staged files of every owner's area under ``_staging`` (not the areas' ``_owner`` records)."""
+    return sorted(p.name for p in (directory / "_staging").rglob("*") if p.is_file() and p.name != "_owner")
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -145,11 +146,12 @@ def test_abandoned_staging_files_are_deleted_on_recovery_and_output_is_exactly_o
 ) -> None:
     options = executor_options(executor, request)
     out = tmp_path / "out"
-    (out / "_staging").mkdir(parents=True)
-    abandoned = ["part-000041-0000-0000-00000000deadbeef.parquet",  # prepared for a checkpoint that never completed
-                 "inprogress-0005-0123456789abcdef.parquet"]        # a subtask of a wider, crashed earlier run
-    for name in abandoned:
-        (out / "_staging" / name).write_bytes(b"not parquet")
+    own = out / "_staging" / sink_owner(tmp_path / "chk").key  # this job's staging area
+    own.mkdir(parents=True)
+    (out / "_staging" / "unchecked").mkdir()
+    (own / "part-000041-0000-0000-00000000deadbeef.parquet").write_bytes(b"prepared for a checkpoint never completed")
+    (own / "inprogress-0005-0123456789abcdef.parquet").write_bytes(b"a subtask of a wider, crashed earlier run")
+    (out / "_staging" / "unchecked" / "part-000001-0000-0000-00000000feedf00d.parquet").write_bytes(b"a killed run")
     items = [*rows(0, 300), TestingSource.ABORT(), *rows(300, 300)]
     flow = hw.Dataflow("owned")
     flow.source("in", TestingSource(items, batch_size=50)).sink("out", ParquetSink(out))
@@ -165,8 +167,8 @@ def test_a_failed_run_without_checkpointing_leaves_no_staging_files(
 ) -> None:
     options = executor_options(executor, request)
     out = tmp_path / "out"
-    (out / "_staging").mkdir(parents=True)
-    (out / "_staging" / "inprogress-0003-0123456789abcdef.parquet").write_bytes(b"left by a killed run")
+    (out / "_staging" / "unchecked").mkdir(parents=True)
+    (out / "_staging" / "unchecked" / "inprogress-0003-0123456789abcdef.parquet").write_bytes(b"left by a killed run")
 
     def explode(batch: pa.RecordBatch) -> pa.RecordBatch:
         if pa.compute.max(batch.column("k")).as_py() >= 400:
@@ -192,3 +194,75 @@ def test_two_jobs_one_after_the_other_on_one_sink_directory_keep_both_outputs(
         flow.source("in", TestingSource(rows(start, 500), batch_size=50)).sink("out", ParquetSink(out))
         hw.run(flow, **options)
     assert parquet_keys(out) == Counter([*range(500), *range(1000, 1500)])
+
+
+class CommitFailsWhileMarked(ParquetSink):
+    """A ParquetSink whose commit fails while ``marker`` exists: its job ends after completing a checkpoint and
+    before its sink committed it, as a crash at the worst moment would leave it."""
+
+    def __init__(self, path: Path, marker: Path) -> None:
+        super().__init__(path)
+        self.marker = str(marker)
+
+    def build_part(self, index: int, count: int) -> FileSinkPartition:
+        return _CommitFailsWhileMarked(self, index)
+
+
+class _CommitFailsWhileMarked(FileSinkPartition):
+    def commit(self, token: Any) -> None:
+        if os.path.exists(self._sink.marker):  # type: ignore[attr-defined]
+            raise SinkError("simulated crash between a completed checkpoint and its commit", transient=False)
+        super().commit(token)
+
+
+def crashing_job(out: Path, marker: Path) -> hw.Dataflow:
+    flow = hw.Dataflow("job_a")
+    items = [*rows(0, 300), TestingSource.PAUSE(0.5), *rows(300, 300)]
+    flow.source("in", TestingSource(items, batch_size=50)).sink("out", CommitFailsWhileMarked(out, marker))
+    return flow
+
+
+def staged_data_files(directory: Path) -> list[Path]:
+    return [p for p in (directory / "_staging").rglob("*") if p.is_file() and p.name != "_owner"]
+
+
+def test_another_job_on_the_sink_directory_never_deletes_what_a_crashed_checkpointed_job_prepared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, marker = tmp_path / "out", tmp_path / "crash"
+    marker.touch()
+    with pytest.raises(SinkError, match="simulated crash"):
+        hw.run(crashing_job(out, marker), executor="local", checkpoint=checkpointing(tmp_path / "chkA"))
+    assert list((tmp_path / "chkA").glob("chk-*/_metadata")), "job A completed no checkpoint"
+    prepared = staged_data_files(out)
+    assert prepared and parquet_keys(out) == Counter(), "job A must end with prepared, uncommitted output"
+    # job B on the same sink directory, without checkpointing and then with its own checkpoint directory
+    for start, checkpoint in ((1000, None), (2000, checkpointing(tmp_path / "chkB"))):
+        flow = hw.Dataflow("job_b")
+        flow.source("in", TestingSource(rows(start, 100), batch_size=50)).sink("out", ParquetSink(out))
+        with caplog.at_level("WARNING", logger="headwater.sinks.files"):
+            hw.run(flow, executor="local", checkpoint=checkpoint)
+    assert all(p.exists() for p in prepared), "job B deleted files job A prepared for a completed checkpoint"
+    assert f"the job with checkpoint directory {str(tmp_path / 'chkA')!r}" in caplog.text
+    marker.unlink()
+    result = hw.run(crashing_job(out, marker), executor="local", checkpoint=checkpointing(tmp_path / "chkA"))
+    assert result.restarts == 0
+    assert parquet_keys(out) == Counter([*range(600), *range(1000, 1100), *range(2000, 2100)])  # exactly once
+    assert staged_data_files(out) == []
+
+
+def test_a_job_restored_from_a_crashed_jobs_checkpoint_into_a_new_directory_commits_its_output(
+    tmp_path: Path,
+) -> None:
+    out, marker = tmp_path / "out", tmp_path / "crash"
+    marker.touch()
+    with pytest.raises(SinkError, match="simulated crash"):
+        hw.run(crashing_job(out, marker), executor="local", checkpoint=checkpointing(tmp_path / "chkA"))
+    restore_from = sorted((tmp_path / "chkA").glob("chk-*/_metadata"))[-1].parent
+    marker.unlink()
+    config = hw.CheckpointConfig(dir=tmp_path / "chkB", interval=timedelta(milliseconds=100),
+                                 restart_delay=timedelta(0), restore_from=restore_from)
+    result = hw.run(crashing_job(out, marker), executor="local", checkpoint=config)
+    assert result.restarts == 0
+    assert parquet_keys(out) == Counter(range(600))  # the restored checkpoint's tokens committed, once
+    assert staged_data_files(out) == []

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from headwater.engine.failures import is_transient
+from headwater.engine.ownership import sink_owner
 from headwater.errors import ConfigError, SinkError
+from headwater.sinks.base import SinkOwner
 from headwater.sinks.files import CsvSink, FileCommitToken, FileSink, JsonLinesSink, ParquetSink
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
 
@@ -60,8 +62,9 @@ def visible(path: Path) -> list[str]:
 
 
 def staged(path: Path) -> list[str]:
+    """Names of the staged files under ``_staging`` (every owner's area; not the ``_owner`` records)."""
     staging = path / "_staging"
-    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+    return sorted(p.name for p in staging.rglob("*") if p.is_file() and p.name != "_owner")
 
 
 @pytest.mark.parametrize("fmt", SINKS)
@@ -316,13 +319,54 @@ def test_clean_up_deletes_staged_files_no_token_names_and_nothing_else(tmp_path:
     orphan.write(batch(20, 2))
     orphan.prepare(3)  # prepared for a checkpoint that never completed
     orphan.write(batch(30, 2))  # in progress when the attempt died
-    (out / "_staging" / "inprogress-0007-deadbeef.jsonl").write_text("{}\n")  # a subtask of a wider earlier run
-    (out / "_staging" / "notes.txt").write_text("not the sink's")
+    (out / "_staging" / "unchecked" / "inprogress-0007-deadbeef.jsonl").write_text("{}\n")  # a wider earlier run
+    (out / "_staging" / "unchecked" / "notes.txt").write_text("not the sink's")
     sink.clean_up([kept_token])
     assert staged(out) == sorted(["notes.txt", Path(kept_token.files[0][0]).name])
     assert read_back("jsonl", out).num_rows == 2  # committed output untouched
     sink.build_part(1, 3).commit(kept_token)
     assert read_back("jsonl", out).num_rows == 4
+
+
+def test_clean_up_never_deletes_files_another_checkpointed_job_prepared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    job_a = ParquetSink(out).staging_as(sink_owner(tmp_path / "chkA"))
+    crashed = job_a.build_part(0, 1)
+    crashed.write(batch(0, 3))
+    a_token = crashed.prepare(7)  # checkpoint 7 of job A completed; A crashed before its sink committed it
+    crashed.write(batch(3, 2))  # in progress when A crashed
+    ended = ParquetSink(out).build_part(0, 1)  # a run without checkpointing that was killed
+    ended.write(batch(100, 2))
+    ended.prepare(1)
+    for other in (ParquetSink(out), ParquetSink(out).staging_as(sink_owner(tmp_path / "chkB"))):
+        with caplog.at_level("WARNING", logger="headwater.sinks.files"):
+            other.clean_up([])  # job B (unchecked, then checkpointed) settles the same directory
+    assert len(staged(out)) == 2 and Path(a_token.files[0][0]).name in staged(out)  # A's files are A's
+    assert any(n.startswith("inprogress-0000-") for n in staged(out))
+    assert str(tmp_path / "chkA") in caplog.text and "kept 1 prepared file(s)" in caplog.text
+    record = out / "_staging" / sink_owner(tmp_path / "chkB").key / "_owner"
+    assert json.loads(record.read_text()) == {"checkpoint_dir": str(tmp_path / "chkB")}
+    job_a.build_part(0, 1).commit(a_token)  # A resumes: checkpoint 7 commits
+    job_a.clean_up([a_token])  # and A's own leftovers go
+    assert staged(out) == [] and read_back("parquet", out).column("id").to_pylist() == [0, 1, 2]
+
+
+def test_a_sinks_owner_is_derived_from_the_normalised_checkpoint_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    owner = sink_owner(tmp_path / "real" / "chk")
+    assert owner == sink_owner(tmp_path / "link" / "chk") == sink_owner(f"file://{tmp_path}/real/chk")
+    assert re.fullmatch(r"job-[0-9a-f]{16}", owner.key) and owner.checkpoint_dir == str(tmp_path / "real" / "chk")
+    assert owner != sink_owner(tmp_path / "real" / "chk2")
+    assert sink_owner(None) == SinkOwner() and sink_owner(None).key == "unchecked"
+    sink = ParquetSink(tmp_path / "out")
+    bound = sink.staging_as(owner)
+    assert sink.owner == SinkOwner() and bound.owner == owner  # the user's sink object is not changed
+    part = bound.build_part(0, 1)
+    part.write(batch(0, 1))
+    assert Path(part.prepare(1).files[0][0]).parent == tmp_path / "out" / "_staging" / owner.key
 
 
 def test_a_file_sink_owns_its_directory(tmp_path: Path) -> None:
