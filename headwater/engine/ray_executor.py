@@ -1,6 +1,6 @@
 """Ray executor: subtasks hosted by worker actors (slot sharing), credit-based channels between workers.
 
-Placement (:func:`place_subtasks`): like Flink's slot sharing, the job gets one worker actor per *slot*, as
+Placement (:func:`~headwater.engine.ray_placement.place_subtasks`): like Flink's slot sharing, the job gets one worker actor per *slot*, as
 many slots as the widest stage's parallelism, and every slot hosts at most one subtask of each stage. A stage
 that asks for its own CPUs (``map_batches(num_cpus=...)``) gets a dedicated worker per subtask instead. So a
 four-stage job at parallelism 2 runs in two processes, not eight: fewer processes to start, no context
@@ -24,7 +24,8 @@ concurrency group (its own thread and event loop, :mod:`headwater.engine.ray_wat
 code blocks the main loop. :meth:`RayJob.wait` polls ``activity`` and fails the job when a step stalls
 (``RunConfig.stall_timeout``); a stop that has not ended the job within ``RunConfig.stop_grace`` kills the
 workers and raises :class:`~headwater.errors.StopTimeoutError`. Every wait of the driver on a worker is
-bounded, so the driver never hangs on a blocked worker.
+bounded, so the driver never hangs on a blocked worker — nor on one Ray cannot place
+(:class:`~headwater.engine.ray_placement.PlacementWait`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.ray_coordinator import CoordinatorClient, CoordinatorService, Expired
+from headwater.engine.ray_placement import PLACEMENT_POLL_S, PlacementWait, place_subtasks
 from headwater.engine.ray_watch import WATCH, WATCH_CONCURRENCY, WorkerWatch
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
 from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
@@ -53,21 +55,6 @@ from headwater.errors import HeadwaterError, JobFailedError
 _SOURCE_IDLE_S = 0.005
 
 SubtaskId = tuple[int, int]  # (stage id, subtask index)
-
-
-def place_subtasks(plan: PhysicalPlan) -> list[list[SubtaskId]]:
-    """The subtasks each worker hosts (see the module docstring); every subtask appears exactly once.
-
-    Shared slots come first. A stage narrower than the slot count goes to the least-loaded slots, so that
-    e.g. a parallelism-1 step does not always land next to subtask 0 of everything else."""
-    shared = [s for s in plan.stages if s.num_cpus is None]
-    slots: list[list[SubtaskId]] = [[] for _ in range(max((s.parallelism for s in shared), default=0))]
-    for stage in sorted(shared, key=lambda s: -s.parallelism):
-        order = sorted(range(len(slots)), key=lambda k: (len(slots[k]), k))
-        for i in range(stage.parallelism):
-            slots[order[i]].append((stage.stage_id, i))
-    dedicated = [[(s.stage_id, i)] for s in plan.stages if s.num_cpus is not None for i in range(s.parallelism)]
-    return slots + dedicated
 
 
 class SubtaskHost:
@@ -435,7 +422,8 @@ class RayJob:
             placement.update({subtask: index for subtask in subtasks})
         try:
             self._assign([(plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None)
-                          for index, subtasks in enumerate(self.assignments)], from_pool)
+                          for index, subtasks in enumerate(self.assignments)], from_pool,
+                         PlacementWait(ray, plan, self.assignments, cpus, deadline))
             #: the worker actor hosting each (stage id, subtask)
             self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
             self.watch = WorkerWatch(ray, plan, self.workers, self.assignments, config.stall_seconds)
@@ -465,17 +453,23 @@ class RayJob:
     def _new_worker(self, cpus: float | None) -> Any:
         return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
 
-    def _assign(self, arguments: list[tuple[Any, ...]], from_pool: set[int]) -> None:
-        """Give every worker its subtasks. A pooled worker that died while idle is replaced by a new one."""
-        refs = [w.assign.remote(*args) for w, args in zip(self.workers, arguments)]
-        for index, ref in enumerate(refs):
-            try:
-                self.ray.get(ref)
-            except self.ray.exceptions.RayActorError:
-                if index not in from_pool:
-                    raise
-                self.workers[index] = self._new_worker(None)
-                self.ray.get(self.workers[index].assign.remote(*arguments[index]))
+    def _assign(self, arguments: list[tuple[Any, ...]], from_pool: set[int], placement: PlacementWait) -> None:
+        """Give every worker its subtasks, waiting (bounded by ``placement``) for Ray to place them. A pooled
+        worker that died while idle is replaced by a new one."""
+        pending = {w.assign.remote(*args): i for i, (w, args) in enumerate(zip(self.workers, arguments))}
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=PLACEMENT_POLL_S)
+            for ref in ready:
+                index = pending.pop(ref)
+                try:
+                    self.ray.get(ref)
+                except self.ray.exceptions.RayActorError:
+                    if index not in from_pool:
+                        raise
+                    from_pool.discard(index)
+                    self.workers[index] = self._new_worker(None)
+                    pending[self.workers[index].assign.remote(*arguments[index])] = index
+            placement.check(sorted(pending.values()))
 
     def stop(self, savepoint: bool = False, reason: str = "a stop was requested") -> None:
         """Stop gracefully; from now on the job has ``stop_grace`` to end (see :meth:`_check_deadlines`)."""

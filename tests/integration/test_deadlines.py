@@ -205,3 +205,20 @@ def test_a_checkpoint_timeout_is_logged_while_a_step_hangs(
     assert logged[0].startswith("checkpoint 3 timed out after ") and "and was aborted" in logged[0]
     assert "not acknowledged by 1 subtask(s): step 'out' (subtask 0) sink: preparing its output for checkpoint 3 for" in logged[0]
     assert result.checkpoints.aborted >= 1
+
+
+def test_a_step_asking_for_more_cpus_than_any_node_has_fails_at_once_naming_it(ray_cluster: Any) -> None:
+    from headwater.engine.failures import classify
+    from headwater.errors import JobFailedError
+
+    flow = hw.Dataflow("too_big")
+    flow.source("in", TestingSource([{"v": 1}])).map_batches(_slowly, num_cpus=4, step_id="heavy").sink(
+        "out", TestingSink())
+    started = time.monotonic()
+    with pytest.raises(JobFailedError) as info:  # the session cluster has 2 CPUs and no autoscaler
+        hw.run(flow, executor="ray", parallelism=1, timeout=60)
+    elapsed = time.monotonic() - started
+    assert elapsed < 20, f"the unplaceable worker was reported after {elapsed:.1f} s"
+    assert info.value.step_id == "heavy"
+    assert "step 'heavy' (subtask 0) asks for 4 CPU(s) (num_cpus=4), but the largest node of this Ray cluster has 2" in str(info.value)
+    assert not classify(info.value).transient

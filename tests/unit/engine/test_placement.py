@@ -1,13 +1,20 @@
-"""Slot sharing in the Ray executor: which worker hosts which subtask."""
+"""Slot sharing in the Ray executor: which worker hosts which subtask; the bounded wait for Ray to place them."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 
 import headwater as hw
 from headwater.engine.config import RunConfig
+from headwater.engine.failures import classify
 from headwater.engine.planner import plan
 from headwater.engine.ray_executor import place_subtasks
+from headwater.engine.ray_placement import PlacementWait
+from headwater.errors import JobFailedError
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
 
@@ -48,3 +55,43 @@ def test_a_stage_asking_for_cpus_gets_a_worker_per_subtask() -> None:
     dedicated = [w for w in workers if any(stage_id == heavy.stage_id for stage_id, _ in w)]
     assert len(dedicated) == heavy.parallelism
     assert all(len(w) == 1 for w in dedicated)
+
+
+class _FakeRay:
+    """Just enough of ``ray`` for PlacementWait: one 2-CPU node; ``here`` says whether this process started it."""
+
+    def __init__(self, here: bool) -> None:
+        self._private = SimpleNamespace(worker=SimpleNamespace(_global_node=SimpleNamespace(head=here)))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    def available_resources(self) -> dict[str, float]:
+        return {"CPU": 1.0}
+
+
+def _waiting_for_heavy(here: bool, deadline: float | None) -> tuple[PlacementWait, list[int]]:
+    physical = plan(_flow(cpus=4), RunConfig(parallelism=1), 1)
+    assignments = place_subtasks(physical)
+    cpus = [physical.stages[a[0][0]].num_cpus if len(a) == 1 else None for a in assignments]
+    heavy = [i for i, c in enumerate(cpus) if c]
+    return PlacementWait(_FakeRay(here), physical, assignments, cpus, deadline), heavy
+
+
+def test_a_worker_too_big_for_a_cluster_started_here_fails_at_once_and_deterministically() -> None:
+    wait, heavy = _waiting_for_heavy(here=True, deadline=None)
+    with pytest.raises(JobFailedError, match=r"step 'heavy' \(subtask 0\) asks for 4 CPU\(s\) \(num_cpus=4\), but the "
+                       r"largest node of this Ray cluster has 2 CPU\(s\)") as raised:
+        wait.check(heavy)
+    assert raised.value.step_id == "heavy" and not classify(raised.value).transient
+
+
+def test_on_a_joined_cluster_the_driver_waits_for_an_autoscaler_until_the_runs_deadline() -> None:
+    wait, heavy = _waiting_for_heavy(here=False, deadline=time.monotonic() + 3600)
+    wait.check(heavy)  # an autoscaler may add a 4-CPU node: no error before the deadline
+    wait.deadline = time.monotonic() - 1
+    with pytest.raises(JobFailedError, match=r"not placed the job's workers by the run's deadline .*step 'heavy' "
+                       r"\(subtask 0\) asks for 4 CPU\(s\).*1 CPU\(s\) free") as raised:
+        wait.check(heavy)
+    assert classify(raised.value).transient
+    wait.check([])  # nothing left to wait for
