@@ -17,7 +17,7 @@ from headwater.engine.leases import JobLeases, LeaseHolder
 from headwater.engine.local_executor import LocalJob
 from headwater.engine.logical import SinkStep
 from headwater.engine.metrics import SubtaskMetrics
-from headwater.engine.ownership import job_claims
+from headwater.engine.ownership import check_claims, job_claims
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.planner import plan
 from headwater.engine.progress import ProgressDisplay
@@ -63,8 +63,9 @@ class RunningJob:
     restarted after recoverable failures (see :mod:`headwater.engine.recovery`).
 
     The driver leases the checkpoint directory and every sink's directory (:mod:`headwater.engine.leases`)
-    when the job is made, before anything is settled or started, and releases them when the run ends (after
-    every restart attempt, also on failure); ``hw.start`` raises at once when another run holds one. An
+    when the job is made, before Ray is started or joined and before anything is settled, and releases them
+    when the run ends (after every restart attempt, also on failure, and when Ray fails to start);
+    ``hw.start`` raises at once when another run holds one. An
     in-process job abandoned in a hung call (a stall, the stop grace) keeps them until its thread ends
     (:meth:`LocalJob.after_exit`): until then it may still write.
     """
@@ -84,17 +85,21 @@ class RunningJob:
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None  # time.monotonic() at which a run with a timeout stops
         checkpoint_dir = checkpoint.uri if checkpoint is not None else None
-        if config.executor == "local":
-            self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
-        else:
-            self._ray = self._exit.enter_context(ray_session(config))
+        # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
+        # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
+        flow.validate()
+        claims = job_claims(flow.steps, checkpoint_dir)
+        check_claims(claims)  # an overlap is a conflict to report as such, not this process "holding" the lease
+        self.holder = LeaseHolder.this_process(flow.name)
         try:
-            if config.executor != "local":
+            self._exit.enter_context(JobLeases(claims, self.holder))
+            if config.executor == "local":
+                self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
+            else:
+                self._ray = self._exit.enter_context(ray_session(config))
                 parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
                 self.plan = plan(flow, config, parallelism, checkpoint_dir)
                 ship_user_code(_user_objects(self.plan))
-            self.holder = LeaseHolder.this_process(self.plan.flow_name)
-            self._exit.enter_context(JobLeases(job_claims(self.plan.steps, checkpoint_dir), self.holder))
         except BaseException:
             self._exit.close()
             raise

@@ -19,6 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import headwater as hw
+from headwater.engine import runner
 from headwater.engine.ownership import sink_owner
 from headwater.errors import DirectoryInUseError, SinkError, UserCodeError
 from headwater.sinks.files import FileSinkPartition, ParquetSink
@@ -63,23 +64,29 @@ def staging_files(directory: Path) -> list[str]:
 
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_a_second_run_on_a_checkpoint_directory_in_use_fails_at_once_naming_the_holder(
-    executor: str, tmp_path: Path, request: pytest.FixtureRequest
+    executor: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = executor_options(executor, request)
     first_sink = TestingSink(tmp_path / "first")
     first = hw.start(paced_flow(first_sink, 3.0), checkpoint=checkpointing(tmp_path / "chk"), **options)
+    ray_sessions = []  # every ray_session the refused runs would enter
+    real_session = runner.ray_session
+    monkeypatch.setattr(runner, "ray_session", lambda config: ray_sessions.append(config) or real_session(config))
     try:
         started = time.monotonic()
         with pytest.raises(DirectoryInUseError) as info:
             hw.start(paced_flow(TestingSink(tmp_path / "second"), 0.0), checkpoint=checkpointing(tmp_path / "chk"),
                      **options)
-        assert time.monotonic() - started < 10  # at once, not after the first run ended
+        assert time.monotonic() - started < 2  # at once: not after the first run ended, nor after a Ray start
+        assert ray_sessions == [], "the refused run started or joined Ray before taking its leases"
         message = str(info.value)
         assert "the checkpoint directory" in message and str(tmp_path / "chk") in message
         assert f"job 'owned' (run {first.holder.run_id}, pid {os.getpid()} (this process)" in message
         with pytest.raises(DirectoryInUseError, match="sink step 'out'"):  # the same sink, another checkpoint dir
             hw.start(paced_flow(first_sink, 0.0), checkpoint=checkpointing(tmp_path / "chk2"), **options)
+        assert ray_sessions == []
     finally:
+        monkeypatch.setattr(runner, "ray_session", real_session)
         result = first.wait(120)
     assert not result.stopped
     assert Counter(r["k"] for r in first_sink.rows()) == Counter(range(ROWS))  # every key exactly once

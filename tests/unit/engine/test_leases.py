@@ -151,3 +151,66 @@ def test_a_lease_of_a_process_killed_with_sigkill_is_taken_over(tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait(10)
+
+
+# -- leases come before Ray ------------------------------------------------------------------------------------
+
+class RaySessionSpy:
+    """Stands in for ``ray_session``: records each entry, then fails the start (no Ray in unit tests)."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __call__(self, config: object) -> "RaySessionSpy":
+        return self
+
+    def __enter__(self) -> None:
+        self.entered += 1
+        raise ConnectionError("simulated: the Ray cluster failed to start")
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def one_sink(out: Path) -> hw.Dataflow:
+    flow = hw.Dataflow("leased")
+    flow.source("in", TestingSource([{"k": 1}])).sink("out", ParquetSink(out))
+    return flow
+
+
+def test_a_ray_run_on_a_directory_in_use_fails_before_ray_is_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = RaySessionSpy()
+    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    holder = LeaseHolder.this_process("first")
+    with JobLeases([claim(tmp_path / "chk", "the checkpoint directory")], holder):
+        started = time.monotonic()
+        with pytest.raises(DirectoryInUseError, match=f"job 'first' \\(run {holder.run_id}"):
+            hw.run(one_sink(tmp_path / "out"), executor="ray", checkpoint=hw.CheckpointConfig(dir=tmp_path / "chk"))
+        assert spy.entered == 0, "Ray was started (or joined) for a run that could not take its leases"
+        assert time.monotonic() - started < 2
+    # the refused run released the sink directory's lease it had taken before the refusal
+    with JobLeases([claim(tmp_path / "out")], LeaseHolder.this_process("next")):
+        pass
+
+
+def test_the_leases_are_released_when_ray_fails_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = RaySessionSpy()
+    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    with pytest.raises(ConnectionError, match="failed to start"):
+        hw.run(one_sink(tmp_path / "out"), executor="ray", checkpoint=hw.CheckpointConfig(dir=tmp_path / "chk"))
+    assert spy.entered == 1  # the leases were taken first, then Ray was tried
+    with JobLeases([claim(tmp_path / "chk", "the checkpoint directory"), claim(tmp_path / "out")],
+                   LeaseHolder.this_process("next")):
+        pass  # both free again
+
+
+def test_an_overlap_is_reported_as_a_conflict_before_any_lease_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = RaySessionSpy()
+    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    with pytest.raises(OwnershipConflictError, match="the checkpoint directory and sink step 'out'"):
+        hw.run(one_sink(tmp_path / "chk" / "out"), executor="ray", checkpoint=hw.CheckpointConfig(dir=tmp_path / "chk"))
+    assert spy.entered == 0
