@@ -43,6 +43,7 @@ from headwater.engine.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.ray_actors import await_death, kill_actors
 from headwater.engine.ray_coordinator import CoordinatorClient, CoordinatorService, Expired
 from headwater.engine.ray_placement import PLACEMENT_POLL_S, PlacementWait, place_subtasks
 from headwater.engine.ray_watch import WATCH, WATCH_CONCURRENCY, WorkerWatch
@@ -545,7 +546,7 @@ class RayJob:
             if succeeded and self.reusable:
                 self._release_all()
             else:
-                self._kill_all()
+                self._kill_all(confirm=self.checkpointing and not succeeded)
 
     def _result_of(self, ref: Any) -> list[SubtaskMetrics]:
         hosted = self.assignments[self.runs[ref]]
@@ -574,13 +575,13 @@ class RayJob:
         self._kill([w for w, ok in zip(self.workers, self.shared) if not ok])
         self._kill(POOL.give_back(self.ray, self.pool_key, shared))
 
-    def _kill_all(self) -> None:
+    def _kill_all(self, confirm: bool = False) -> None:
+        """Kill every worker. With ``confirm`` (a checkpointed attempt that failed), return only once they are
+        gone (:func:`~headwater.engine.ray_actors.await_death`)."""
         self._released = True
-        self._kill(self.workers)
+        kill_actors(self.ray, self.workers)
+        if confirm:
+            await_death(self.ray, self.workers)
 
     def _kill(self, workers: list[Any]) -> None:
-        for actor in workers:
-            try:
-                self.ray.kill(actor, no_restart=True)
-            except Exception:  # already dead
-                pass
+        kill_actors(self.ray, workers)
