@@ -190,6 +190,10 @@ def run_with_recovery(
             if timeout is not None:
                 delay = min(delay, max(0.0, timeout - (clock() - started)))
             sleep(delay)
+            if timeout is not None and clock() - started >= timeout:
+                log.error("job %s failed (%s; %s); not restarted: the run's timeout of %g s passed during the pause",
+                          plan.flow_name, verdict, cause, timeout)
+                raise
 
 
 def _explain_checkpoint_storage(error: HeadwaterError, config: CheckpointConfig) -> CheckpointError | None:

@@ -86,4 +86,5 @@ def test_an_abandoned_job_holds_its_leases_until_its_thread_ends_and_then_writes
     job = hw.start(_flow(release, []), executor="local", checkpoint=checkpoint)
     job.stop()
     result = job.wait(30)
-    assert result.last_checkpoint is not None and result.last_checkpoint.checkpoint_id == 3
+    # it resumed from checkpoint 2 (ids go on from there; a periodic checkpoint may come before the final one)
+    assert result.last_checkpoint is not None and result.last_checkpoint.checkpoint_id >= 3

@@ -174,14 +174,16 @@ class FailingAttempts:
         return JobResult.merge(self.plan, self.ran_for, [], False)
 
 
-def supervise(tmp_path: Path, failures: list[BaseException | None], timeout: float | None = None, **options: Any
-              ) -> tuple[FailingAttempts, FakeTime]:
+def supervise(tmp_path: Path, failures: list[BaseException | None], timeout: float | None = None,
+              seen: list[Any] | None = None, **options: Any) -> tuple[FailingAttempts, FakeTime]:
     flow = hw.Dataflow("f")
     flow.source("in", TestingSource([{"v": 1}])).sink("out", TestingSink(tmp_path / "out"))
     config = CheckpointConfig(dir=tmp_path / "chk", **options)
     time = FakeTime()
     plan = plan_flow(flow, executor="local")
     attempts = FailingAttempts(plan, failures, time)
+    if seen is not None:
+        seen.extend([attempts, time])  # for a test whose run raises
     backoff = RestartBackoff(config.max_restarts, config.restart_delay.total_seconds(),
                              config.max_restart_delay.total_seconds(), config.restart_reset_after.total_seconds(),
                              random_fraction=lambda: 0.0)
@@ -224,9 +226,13 @@ def test_no_restart_once_the_runs_timeout_has_passed(tmp_path: Path, caplog: pyt
 
 def test_a_restart_pause_does_not_run_past_the_runs_timeout(tmp_path: Path) -> None:
     crash = SimulatedCrashError("ABORT marker", step_id="in")
-    attempts, time = supervise(tmp_path, [crash, None], timeout=1.5, restart_delay=timedelta(seconds=10),
-                               max_restart_delay=timedelta(seconds=10))
-    assert attempts.started == 2 and time.slept == [0.5]
+    seen: list[Any] = []
+    with pytest.raises(SimulatedCrashError) as raised:
+        supervise(tmp_path, [crash, None], timeout=1.5, seen=seen, restart_delay=timedelta(seconds=10),
+                  max_restart_delay=timedelta(seconds=10))
+    attempts, time = seen
+    # the pause is cut at the deadline, and no attempt starts after it (it would end the run later still)
+    assert raised.value is crash and attempts.started == 1 and time.slept == [0.5]
 
 
 @pytest.mark.parametrize("code, words", [
