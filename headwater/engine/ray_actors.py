@@ -5,7 +5,10 @@ that matters, because a worker still alive could complete a checkpoint and commi
 has chosen the checkpoint to restart from; the restart's replay would then publish the same rows again (seen as
 duplicated window results in about 1 run in 10 of
 ``tests/integration/test_top_k_and_udaf.py::test_restored_top_k_and_udaf_state_gives_a_clean_runs_results``).
-So the driver confirms the deaths (:func:`await_death`) before it restores.
+So the driver confirms the deaths (:func:`await_death`) before it restores, and does not restart when it
+cannot (``RayJob._kill_all``). A death is what Ray's control service has recorded: a worker cut off from it by
+a network partition could still be running; fencing stale attempts by an epoch in the coordinator would close
+that too (not built yet).
 """
 
 from __future__ import annotations

@@ -580,8 +580,13 @@ class RayJob:
         gone (:func:`~headwater.engine.ray_actors.await_death`)."""
         self._released = True
         kill_actors(self.ray, self.workers)
-        if confirm:
-            await_death(self.ray, self.workers)
+        if confirm and not await_death(self.ray, self.workers, timeout=30.0):
+            raise JobFailedError(
+                "the workers of the failed attempt could not be confirmed gone within 30 s, so the job is not "
+                "restarted (a worker still alive could commit output that the restart would publish again). "
+                "Check that Ray's nodes are reachable (`ray status`), then run the job again: it resumes from its "
+                "latest checkpoint", transient=False,
+            )
 
     def _kill(self, workers: list[Any]) -> None:
         kill_actors(self.ray, workers)
