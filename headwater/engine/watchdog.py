@@ -17,11 +17,12 @@ Definitions (stated once, used by both executors):
   stalls, however long they last. Checkpoint state writes (``persist``) are bounded by the checkpoint timeout,
   not by the stall timeout (:data:`EXEMPT`).
 * A worker process that does not answer its ``activity`` call at all for ``max(stall_timeout,
-  UNANSWERED_MIN_S)`` ends the job with a *transient* :class:`~headwater.errors.JobFailedError`
-  (:func:`unanswered`), not a stall: nothing says a call is stuck — the process may be partitioned away,
-  swapping or dying (or a C extension holds the GIL), and a restart on a healthy worker may well succeed. The
-  error says what the worker last reported. Only a call known to be running that has not returned is a
-  :class:`~headwater.errors.StepStalledError` (deterministic).
+  UNANSWERED_MIN_S)`` ends the job (:func:`unanswered`). If it went silent while one of its subtasks was inside
+  a call into step code, that is a :class:`~headwater.errors.StepStalledError` (deterministic): a Python loop
+  would still let the watch thread answer, so the likeliest cause is code holding the GIL on this input, which
+  a restart would meet again. Otherwise (it was idle or waiting, or never answered) nothing says a call is
+  stuck — the process may be partitioned away, swapping or dying — and it is a *transient*
+  :class:`~headwater.errors.JobFailedError` naming what the worker last reported.
 """
 
 from __future__ import annotations
@@ -123,12 +124,25 @@ def find_stall(activities: Iterable[SubtaskActivity], stall_s: float | None) -> 
     )
 
 
-def unanswered(steps: list[tuple[str, int]], waited_s: float, last: Iterable[SubtaskActivity]) -> JobFailedError:
+def unanswered(
+    steps: list[tuple[str, int]], waited_s: float, last: Iterable[SubtaskActivity],
+) -> JobFailedError | StepStalledError:
     """A worker process did not answer ``activity`` for ``waited_s`` (``last``: what its subtasks reported
-    before). Transient: see the module docstring."""
+    before). See the module docstring: a stall when it went silent inside a call into step code, else
+    transient."""
     step_id, subtask = steps[0]
     names = ", ".join(f"{s!r} (subtask {i})" for s, i in steps)
     listed = list(last)
+    inside = [a for a in listed if a.busy_s is not None and not a.exempt]
+    if inside:
+        worst = max(inside, key=lambda a: a.busy_s or 0.0)
+        stalled_s = (worst.busy_s or 0.0) + waited_s
+        return StepStalledError(
+            f"stalled: {worst.doing} had run for {worst.busy_s:.1f} s when its worker stopped answering, "
+            f"{waited_s:.1f} s ago (code holding the GIL, e.g. a C extension that never returns); the job was "
+            "ended. Fix the step's code, or raise stall_timeout if one call may legitimately take this long",
+            step_id=worst.step_id, subtask=worst.subtask, activity=worst.doing, stalled_s=stalled_s,
+        )
     reported = "; ".join(a.describe() for a in listed) if listed else "nothing (it never answered)"
     return JobFailedError(
         f"the worker hosting step(s) {names} did not answer for {waited_s:.1f} s (its process may be partitioned "

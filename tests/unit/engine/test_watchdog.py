@@ -99,18 +99,25 @@ class _SilentRay:
         return [], refs
 
 
-def test_a_worker_that_does_not_answer_is_a_transient_failure_naming_what_it_last_reported() -> None:
-    from headwater.engine.failures import classify
+def _silent_watch(last: SubtaskActivity | None) -> tuple[Any, Any]:
     from headwater.engine.ray_watch import WorkerWatch
-    from headwater.errors import JobFailedError
 
     flow = hw.Dataflow("silent")
     flow.source("in", TestingSource([{"v": 1}])).map_batches(lambda b: b, step_id="m").sink("out", TestingSink())
     plan = plan_flow(flow, executor="local")
     stage = plan.stages[0].stage_id
     watch = WorkerWatch(_SilentRay(), plan, [object()], [[(stage, 0)]], stall_s=3.0)
-    watch.latest[(stage, 0)] = SubtaskActivity(stage, 0, "m", "map_batches: processing a batch of 1 rows", 1.5)
+    if last is not None:
+        watch.latest[(stage, 0)] = SubtaskActivity(stage, 0, last.step_id, last.doing, last.busy_s)
     watch._outstanding[0] = ("ref", time.monotonic() - 12.0)  # asked 12 s ago; the floor is 10 s
+    return plan, watch
+
+
+def test_a_worker_silent_while_waiting_is_a_transient_failure_naming_what_it_last_reported() -> None:
+    from headwater.engine.failures import classify
+    from headwater.errors import JobFailedError
+
+    plan, watch = _silent_watch(SubtaskActivity(0, 0, "m", "waiting for input"))
     with pytest.raises(JobFailedError) as raised:
         watch.poll()
     error = raised.value
@@ -118,4 +125,18 @@ def test_a_worker_that_does_not_answer_is_a_transient_failure_naming_what_it_las
     assert classify(error).transient
     assert (error.step_id, error.subtask) == (plan.stages[0].head, 0)
     assert "did not answer for 12.0 s" in str(error)
-    assert str(error).endswith("It last reported: step 'm' (subtask 0) map_batches: processing a batch of 1 rows for 1.5 s")
+    assert str(error).endswith("It last reported: step 'm' (subtask 0) waiting for input")
+
+
+def test_a_worker_silent_inside_a_step_call_is_a_stall_naming_it() -> None:
+    """Code holding the GIL (a Python loop would let the watch thread answer): a restart would meet it again."""
+    from headwater.engine.failures import classify
+
+    _, watch = _silent_watch(SubtaskActivity(0, 0, "m", "map_batches: processing a batch of 1 rows", 1.5))
+    with pytest.raises(StepStalledError) as raised:
+        watch.poll()
+    error = raised.value
+    assert not classify(error).transient
+    assert (error.step_id, error.activity) == ("m", "map_batches: processing a batch of 1 rows")
+    assert error.stalled_s == pytest.approx(13.5, abs=0.5)
+    assert "stopped answering" in str(error)
