@@ -76,10 +76,12 @@ class PlacementWait:
         what = f"{cpus:g} CPU(s) (num_cpus={cpus:g})" if cpus else "no CPUs of its own"
         return f"step {self.plan.stages[stage_id].head!r} (subtask {subtask}) asks for {what}"
 
+    def _node_cpus(self) -> list[float]:
+        return [float(n.get("Resources", {}).get("CPU", 0.0)) for n in self.ray.nodes() if n.get("Alive")]
+
     def largest_node_cpus(self) -> float:
         if self._largest is None:
-            self._largest = max((float(n.get("Resources", {}).get("CPU", 0.0)) for n in self.ray.nodes()
-                                 if n.get("Alive")), default=0.0)
+            self._largest = max(self._node_cpus(), default=0.0)
         return self._largest
 
     def check(self, waiting: list[int]) -> None:
@@ -97,6 +99,17 @@ class PlacementWait:
                     f"{largest:g} CPU(s). This process started the cluster, so no autoscaler can add a larger node "
                     "and the worker can never be placed. Lower the step's num_cpus, start the local cluster with "
                     "more CPUs (RunConfig.num_cpus), or run on a cluster with larger nodes (RunConfig.ray_address)",
+                    step_id=self.plan.stages[first[0]].head, subtask=first[1], transient=False,
+                )
+            needed, total = sum(c or 0.0 for c in self.cpus), sum(self._node_cpus())
+            if needed > total:
+                first = self.assignments[dedicated[0]][0]
+                raise JobFailedError(
+                    f"the job's workers ask for {needed:g} CPU(s) together (steps with num_cpus get one worker per "
+                    f"subtask: {'; '.join(self._describe(i) for i in dedicated)}, ...), but this Ray cluster has "
+                    f"{total:g}. This process started the cluster, so no autoscaler can add nodes and the job can "
+                    "never be placed. Lower num_cpus or the parallelism of those steps, or start the local cluster "
+                    "with more CPUs (RunConfig.num_cpus)",
                     step_id=self.plan.stages[first[0]].head, subtask=first[1], transient=False,
                 )
         now = time.monotonic()

@@ -86,6 +86,29 @@ def test_a_worker_too_big_for_a_cluster_started_here_fails_at_once_and_determini
     assert raised.value.step_id == "heavy" and not classify(raised.value).transient
 
 
+def _parallel_heavy(cpus: float) -> tuple[PlacementWait, list[int]]:
+    rows = [{"v": i} for i in range(10)]
+    flow = hw.Dataflow("wide")
+    flow.source("in", TestingSource(partitions=[rows[:5], rows[5:]])) \
+        .map_batches(lambda b: b, num_cpus=cpus, step_id="heavy").sink("out", TestingSink())
+    physical = plan(flow, RunConfig(parallelism=2), 2)
+    assignments = place_subtasks(physical)
+    worker_cpus = [physical.stages[a[0][0]].num_cpus if len(a) == 1 else None for a in assignments]
+    heavy = [i for i, c in enumerate(worker_cpus) if c]
+    return PlacementWait(_FakeRay(True), physical, assignments, worker_cpus, None), heavy
+
+
+def test_workers_that_fit_one_by_one_but_not_together_fail_at_once_on_a_cluster_started_here() -> None:
+    """num_cpus=2 at parallelism 2 on a 2-CPU machine: each worker fits the node, the job never does."""
+    wait, heavy = _parallel_heavy(cpus=2)
+    assert len(heavy) == 2
+    with pytest.raises(JobFailedError, match=r"ask for 4 CPU\(s\) together .* this Ray cluster has 2") as raised:
+        wait.check(heavy[1:])  # the first worker was placed; the second waits for CPUs that never come
+    assert not classify(raised.value).transient
+    fits, heavy = _parallel_heavy(cpus=1)
+    fits.check(heavy[1:])  # 2 CPUs for 2 workers: it waits (for CPUs other work holds), no error
+
+
 def test_on_a_joined_cluster_the_driver_waits_for_an_autoscaler_until_the_runs_deadline() -> None:
     wait, heavy = _waiting_for_heavy(here=False, deadline=time.monotonic() + 3600)
     wait.check(heavy)  # an autoscaler may add a 4-CPU node: no error before the deadline
