@@ -74,8 +74,16 @@ def start_local_ray(
         reaper.finish()
         restore_auth_environment(saved_auth)
         raise
-    reaper.started_ray()
+    reaper.started_ray(_session_dir(ray))
     return LocalRay(reaper, saved_auth)
+
+
+def _session_dir(ray: Any) -> str | None:
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    try:
+        return str(node.get_session_dir_path()) if node is not None else None
+    except Exception:  # noqa: BLE001 - a Ray without it: the environment marker alone
+        return None
 
 
 @contextmanager

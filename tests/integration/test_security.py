@@ -175,3 +175,23 @@ def test_marked_processes_finds_only_marked_ones() -> None:
     finally:
         marked.kill()
         other.kill()
+
+
+def test_processes_holding_a_file_under_the_session_directory_are_found(tmp_path: Path) -> None:
+    """Ray's processes rename themselves, which can overwrite the marker in their environment: the reaper
+    also finds them by the log files they keep open in the session directory."""
+    session = tmp_path / "session_1"
+    (session / "logs").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(session / 'logs' / 'a.log')!r}, 'w');"
+                               "import time; time.sleep(30)"])
+    other = subprocess.Popen([sys.executable, "-c", f"f = open({str(tmp_path / 'elsewhere.log')!r}, 'w');"
+                              "import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 5
+        while holder.pid not in marked_processes("none", [str(session)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = marked_processes("none", [str(session)])
+        assert holder.pid in found and other.pid not in found
+    finally:
+        holder.kill()
+        other.kill()
