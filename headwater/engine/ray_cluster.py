@@ -66,9 +66,9 @@ def start_local_ray(
     reaper = Reaper()
     reaper.start()
     try:
-        ray.init(
-            num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=include_dashboard,
-            dashboard_host="127.0.0.1", **init_options,
+        ray.init(  # address="local": always a new cluster, never one named by $RAY_ADDRESS (the reaper stops it)
+            address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+            include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **init_options,
         )
     except BaseException:
         reaper.finish()

@@ -14,7 +14,9 @@ holds the marker, waits briefly, and SIGKILLs what is left. Both signs are neede
 themselves (``ray::DashboardAgent``), which overwrites the start of their environment as ``/proc`` shows it,
 so the marker alone was missed about one run in three.
 
-Invariants: the reaper never signals its own process; the driver drops the marker from its own environment
+Invariants: the reaper never signals its own process nor the driver (after a normal ``ray.shutdown()`` the
+driver lives on, and it keeps its own Ray log files open); it looks only under directories named like Ray
+session directories (``session_*``); the driver drops the marker from its own environment
 right after ``ray.init`` so that processes it starts later (user subprocesses) are never reaped for it. A
 process of the user that merely has a Ray log open (``tail -f``) is stopped too. Linux only (``/proc``);
 elsewhere :meth:`Reaper.start` does nothing.
@@ -35,15 +37,16 @@ MARKER_ENV = "HEADWATER_RAY_OWNER"
 _GRACE_S = 2.0
 
 
-def marked_processes(marker: str, directories: Sequence[str] = ()) -> list[int]:
-    """Pids of this user's processes (never our own) whose environment holds ``MARKER_ENV=marker`` or that
-    hold a file open under one of ``directories``."""
+def marked_processes(marker: str, directories: Sequence[str] = (), spare: Sequence[int] = ()) -> list[int]:
+    """Pids of this user's processes (never our own, nor ``spare``) whose environment holds
+    ``MARKER_ENV=marker`` or that hold a file open under one of ``directories`` (Ray session directories only:
+    a path whose last part does not start with ``session_`` is ignored)."""
     needle = f"{MARKER_ENV}={marker}".encode()
-    prefixes = tuple(d.rstrip("/") + "/" for d in directories)
-    me = os.getpid()
+    prefixes = tuple(d.rstrip("/") + "/" for d in directories if Path(d).name.startswith("session_"))
+    skip = {os.getpid(), *spare}
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or int(entry.name) in skip:
             continue
         if _has_marker(entry, needle) or (prefixes and _holds_file_under(entry, prefixes)):
             pids.append(int(entry.name))
@@ -70,17 +73,18 @@ def _holds_file_under(entry: Path, prefixes: tuple[str, ...]) -> bool:
     return False
 
 
-def reap(marker: str, directories: Sequence[str] = (), grace: float = _GRACE_S) -> list[int]:
+def reap(marker: str, directories: Sequence[str] = (), spare: Sequence[int] = (), grace: float = _GRACE_S
+         ) -> list[int]:
     """SIGTERM the processes of :func:`marked_processes`, then SIGKILL those still alive after ``grace``;
     returns the pids found."""
-    found = marked_processes(marker, directories)
+    found = marked_processes(marker, directories, spare)
     for pid in found:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     alive = found
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [pid for pid in marked_processes(marker, directories) if pid in found]
+        alive = [pid for pid in marked_processes(marker, directories, spare) if pid in found]
     for pid in alive:
         _signal(pid, signal.SIGKILL)
     return found
@@ -140,8 +144,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m headwater.engine.ray_reaper MARKER", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the driver must not end the watch
+    driver = os.getppid()  # the driver started us; after a normal ray.shutdown() it is still alive
     directories = [line.decode(errors="replace").strip() for line in sys.stdin.buffer]  # until EOF: driver gone
-    reap(argv[0], [d for d in directories if d.startswith("/")])
+    reap(argv[0], [d for d in directories if d.startswith("/")], spare=[driver])
     return 0
 
 

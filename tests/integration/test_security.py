@@ -192,6 +192,10 @@ def test_processes_holding_a_file_under_the_session_directory_are_found(tmp_path
             time.sleep(0.05)
         found = marked_processes("none", [str(session)])
         assert holder.pid in found and other.pid not in found
+        # the driver is spared (it lives on after a normal shutdown and holds its own Ray logs), and only
+        # directories named like Ray sessions count (a stray "/tmp" must never make it stop everything)
+        assert holder.pid not in marked_processes("none", [str(session)], spare=[holder.pid])
+        assert holder.pid not in marked_processes("none", [str(tmp_path)])
     finally:
         holder.kill()
         other.kill()

@@ -27,6 +27,9 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray_auth, "_refresh_ray_config", lambda: None)
+    # no Ray session is started here: the reaper must not be told the session directory of a Ray this test
+    # process may host (the suite's shared cluster), or it would stop that cluster when the test ends
+    monkeypatch.setattr("headwater.engine.ray_cluster._session_dir", lambda ray: None)
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     return calls
