@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 from typing import Mapping
 
+from headwater.engine.private_files import create_private_file
 from headwater.errors import ConfigError
 
 log = logging.getLogger("headwater.checkpoint")
@@ -129,23 +130,7 @@ def _read_key_file(path: Path) -> CheckpointKey:
 
 
 def _create_key_file(path: Path) -> None:
-    """Write a new random key to ``path`` without ever exposing a partial or world-readable file: a private
-    temporary file, then a hard link that fails if another process created the key first (theirs wins)."""
-    directory = path.parent
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-    temporary = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(secrets.token_hex(32) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(temporary, path)
-            log.info("created the checkpoint key file %s (mode 0600); back it up to restore savepoints elsewhere", path)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write a new random key to ``path`` (:func:`~headwater.engine.private_files.create_private_file`: never a
+    partial or world-readable file; if another process created the key first, theirs wins)."""
+    if create_private_file(path, secrets.token_hex(32) + "\n"):
+        log.info("created the checkpoint key file %s (mode 0600); back it up to restore savepoints elsewhere", path)

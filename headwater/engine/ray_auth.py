@@ -29,6 +29,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from headwater.engine.private_files import create_private_file
+
 log = logging.getLogger("headwater.ray")
 
 TOKEN_FILE_ENV = "HEADWATER_RAY_TOKEN_FILE"
@@ -43,22 +45,18 @@ def default_token_file() -> Path:
 def ensure_token_file(path: Path | None = None) -> Path:
     """The token file, created (random 256-bit token) if missing, readable by its owner only."""
     path = path or default_token_file()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created = create_private_file(path, secrets.token_hex(32))
     parent_mode = stat.S_IMODE(path.parent.stat().st_mode)
     if parent_mode & 0o077:
         os.chmod(path.parent, parent_mode & 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            log.warning("Ray token file %s had mode %o; tightened to 0600", path, mode)
-            os.chmod(path, 0o600)
-        if not path.read_text().strip():
-            raise PermissionError(f"Ray token file {path} is empty; delete it to have a new token made") from None
+    if created:
         return path
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("Ray token file %s had mode %o; tightened to 0600", path, mode)
+        os.chmod(path, 0o600)
+    if not path.read_text().strip():
+        raise PermissionError(f"Ray token file {path} is empty; delete it to have a new token made")
     return path
 
 
