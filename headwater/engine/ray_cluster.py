@@ -43,8 +43,12 @@ class LocalRay:
         try:
             ray.shutdown()
         finally:
-            self.reaper.finish()
-            restore_auth_environment(self.saved_auth)
+            self.release()
+
+    def release(self) -> None:
+        """Let the reaper sweep and exit, and put the auth environment back (also when ``ray.init`` failed)."""
+        self.reaper.finish()
+        restore_auth_environment(self.saved_auth)
 
 
 def start_local_ray(
@@ -63,23 +67,27 @@ def start_local_ray(
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         init_options["_temp_dir"] = str(temp_dir)
-    reaper = Reaper()
-    reaper.start()
+    local = LocalRay(Reaper(), saved_auth)
+    local.reaper.start()
     try:
         ray.init(  # address="local": always a new cluster, never one named by $RAY_ADDRESS (the reaper stops it)
             address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
             include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **init_options,
         )
     except BaseException:
-        reaper.finish()
-        restore_auth_environment(saved_auth)
+        local.release()
         raise
-    reaper.started_ray(_session_dir(ray))
-    return LocalRay(reaper, saved_auth)
+    local.reaper.started_ray(_session_dir(ray))
+    return local
+
+
+def global_node(ray: Any) -> Any | None:
+    """Ray's node object of this process's session (private API: ``None`` when a Ray version lacks it)."""
+    return getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
 
 
 def _session_dir(ray: Any) -> str | None:
-    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    node = global_node(ray)
     try:
         return str(node.get_session_dir_path()) if node is not None else None
     except Exception:  # noqa: BLE001 - a Ray without it: the environment marker alone

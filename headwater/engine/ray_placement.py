@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.ray_cluster import global_node
 from headwater.errors import JobFailedError
 
 log = logging.getLogger("headwater.runner")
@@ -56,8 +57,7 @@ def place_subtasks(plan: PhysicalPlan) -> list[list[SubtaskId]]:
 def started_here(ray: Any) -> bool:
     """Whether this process started the Ray cluster (``ray.init()`` without an address: a head node of its
     own, with no autoscaler). ``False`` when it joined one, or when Ray does not say."""
-    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
-    return getattr(node, "head", False) is True
+    return getattr(global_node(ray), "head", False) is True
 
 
 class PlacementWait:
