@@ -22,10 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
-import headwater as hw  # noqa: E402
-from headwater.sinks import NullSink  # noqa: E402
 from keyed_source import KeyedSource  # noqa: E402
+
+import headwater as hw  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
+from headwater.sinks import NullSink  # noqa: E402
 
 
 def run_once(events: int, keys: int, parallelism: int, interval: float | None) -> dict:

@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from headwater.engine.checkpoint_key import CheckpointKey
-from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
+from headwater.engine.checkpoints.key import CheckpointKey
+from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 
 G = 128
 

@@ -50,14 +50,30 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (ALL_QUERIES, BENCH, ENGINES, HW_PY, HW_VENV, NO_DUMP, PEER_VENVS, REFERENCE,  # noqa: E402
-                     RESULTS, ROOT, RunnerError, csv_arg, log, machine, run_runner, source_commit)
+from harness import (  # noqa: E402
+    ALL_QUERIES,
+    BENCH,
+    ENGINES,
+    HW_PY,
+    HW_VENV,
+    NO_DUMP,
+    PEER_VENVS,
+    REFERENCE,
+    RESULTS,
+    ROOT,
+    RunnerError,
+    csv_arg,
+    log,
+    machine,
+    run_runner,
+    source_commit,
+)
 
 DEFAULT_EVENTS = 750_000
 DEFAULT_CAPS = "bytewax:q5=250000,pathway:q5=250000"
@@ -287,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     wall = time.perf_counter()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir: Path = args.out_dir
     work = out_dir / "tmp" / f"compare-{stamp}"
     work.mkdir(parents=True, exist_ok=True)

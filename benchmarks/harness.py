@@ -83,7 +83,7 @@ def run_process(name: str, cmd: list[str], out: Path, log_path: Path, timeout: f
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.wait()
-            raise RunnerError(f"{name}: timed out after {timeout:.0f} s (log: {log_path})")
+            raise RunnerError(f"{name}: timed out after {timeout:.0f} s (log: {log_path})") from None
     if code != 0 or not out.exists():
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise RunnerError(f"{name}: exit code {code} (log: {log_path})\n    " + "\n    ".join(tail))

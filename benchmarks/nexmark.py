@@ -36,16 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import nexmark_windowed as windowed  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from nexmark_queries import QUERIES, REFERENCES  # noqa: E402
 
-from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import headwater as hw  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from headwater.sources import NexmarkSource  # noqa: E402
 from headwater.sources.base import drain  # noqa: E402
-import nexmark_windowed as windowed  # noqa: E402
-from nexmark_queries import QUERIES, REFERENCES  # noqa: E402
 
 BID_SHARE = 46 / 50
 

@@ -14,15 +14,14 @@ import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from datetime import timedelta
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
 import headwater as hw  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
 from headwater.sources import NexmarkSource  # noqa: E402
 

@@ -8,20 +8,32 @@
 """
 
 from headwater.aggregations import (
-    Aggregation, Aggregator, count, count_distinct, first, last, max, max_by, mean, min, sum, top_k, udaf,
+    Aggregation,
+    Aggregator,
+    count,
+    count_distinct,
+    first,
+    last,
+    max,
+    max_by,
+    mean,
+    min,
+    sum,
+    top_k,
+    udaf,
 )
 from headwater.dataflow import Dataflow, KeyedStream, Stream, WindowedStream
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
-from headwater.engine.runner import plan_flow, run, start
 from headwater.errors import HeadwaterError
 from headwater.expressions import Expr, col, fn, lit, when
-from headwater.operators.lookup import LookupTable
+from headwater.runner import plan_flow, run, start
+from headwater.sources.lookup_table import LookupTable
 from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "RunConfig", "Stream",
+    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream",
     "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "top_k", "udaf", "when",
 ]

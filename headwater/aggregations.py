@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from headwater.errors import ConfigError, UnknownColumnError
-from headwater.expressions import _unknown_column_message
+from headwater.errors import ConfigError, UnknownColumnError, unknown_column_message
+
+Emit = Literal["updates", "final"]
+"""When a running aggregate emits: every update of a key, or only its final value at the end of input."""
 
 AggKind = Literal["count", "sum", "min", "max", "mean", "first", "last", "count_distinct", "max_by", "top_k", "udaf"]
 
@@ -46,7 +48,7 @@ class Aggregation:
             return pa.int64()
         for name in self.input_columns:
             if schema.get_field_index(name) < 0:
-                raise UnknownColumnError(f"{where}: {self.kind}(): {_unknown_column_message(name, schema.names)}")
+                raise UnknownColumnError(f"{where}: {self.kind}(): {unknown_column_message(name, schema.names)}")
         value_type = schema.field(self.column).type
         if self.kind == "max_by":
             return value_type

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
-from dataclasses import replace
-from datetime import timedelta
-
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
-from headwater.engine.runner import plan_flow, run
 from headwater.errors import HeadwaterError, PipelineNotFoundError
+from headwater.runner import plan_flow, run
 
 
 def load_dataflow(path: str | Path, name: str | None = None) -> Dataflow:

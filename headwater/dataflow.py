@@ -28,20 +28,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from headwater.aggregations import Aggregation
-from headwater.engine.logical_time import (
+from headwater.aggregations import Aggregation, Emit
+from headwater.errors import (
+    BuildError,
+    ConfigError,
+    DuplicateStepError,
+    InvalidStepIdError,
+    UnknownColumnError,
+    unknown_column_message,
+)
+from headwater.expressions import Expr, col, lit
+from headwater.logical import (
+    AggregateStep,
+    ChangelogLookupJoinStep,
     DeduplicateStep,
+    FilterStep,
     IntervalJoinStep,
     LateRecordsStep,
     LookupJoinStep,
-    WindowAggregateStep,
-    WindowJoinStep,
-)
-from headwater.engine.logical_lookup import ChangelogLookupJoinStep
-from headwater.operators.lookup import LookupTable
-from headwater.engine.logical import (
-    AggregateStep,
-    FilterStep,
     MapBatchesStep,
     MapRowsStep,
     ProjectStep,
@@ -49,12 +53,12 @@ from headwater.engine.logical import (
     SourceStep,
     Step,
     UnionStep,
+    WindowAggregateStep,
+    WindowJoinStep,
 )
-from headwater.errors import BuildError, ConfigError, DuplicateStepError, InvalidStepIdError, UnknownColumnError
-from headwater.expressions import Expr, _unknown_column_message, col, lit
-from headwater.operators.aggregate import Emit
 from headwater.sinks.base import Sink
 from headwater.sources.base import Source
+from headwater.sources.lookup_table import LookupTable
 from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow, Window
 
 _STEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -261,7 +265,7 @@ class Stream:
             for c in flat:
                 if schema.get_field_index(c) < 0:
                     raise UnknownColumnError(
-                        f"key_by after step {self.step_id!r}: {_unknown_column_message(c, schema.names)}"
+                        f"key_by after step {self.step_id!r}: {unknown_column_message(c, schema.names)}"
                     )
                 kind = schema.field(c).type
                 if pa.types.is_nested(kind) or pa.types.is_null(kind):
@@ -467,7 +471,7 @@ class WindowedStream:
         """Aggregates per window (and key), emitted when the watermark passes the window's end; results carry
         ``window_start`` and ``window_end``."""
         if isinstance(self.window, SessionWindow):
-            from headwater.engine.logical_time import SessionWindowStep
+            from headwater.logical import SessionWindowStep
 
             step: Step = SessionWindowStep(
                 self.stream._next_id("session_window", step_id), (self.stream.step_id,), keys=self.keys,

@@ -12,8 +12,9 @@ Every error the engine raises on purpose derives from :class:`HeadwaterError`. T
 
 from __future__ import annotations
 
+import difflib
 import pickle
-from typing import Any
+from typing import Any, Sequence
 
 
 class HeadwaterError(Exception):
@@ -206,3 +207,10 @@ class CheckpointValueError(RuntimeFailure):
     """A source position or sink commit token is not plain data, so checkpoint metadata (JSON, never pickle)
     cannot hold it; the message names the step and the type. Deterministic (raised with ``transient=False``):
     the connector must return plain data or register its token dataclass (docs/writing-operators.md)."""
+
+
+def unknown_column_message(name: str, available: Sequence[str]) -> str:
+    """The message of an :class:`UnknownColumnError`: the column, the closest existing name, and all names."""
+    hint = difflib.get_close_matches(name, available, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"unknown column {name!r}{suggestion} (available: {', '.join(available)})"

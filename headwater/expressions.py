@@ -14,7 +14,6 @@ Examples::
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.errors import ExpressionTypeError, UnknownColumnError
+from headwater.errors import ExpressionTypeError, UnknownColumnError, unknown_column_message
 
 
 def _floor_divide(left: Any, right: Any, checked: bool = True) -> Any:
@@ -184,7 +183,7 @@ class Col(Expr):
     def evaluate(self, batch: pa.RecordBatch) -> pa.Array:
         index = batch.schema.get_field_index(self.name)
         if index < 0:
-            raise UnknownColumnError(_unknown_column_message(self.name, batch.schema.names))
+            raise UnknownColumnError(unknown_column_message(self.name, batch.schema.names))
         return batch.column(index)
 
     def columns(self) -> set[str]:
@@ -340,12 +339,6 @@ _SYMBOLS = {
 
 def _wrap(value: Any) -> Expr:
     return value if isinstance(value, Expr) else Lit(value)
-
-
-def _unknown_column_message(name: str, available: Sequence[str]) -> str:
-    hint = difflib.get_close_matches(name, available, n=1)
-    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-    return f"unknown column {name!r}{suggestion} (available: {', '.join(available)})"
 
 
 def col(name: str) -> Col:

@@ -19,10 +19,10 @@ import pyarrow as pa
 
 from headwater.dataflow import Dataflow
 from headwater.engine.job import JobResult
-from headwater.engine.runner import run
 from headwater.errors import ConfigError
-from headwater.sources.base import Source, drain
+from headwater.runner import run
 from headwater.sinks.testing import TestingSink
+from headwater.sources.base import Source, drain
 from headwater.sources.testing import TestingSource
 
 __all__ = ["TestingSink", "TestingSource", "read_source", "run_local", "through_checkpoint_files"]

@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # Ray token authentication stays on (headwater.engine.ray_auth)
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # Ray token authentication stays on (headwater.engine.ray.auth)
 output="${HEADWATER_OUTPUT:-output/auction_analytics}"
 checkpoints="${HEADWATER_CHECKPOINTS:-.headwater/checkpoints/auction-analytics}"
 rm -rf "$output" "$checkpoints"   # a fresh run each time (the same directory would resume the last one)

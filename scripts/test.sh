@@ -9,5 +9,5 @@ if [ -x scripts/services.sh ]; then
   # shellcheck disable=SC1091
   [ -f scripts/services.env ] && . scripts/services.env
 fi
-export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # Ray token authentication stays on (headwater.engine.ray_auth)
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # Ray token authentication stays on (headwater.engine.ray.auth)
 exec .venv/bin/python -m pytest -p no:cacheprovider -q -ra --durations=15 "$@"

@@ -30,7 +30,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     Started as Headwater starts one (token authentication on, reaper), so the tests run as users do."""
     import ray
 
-    from headwater.engine.ray_cluster import start_local_ray
+    from headwater.engine.ray.cluster import start_local_ray
 
     local = None
     if not ray.is_initialized():

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import paced  # noqa: E402
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COLUMNS = {"q1": ["auction", "bidder", "price", "date_time", "extra"], "q5": ["auction", "date_time"]}
 
 
@@ -51,7 +51,7 @@ def _source(query: str, events_dir: str, rate: float, max_lag: float, state: dic
                 self.rows = list(zip(*cols))
             self.releaser = state["releaser"] = paced.Releaser(paced.Schedule(rate, times), times, max_lag)
 
-        def next_batch(self) -> List[tuple]:
+        def next_batch(self) -> list[tuple]:
             i, j = self.releaser.take()
             if j > i:
                 return self.rows[i:j]
@@ -59,18 +59,18 @@ def _source(query: str, events_dir: str, rate: float, max_lag: float, state: dic
                 raise StopIteration
             return []
 
-        def next_awake(self) -> Optional[datetime]:
+        def next_awake(self) -> datetime | None:
             due = self.releaser.next_due()
-            return None if due is None else datetime.fromtimestamp(due, tz=timezone.utc)
+            return None if due is None else datetime.fromtimestamp(due, tz=UTC)
 
         def snapshot(self) -> int:
             return self.releaser.next
 
     class PacedFile(FixedPartitionedSource):
-        def list_parts(self) -> List[str]:
+        def list_parts(self) -> list[str]:
             return ["paced"]
 
-        def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> PacedPartition:
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> PacedPartition:
             return PacedPartition()
 
     return PacedFile()
@@ -82,7 +82,7 @@ def _sink(query: str, log: paced.LatencyLog, digest: common.Digest | None) -> An
     key = 1 if query == "q5" else 3  # window_end / date_time
 
     class Stamp(StatelessSinkPartition):
-        def write_batch(self, items: List[tuple]) -> None:
+        def write_batch(self, items: list[tuple]) -> None:
             log.record(time.time(), [row[key] for row in items])
             if digest is not None:
                 digest.add_all(items)

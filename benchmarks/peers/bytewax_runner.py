@@ -37,9 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 BATCH = 65_536
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------------------------- connectors
@@ -63,7 +63,7 @@ def _source(events_dir: str, table: str, columns: list[str], aware: bool) -> Any
             self._batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=columns, use_threads=False)
             self._rows = 0
 
-        def next_batch(self) -> List[tuple]:
+        def next_batch(self) -> list[tuple]:
             batch = next(self._batches)  # StopIteration ends the partition
             cols = []
             for name in columns:
@@ -78,10 +78,10 @@ def _source(events_dir: str, table: str, columns: list[str], aware: bool) -> Any
             return self._rows
 
     class ParquetFiles(FixedPartitionedSource):
-        def list_parts(self) -> List[str]:
+        def list_parts(self) -> list[str]:
             return list(files)
 
-        def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> ParquetPartition:
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> ParquetPartition:
             return ParquetPartition(files[for_part])
 
     return ParquetFiles()
@@ -96,7 +96,7 @@ def _sink(query: str, partial_dir: str, verify: bool) -> Any:
             self.rows = 0
             self.digest = common.Digest(query) if verify else None
 
-        def write_batch(self, items: List[tuple]) -> None:
+        def write_batch(self, items: list[tuple]) -> None:
             self.rows += len(items)
             if self.digest is not None:
                 self.digest.add_all(items)

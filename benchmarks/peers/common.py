@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -67,7 +67,7 @@ Q8_SIZE_MS = 10_000
 Q1_RATE = 0.908
 Q2_MODULUS = 123
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MASK = (1 << 128) - 1
 
 
@@ -81,7 +81,7 @@ def ts_ms(value: Any) -> int:
         return value
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return calendar.timegm(value.timetuple()) * 1000 + value.microsecond // 1000
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
         return ts_ms(value.to_pydatetime())
@@ -299,7 +299,7 @@ class TreeRssMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-monitor", daemon=True)
 
-    def start(self) -> "TreeRssMonitor":
+    def start(self) -> TreeRssMonitor:
         self.sample()
         self._thread.start()
         return self

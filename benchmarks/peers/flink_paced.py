@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def _listener() -> socket.socket:
 
 def _ms(text: bytes) -> int:
     """'2026-01-01 00:00:10.000' (UTC) -> epoch ms."""
-    stamp = datetime.strptime(text.decode(), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    stamp = datetime.strptime(text.decode(), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
     return int(stamp.timestamp() * 1000)
 
 

@@ -41,7 +41,7 @@ RECEIVERS = 2
 
 
 def one_pass(batches: list[Any], max_key_groups: int) -> float:
-    from headwater.engine.partitioning import key_groups, owner_of, split_by_receiver
+    from headwater.core.state.key_groups import key_groups, owner_of, split_by_receiver
 
     started = time.process_time()
     for batch in batches:

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import common  # noqa: E402
+import paced  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-import common  # noqa: E402
-from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
-import paced  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 from headwater.sinks.base import Sink, SinkPartition  # noqa: E402
 from headwater.sources.base import Source, SourcePartition  # noqa: E402
 
@@ -45,7 +45,7 @@ COLUMNS = {"q1": ["auction", "bidder", "price", "date_time", "extra"], "q5": ["a
 
 
 class PacedPartition(SourcePartition):
-    def __init__(self, src: "PacedSource") -> None:
+    def __init__(self, src: PacedSource) -> None:
         self.src = src
         self.table = paced.load_bids(src.events_dir, src.columns)
         self.batch = self.table.to_batches()[0] if self.table.num_rows else None
@@ -96,7 +96,7 @@ class PacedSource(Source):
 
 
 class LatencyPartition(SinkPartition):
-    def __init__(self, sink: "LatencySink", index: int) -> None:
+    def __init__(self, sink: LatencySink, index: int) -> None:
         self.sink = sink
         self.index = index
         self.chunks: list[tuple[float, list[int]]] = []
@@ -133,7 +133,6 @@ class LatencySink(Sink):
 
 
 def setup() -> None:
-    import ray
 
     # the source and sink classes travel to Ray's workers, which must import `paced` and `common` too
     path = [str(HERE), str(ROOT / "examples"), str(ROOT), os.environ.get("PYTHONPATH", "")]
@@ -149,8 +148,9 @@ def teardown() -> None:
 
 
 def run_rate(args: Any, rate: float, events_dir: str) -> dict[str, Any]:
-    import headwater as hw
     from headwater_runner import STEP_IDS, _builder
+
+    import headwater as hw
 
     state_dir = tempfile.mkdtemp(prefix="headwater-paced-")
     try:

@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import common  # noqa: E402
-from headwater.engine.ray_cluster import start_local_ray  # noqa: E402
+
+from headwater.core.ports import MAIN_PORT  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 
 BATCH_SIZE = 131_072  # as benchmarks/nexmark.py (twice the engine default)
 
@@ -103,7 +105,7 @@ def exchange_stats(result: Any) -> dict[str, Any]:
     stages = {stage.stage_id: stage for stage in plan.stages}
     edges, rows, nbytes = [], 0, 0.0
     for edge in plan.edges:
-        if edge.partitioning == "forward" or edge.src_port != 0:
+        if edge.partitioning == "forward" or edge.src_port != MAIN_PORT:
             continue
         tail = stages[edge.src].tail
         sent = result.rows_out(tail)

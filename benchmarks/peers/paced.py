@@ -98,7 +98,7 @@ class Schedule:
                 "t0": self.t0}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Schedule":
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
         schedule = cls.__new__(cls)
         schedule.rate, schedule.first_ms, schedule.last_ms = data["rate"], data["first_ms"], data["last_ms"]
         schedule.speed, schedule.t0 = data["speed"], data["t0"]

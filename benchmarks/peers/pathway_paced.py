@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import sys
-from time import time as wall_clock
 from pathlib import Path
+from time import time as wall_clock
 from typing import Any
 
 HERE = Path(__file__).resolve().parent

@@ -29,7 +29,6 @@ writes to ``pw.io.null.write``; the verification run uses ``pw.io.subscribe`` fe
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import sys

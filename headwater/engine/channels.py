@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from headwater.engine.partitioning import key_groups, owner_of, split_by_receiver
+from headwater.core.state.key_groups import key_groups, owner_of, split_by_receiver
 from headwater.engine.plan import Edge
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
 from headwater.errors import ConfigError
 
 Executor = Literal["ray", "local"]
@@ -46,9 +46,9 @@ class RunConfig:
             batch, which makes event-time tests deterministic).
         tune_allocator: worker actors set glibc's mmap/trim thresholds so batch-sized temporaries stay on the
             heap instead of being mapped and faulted in again for every batch (see
-            :mod:`headwater.engine.allocator`); the in-process executor never changes them.
+            :mod:`headwater.engine.ray.allocator`); the in-process executor never changes them.
         reuse_workers: after a job without checkpointing ends successfully, keep its worker processes for the
-            driver's next job instead of starting new ones (see :mod:`headwater.engine.worker_pool`).
+            driver's next job instead of starting new ones (see :mod:`headwater.engine.ray.worker_pool`).
         stall_timeout: a step *stalls* when one call into its code (processing one batch, a watermark or a
             timer, reading one batch from a source partition, opening, finishing, a sink's prepare or commit)
             has not returned for this long; the job then fails with

@@ -1,6 +1,6 @@
 """Which failures a restart can cure, and how long to wait before one.
 
-A checkpointed job restarts from its latest checkpoint after a failure (:mod:`headwater.engine.recovery`).
+A checkpointed job restarts from its latest checkpoint after a failure (:mod:`headwater.engine.checkpoints.recovery`).
 That only helps when the cause is gone by the time the job runs again: a worker or node died, a broker or
 database hiccuped, a network call timed out. It never helps when the job would meet the same cause again:
 replaying the same input through the same code hits the same parse error, the same schema mismatch, the same

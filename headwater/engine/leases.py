@@ -42,7 +42,7 @@ import socket
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Iterable
 
@@ -67,7 +67,7 @@ class LeaseHolder:
     @classmethod
     def this_process(cls, job: str, run_id: str | None = None) -> LeaseHolder:
         return cls(job, run_id or uuid.uuid4().hex[:16], socket.gethostname(), os.getpid(),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   datetime.now(UTC).isoformat(timespec="seconds"))
 
     def describe(self) -> str:
         here = " (this process)" if self.pid == os.getpid() and self.host == socket.gethostname() else ""

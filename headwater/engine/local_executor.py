@@ -28,14 +28,14 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from headwater.engine.checkpoint_storage import CheckpointMetadata, SubtaskAck
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
+from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.config import RunConfig
-from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
-from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.engine.watchdog import SubtaskActivity, find_stall, log_checkpoint_timeout, stop_timeout
 from headwater.errors import JobFailedError
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-from headwater.engine.logical import SinkStep, Step
 from headwater.errors import ConfigError, OwnershipConflictError
+from headwater.logical import SinkStep, Step
 from headwater.sinks.base import SinkOwner
 
 

@@ -1,12 +1,15 @@
-"""The physical plan: stages (fused chains of steps, each run as ``parallelism`` subtasks) and the edges
-(partitioned channels) between them. It is plain data, so an executor can be tested on a hand-built plan.
+"""The physical plan: stages (fused chains of steps, each run as ``parallelism`` subtasks), the edges
+(partitioned channels) between them, and the factory of every step's operator. It is plain data, so an executor
+can be tested on a hand-built plan; executors build operators from the factories without knowing their classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from headwater.engine.logical import Partitioning, SourceStep, Step
+from headwater.core.operator import OperatorFactory
+from headwater.core.ports import MAIN_PORT
+from headwater.logical import Partitioning, SourceStep, Step
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,8 @@ class Edge:
     keys: tuple[str, ...] = ()
     input_index: int = 0
     columns: tuple[str, ...] | None = None  # projection applied by the sender (None: every column)
-    src_port: int = 0  # 0: the step's main output; 1: its side output (late records)
+    #: the output port of the source stage's last step this edge carries (see :mod:`headwater.core.ports`)
+    src_port: str = MAIN_PORT
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class PhysicalPlan:
     source_parts: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: per source step that need not produce every column: the columns it reads (in its schema's order)
     source_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: per step that is not a source: the factory of its operator (one call per subtask)
+    operators: dict[str, OperatorFactory] = field(default_factory=dict)
 
     def inputs_of(self, stage_id: int) -> list[Edge]:
         return [e for e in self.edges if e.dst == stage_id]
@@ -96,6 +102,6 @@ class PhysicalPlan:
         for edge in self.edges:
             keys = f" by ({', '.join(edge.keys)})" if edge.keys else ""
             columns = f" columns ({', '.join(edge.columns)})" if edge.columns is not None else ""
-            port = " (late records)" if edge.src_port else ""
+            port = f" ({edge.src_port} output)" if edge.src_port != MAIN_PORT else ""
             lines.append(f"  edge {edge.edge_id}: stage {edge.src}{port} -> stage {edge.dst} [{edge.partitioning}{keys}]{columns}")
         return "\n".join(lines)

@@ -26,20 +26,28 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from headwater.engine.arrays import same_columns
+from headwater.core.arrays import same_columns
+from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
+from headwater.core.operator import Operator, OperatorContext
+from headwater.core.ports import MAIN_PORT
+from headwater.core.state.key_groups import key_group_range
+from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
-from headwater.engine.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
+from headwater.engine.checkpoints.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
 from headwater.engine.config import RunConfig
-from headwater.engine.logical import SinkStep, SourceStep
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
-from headwater.engine.partitioning import key_group_range
 from headwater.engine.plan import PhysicalPlan
-from headwater.engine.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
-from headwater.engine.state import OperatorStateStore
+from headwater.engine.sink_operator import SinkOperator
 from headwater.engine.watchdog import Call, SubtaskActivity, activity_of
-from headwater.errors import BuildError, CheckpointError, HeadwaterError, RuntimeFailure, SchemaMismatchError, UserCodeError
-from headwater.operators.base import Operator, OperatorContext
-from headwater.operators.sink import SinkOperator
+from headwater.errors import (
+    BuildError,
+    CheckpointError,
+    HeadwaterError,
+    RuntimeFailure,
+    SchemaMismatchError,
+    UserCodeError,
+)
+from headwater.logical import SinkStep, SourceStep
 from headwater.sources.base import SourcePartition
 
 Outgoing = tuple[int, int, Message]
@@ -75,7 +83,7 @@ class SubtaskRuntime:
         head = plan.steps[self.stage.head]
         self.source_step: SourceStep | None = head if isinstance(head, SourceStep) else None
         operator_steps = self.stage.step_ids[1:] if self.source_step else self.stage.step_ids
-        self.operators: list[tuple[str, Operator]] = [(s, plan.steps[s].make_operator()) for s in operator_steps]
+        self.operators: list[tuple[str, Operator]] = [(s, plan.operators[s]()) for s in operator_steps]
         self.counters = {step_id: StepCounters() for step_id in self.stage.step_ids}
         #: the call into step code in progress (read by watchers in other threads; see the module docstring)
         self.call: Call | None = None
@@ -89,8 +97,12 @@ class SubtaskRuntime:
                        config.linger_seconds, plan.max_key_groups)
             for edge in plan.outputs_of(stage_id)
         ]
-        self.main_writers = [w for w in self.writers if w.edge.src_port == 0]
-        self.side_writers = [w for w in self.writers if w.edge.src_port == 1]
+        self.main_writers = [w for w in self.writers if w.edge.src_port == MAIN_PORT]
+        #: writers of the chain's last step's side outputs, by port (see headwater.core.ports)
+        self.side_writers: dict[str, list[EdgeWriter]] = {}
+        for writer in self.writers:
+            if writer.edge.src_port != MAIN_PORT:
+                self.side_writers.setdefault(writer.edge.src_port, []).append(writer)
         self.pending_ends: set[tuple[int, int]] = set()
         self.input_index: dict[int, int] = {}
         for edge in plan.inputs_of(stage_id):
@@ -105,7 +117,7 @@ class SubtaskRuntime:
         self._drain_on_end = True
         self.finished = False
         self.state_stores: dict[str, OperatorStateStore] = {}
-        # -- checkpointing (see headwater.engine.snapshots) --
+        # -- checkpointing (see headwater.engine.checkpoints.snapshots) --
         self.checkpointing = checkpointing
         self.restore = restore
         self.aligner = BarrierAligner()
@@ -116,7 +128,7 @@ class SubtaskRuntime:
         self.uncommitted: dict[str, list[tuple[int, Any]]] = {step_id: [] for step_id, _ in self.sinks}
         self.ended_parts: dict[str, Any] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
-        # -- event time (see headwater.engine.event_time) --
+        # -- event time (see headwater.core.event_time) --
         self.input_watermarks = InputWatermarks(set(self.pending_ends))
         self.watermark = MIN_WATERMARK
         self.source_watermarks: SourceWatermarks | None = None
@@ -183,7 +195,7 @@ class SubtaskRuntime:
         for _, partition in self.partitions:
             try:
                 partition.close()
-            except Exception:  # closing after a failure must not hide the failure
+            except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
                 pass
 
     def _guard(self, step_id: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -263,15 +275,18 @@ class SubtaskRuntime:
         return side + self._emit(batches, ingest_ns)
 
     def _side_output(self, position: int, ingest_ns: int) -> list[Outgoing]:
-        """Route the side output (late records) of the chain's last operator; others' is discarded."""
+        """Route the side outputs of the chain's last operator to the edges of their ports. A step whose side
+        port is read always ends its chain (the planner never fuses past it), so other operators' side outputs
+        have no reader and are discarded, as are ports nobody reads."""
         step_id, operator = self.operators[position]
-        taken = operator.take_side_output()
-        if not taken or position != len(self.operators) - 1 or not self.side_writers:
+        taken = operator.take_side_outputs()
+        if not taken or position != len(self.operators) - 1:
             return []
         out: list[Outgoing] = []
-        for b in taken:
-            for writer in self.side_writers:
-                out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, b, ingest_ns))
+        for port, batches in taken.items():
+            for writer in self.side_writers.get(port, ()):
+                for b in batches:
+                    out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, b, ingest_ns))
         return out
 
     def _advance_watermark(self, watermark: int, origin_ns: int = 0) -> list[Outgoing]:

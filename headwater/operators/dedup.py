@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.engine.event_time import MIN_WATERMARK, event_times_ms
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
-from headwater.engine.state import KeyedColumns, OperatorStateStore
-from headwater.operators.base import Operator, OperatorContext
+from headwater.core.event_time import MIN_WATERMARK, event_times_ms
+from headwater.core.operator import Operator, OperatorContext
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
+from headwater.core.state.store import KeyedColumns, OperatorStateStore
 
 _LAST = "last_passed"
 

@@ -6,10 +6,10 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from headwater.engine.arrays import same_columns
+from headwater.core.arrays import same_columns
+from headwater.core.operator import Operator, OperatorContext
 from headwater.errors import SchemaMismatchError
 from headwater.expressions import Expr, to_array
-from headwater.operators.base import Operator, OperatorContext
 
 
 class FilterOperator(Operator):

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 
-from headwater.engine.arrays import same_columns, schema_difference
+from headwater.core.arrays import same_columns, schema_difference
+from headwater.core.operator import Operator, OperatorContext
 from headwater.errors import SchemaMismatchError
-from headwater.operators.base import Operator, OperatorContext
 
 
 def to_batches(result: Any, schema: pa.Schema | None) -> list[pa.RecordBatch]:
@@ -108,7 +108,7 @@ class MapBatchesOperator(Operator):
         if callable(closer):
             try:
                 closer()
-            except Exception:  # close must not raise; the run's own error (if any) matters more
+            except Exception:  # noqa: BLE001 - close must not raise; the run's own error (if any) matters more
                 pass
 
 

@@ -74,7 +74,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from headwater.engine import plain_data
+from headwater.core import plain_data
 from headwater.errors import ConfigError, SinkError
 from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 
@@ -466,7 +466,7 @@ class ParquetSink(FileSink):
         try:
             pa.Codec(compression)
         except (ValueError, pa.ArrowException) as exc:
-            raise ConfigError(f"ParquetSink: unknown compression {compression!r} ({exc}); try 'zstd' or 'snappy'")
+            raise ConfigError(f"ParquetSink: unknown compression {compression!r} ({exc}); try 'zstd' or 'snappy'") from None
         self.compression = compression
 
     def _open_writer(self, stream: pa.NativeFile, schema: pa.Schema) -> _Writer:

@@ -38,7 +38,7 @@ class SourcePartition(ABC):
     def snapshot(self) -> Any:
         """Return the position to resume *after*: everything emitted so far is covered by it.
 
-        Must be small plain data (an offset, an index, an LSN; see :mod:`headwater.engine.plain_data`), never
+        Must be small plain data (an offset, an index, an LSN; see :mod:`headwater.core.plain_data`), never
         the data itself: checkpoint metadata is JSON, not pickle.
         """
 

@@ -46,7 +46,7 @@ import bisect
 import copy
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, Callable, Literal, Sequence
 
@@ -71,7 +71,7 @@ ID_LEAD = 10  # AUCTION_ID_LEAD and PERSON_ID_LEAD
 EVENTS_FOR_AUCTIONS = NUM_IN_FLIGHT_AUCTIONS * PROPORTION_DENOMINATOR // 3  # 1666
 NUM_CHANNELS = 10_000
 HOT_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
-DEFAULT_BASE_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT_BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 # Pool index of a uniform draw in [0, 20000): the first half maps onto the 4 hot channels, the second onto
 # ``channel-<k>`` (pool index 4 + k), i.e. the reference's ``nextInt(2) > 0 ? hot[nextInt(4)] : nextInt(10000)``.
@@ -269,10 +269,10 @@ class NexmarkSource(Source):
         self.rate = None if rate is None else float(rate)
         self.partitions = int(partitions)
         self.batch_size = int(batch_size)
-        self.base_time = base if base.tzinfo else base.replace(tzinfo=timezone.utc)
+        self.base_time = base if base.tzinfo else base.replace(tzinfo=UTC)
         self.event_rate = float(event_rate)
         self.bounded = events is not None
-        self._base_us = (self.base_time - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+        self._base_us = (self.base_time - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
         self._delay_us = 1e6 / self.event_rate
         seed_spread = _spread(np.array([self.seed % (1 << 64)], dtype=np.uint64))
         self._keys = [int(_hash(seed_spread, _SALTS[table] + i)[0]) for i in range(4)]

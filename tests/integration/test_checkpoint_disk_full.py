@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
-from headwater.engine import checkpoint_key
-from headwater.engine.checkpoint_storage import CheckpointStorage
+from headwater.engine.checkpoints import key as checkpoint_key
+from headwater.engine.checkpoints.storage import CheckpointStorage
 from headwater.errors import CheckpointError
 from headwater.testing import TestingSink, TestingSource
 

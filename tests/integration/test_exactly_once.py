@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import headwater as hw
-from headwater.engine.checkpoint_storage import METADATA, CheckpointStorage
+from headwater.engine.checkpoints.storage import METADATA, CheckpointStorage
 from headwater.errors import (
     CheckpointCorruptError,
     ConfigError,

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import headwater as hw
-from headwater.engine import runner
+from headwater import runner
 from headwater.engine.ownership import sink_owner
 from headwater.errors import DirectoryInUseError, SinkError, UserCodeError
 from headwater.sinks.files import FileSinkPartition, ParquetSink

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from headwater.engine.ray_actors import await_death, kill_actors
+from headwater.engine.ray.actors import await_death, kill_actors
 
 pytestmark = pytest.mark.ray
 

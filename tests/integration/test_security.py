@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from headwater.engine.ray_auth import ensure_token_file
-from headwater.engine.ray_reaper import MARKER_ENV, marked_processes
+from headwater.engine.ray.auth import ensure_token_file
+from headwater.engine.ray.reaper import MARKER_ENV, marked_processes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Worker processes of a finished job host the next job (headwater.engine.worker_pool), and only when safe."""
+"""Worker processes of a finished job host the next job (headwater.engine.ray.worker_pool), and only when safe."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
-from headwater.engine.worker_pool import POOL
+from headwater.engine.ray.worker_pool import POOL
 from headwater.errors import UserCodeError
 from headwater.testing import TestingSink, TestingSource
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.engine.partitioning import (
+from headwater.core.state.key_groups import (
     DEFAULT_MAX_KEY_GROUPS,
     key_group_range,
     key_groups,

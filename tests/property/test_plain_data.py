@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.engine import plain_data
-from headwater.engine.plain_data import PlainDataError
+from headwater.core import plain_data
+from headwater.core.plain_data import PlainDataError
 
 
 @plain_data.register(name="tests.Token")

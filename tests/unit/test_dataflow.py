@@ -367,5 +367,5 @@ def test_run_config_overrides() -> None:
     config = hw.RunConfig(executor="local").with_overrides(linger=0.5, parallelism=3)
     assert config.linger == timedelta(seconds=0.5) and config.linger_seconds == 0.5
     assert config.parallelism == 3 and config.executor == "local"
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-model error
         config.parallelism = 4  # type: ignore[misc]  # frozen

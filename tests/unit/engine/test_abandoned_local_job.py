@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
-from headwater.engine.checkpoint_storage import CheckpointStorage
+from headwater.engine.checkpoints.storage import CheckpointStorage
 from headwater.errors import DirectoryInUseError, StepStalledError
 from headwater.sinks.base import Sink, SinkPartition
 from headwater.testing import TestingSource

@@ -1,4 +1,4 @@
-"""Worker allocator settings (headwater.engine.allocator)."""
+"""Worker allocator settings (headwater.engine.ray.allocator)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from headwater.errors import ConfigError
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
 def test_thresholds_are_set_in_a_fresh_process() -> None:
     # In a child process: the pytest process keeps glibc's defaults.
-    code = "from headwater.engine.allocator import keep_batches_on_heap; print(keep_batches_on_heap())"
+    code = "from headwater.engine.ray.allocator import keep_batches_on_heap; print(keep_batches_on_heap())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
 

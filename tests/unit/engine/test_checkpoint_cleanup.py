@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
-from headwater.engine import checkpoint_key
-from headwater.engine.checkpoint_key import CheckpointKey
-from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, StateFile, SubtaskAck
+from headwater.engine.checkpoints import key as checkpoint_key
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.key import CheckpointKey
+from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, StateFile, SubtaskAck
 from headwater.engine.config import CheckpointConfig
-from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.runtime import SubtaskRuntime
 from headwater.errors import CheckpointCorruptError
 from headwater.testing import TestingSink, TestingSource

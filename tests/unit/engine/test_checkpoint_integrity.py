@@ -20,15 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from headwater.engine import checkpoint_key
-from headwater.engine.checkpoint_key import CheckpointKey, load_key
-from headwater.engine.checkpoint_metadata import canonical
-from headwater.engine.checkpoint_storage import METADATA, CheckpointMetadata, CheckpointStorage, SubtaskAck
+from headwater.core.state.store import OperatorStateStore
+from headwater.engine.checkpoints import key as checkpoint_key
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.key import CheckpointKey, load_key
+from headwater.engine.checkpoints.metadata import canonical
+from headwater.engine.checkpoints.recovery import load_restore_point
+from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
+from headwater.engine.checkpoints.storage import METADATA, CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
-from headwater.engine.coordinator import CheckpointCoordinator
-from headwater.engine.recovery import load_restore_point
-from headwater.engine.snapshots import PendingSnapshot, SubtaskRestore, persist
-from headwater.engine.state import OperatorStateStore
 from headwater.errors import CheckpointCorruptError, CheckpointError, CheckpointValueError, ConfigError
 
 G = 128

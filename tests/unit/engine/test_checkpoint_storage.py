@@ -13,7 +13,7 @@ from typing import Callable
 import pyarrow as pa
 import pytest
 
-from headwater.engine.checkpoint_storage import METADATA, CheckpointMetadata, CheckpointStorage, SubtaskAck
+from headwater.engine.checkpoints.storage import METADATA, CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.errors import CheckpointCorruptError
 
 G = 128
@@ -248,8 +248,8 @@ def test_prune_deletes_abandoned_checkpoints_older_than_the_oldest_kept(storage:
 
 
 def test_a_restored_watermark_is_the_subtasks_own_or_after_a_rescale_the_minimum(tmp_path) -> None:
-    from headwater.engine.checkpoint_storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
-    from headwater.engine.snapshots import SubtaskRestore
+    from headwater.engine.checkpoints.snapshots import SubtaskRestore
+    from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 
     acks = [SubtaskAck(1, stage_id=1, subtask=i, parallelism=2, watermarks={"w": w}) for i, w in ((0, 900), (1, 700))]
     acks.append(SubtaskAck(1, stage_id=0, subtask=0, parallelism=1))  # a source without fused operators

@@ -13,11 +13,11 @@ import pytest
 
 import headwater as hw
 from headwater.engine.channels import Barrier, DataMessage, EndOfStream
-from headwater.engine.checkpoint_storage import CheckpointStorage, SubtaskAck
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.snapshots import BarrierAligner
+from headwater.engine.checkpoints.storage import CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig, RunConfig
-from headwater.engine.coordinator import CheckpointCoordinator
 from headwater.engine.runtime import SubtaskRuntime
-from headwater.engine.snapshots import BarrierAligner
 from headwater.testing import TestingSink, TestingSource
 
 G = 128

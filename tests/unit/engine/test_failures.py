@@ -17,11 +17,10 @@ import pyarrow.csv as pacsv
 import pytest
 
 import headwater as hw
+from headwater.engine.checkpoints.recovery import run_with_recovery
 from headwater.engine.config import CheckpointConfig
 from headwater.engine.failures import RestartBackoff, classify, is_transient
 from headwater.engine.job import JobResult
-from headwater.engine.recovery import run_with_recovery
-from headwater.engine.runner import plan_flow
 from headwater.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -35,6 +34,7 @@ from headwater.errors import (
     StepStalledError,
     UserCodeError,
 )
+from headwater.runner import plan_flow
 from headwater.testing import TestingSink, TestingSource
 
 

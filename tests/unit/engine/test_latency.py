@@ -9,8 +9,8 @@ import pyarrow as pa
 import headwater as hw
 from headwater.engine.channels import DataMessage, Watermark
 from headwater.engine.config import RunConfig
-from headwater.engine.planner import plan
 from headwater.engine.runtime import SubtaskRuntime
+from headwater.planner import plan
 from headwater.sinks.null import NullSink
 from headwater.sources.testing import TestingSource
 

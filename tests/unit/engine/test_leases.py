@@ -161,7 +161,7 @@ class RaySessionSpy:
     def __init__(self) -> None:
         self.entered = 0
 
-    def __call__(self, config: object) -> "RaySessionSpy":
+    def __call__(self, config: object) -> RaySessionSpy:
         return self
 
     def __enter__(self) -> None:
@@ -182,7 +182,7 @@ def test_a_ray_run_on_a_directory_in_use_fails_before_ray_is_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = RaySessionSpy()
-    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    monkeypatch.setattr("headwater.runner.ray_session", spy)
     holder = LeaseHolder.this_process("first")
     with JobLeases([claim(tmp_path / "chk", "the checkpoint directory")], holder):
         started = time.monotonic()
@@ -197,7 +197,7 @@ def test_a_ray_run_on_a_directory_in_use_fails_before_ray_is_started(
 
 def test_the_leases_are_released_when_ray_fails_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spy = RaySessionSpy()
-    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    monkeypatch.setattr("headwater.runner.ray_session", spy)
     with pytest.raises(ConnectionError, match="failed to start"):
         hw.run(one_sink(tmp_path / "out"), executor="ray", checkpoint=hw.CheckpointConfig(dir=tmp_path / "chk"))
     assert spy.entered == 1  # the leases were taken first, then Ray was tried
@@ -210,7 +210,7 @@ def test_an_overlap_is_reported_as_a_conflict_before_any_lease_is_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = RaySessionSpy()
-    monkeypatch.setattr("headwater.engine.runner.ray_session", spy)
+    monkeypatch.setattr("headwater.runner.ray_session", spy)
     with pytest.raises(OwnershipConflictError, match="the checkpoint directory and sink step 'out'"):
         hw.run(one_sink(tmp_path / "chk" / "out"), executor="ray", checkpoint=hw.CheckpointConfig(dir=tmp_path / "chk"))
     assert spy.entered == 0

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
-from headwater.engine.planner import plan
 from headwater.engine.config import RunConfig
 from headwater.errors import BuildError, ConfigError, UnknownColumnError
+from headwater.planner import plan
 from headwater.testing import TestingSource
 
 ORDERS = pa.schema([("order", pa.int64()), ("user_id", pa.int64()), ("amount", pa.int64()), ("t", pa.int64())])

@@ -11,10 +11,10 @@ import pytest
 import headwater as hw
 from headwater.engine.config import RunConfig
 from headwater.engine.failures import classify
-from headwater.engine.planner import plan
-from headwater.engine.ray_executor import place_subtasks
-from headwater.engine.ray_placement import PlacementWait
+from headwater.engine.ray.executor import place_subtasks
+from headwater.engine.ray.placement import PlacementWait
 from headwater.errors import JobFailedError
+from headwater.planner import plan
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
 

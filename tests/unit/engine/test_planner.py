@@ -10,8 +10,8 @@ import pytest
 import headwater as hw
 from headwater.engine.config import RunConfig
 from headwater.engine.plan import Edge, PhysicalPlan, Stage
-from headwater.engine.planner import plan
 from headwater.errors import BuildError, ConfigError
+from headwater.planner import plan
 from headwater.testing import TestingSink, TestingSource
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.int64())])

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import ray
 
-from headwater.engine import ray_auth
 from headwater.engine.config import RunConfig
-from headwater.engine.ray_cluster import ray_session
+from headwater.engine.ray import auth as ray_auth
+from headwater.engine.ray.cluster import ray_session
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(ray_auth, "_refresh_ray_config", lambda: None)
     # no Ray session is started here: the reaper must not be told the session directory of a Ray this test
     # process may host (the suite's shared cluster), or it would stop that cluster when the test ends
-    monkeypatch.setattr("headwater.engine.ray_cluster._session_dir", lambda ray: None)
+    monkeypatch.setattr("headwater.engine.ray.cluster._session_dir", lambda ray: None)
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     return calls

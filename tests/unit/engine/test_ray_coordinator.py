@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from headwater.engine.checkpoint_storage import CheckpointStorage, SubtaskAck
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, Expired
+from headwater.engine.checkpoints.storage import CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
-from headwater.engine.coordinator import CheckpointCoordinator, Expired
-from headwater.engine.ray_coordinator import CoordinatorService
+from headwater.engine.ray.coordinator import CoordinatorService
 
 SUBTASKS = [(0, 0), (1, 0)]
 

@@ -1,6 +1,6 @@
 """Keyed and value state: snapshot -> restore round trips, and restores that keep only the subtask's key groups.
 
-The invariant under test (``headwater/engine/state.py``): a snapshot holds every key with its values and its key
+The invariant under test (``headwater/core/state/store.py``): a snapshot holds every key with its values and its key
 group, so restoring it into subtask ``i`` of ``p`` keeps exactly the keys whose group that subtask owns; splitting
 one snapshot over 1, 2 or 3 subtasks gives every key to exactly one of them, with its values.
 """
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS, key_group_range, key_groups
-from headwater.engine.state import KEY_GROUP_COLUMN, KeyedColumns, KeyedObjects, OperatorStateStore
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS, key_group_range, key_groups
+from headwater.core.state.store import KEY_GROUP_COLUMN, KeyedColumns, KeyedObjects, OperatorStateStore
 from headwater.errors import ConfigError, HeadwaterError, StateCompatibilityError
 
 G = DEFAULT_MAX_KEY_GROUPS

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 
 import headwater as hw
+from headwater.engine.checkpoints.snapshots import persist
 from headwater.engine.local_executor import LocalJob
-from headwater.engine.runner import plan_flow
-from headwater.engine.snapshots import persist
 from headwater.engine.watchdog import SubtaskActivity, activity_of, describe_call, find_stall, stop_timeout
 from headwater.errors import ConfigError, StepStalledError
+from headwater.runner import plan_flow
 from headwater.testing import TestingSink, TestingSource
 
 
@@ -100,7 +100,7 @@ class _SilentRay:
 
 
 def _silent_watch(last: SubtaskActivity | None) -> tuple[Any, Any]:
-    from headwater.engine.ray_watch import WorkerWatch
+    from headwater.engine.ray.watch import WorkerWatch
 
     flow = hw.Dataflow("silent")
     flow.source("in", TestingSource([{"v": 1}])).map_batches(lambda b: b, step_id="m").sink("out", TestingSink())

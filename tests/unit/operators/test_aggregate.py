@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import headwater as hw
 from headwater.aggregations import Aggregation
-from headwater.operators.aggregate import RunningAggregateOperator
-from headwater.operators.base import OperatorContext
+from headwater.core.operator import OperatorContext
+from headwater.operators.aggregation.aggregate import RunningAggregateOperator
 from headwater.testing import TestingSink, TestingSource, run_local
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.int64())])
@@ -150,7 +150,7 @@ def test_timestamp_min_and_max_keep_the_timestamp_type(unit: str) -> None:
     kind = pa.timestamp(unit, tz="UTC")
     schema = pa.schema([("k", pa.string()), ("t", kind)])
     op = operator(("k",), (("first", hw.min("t")), ("last", hw.max("t")), ("n", hw.count("t"))), schema)
-    day = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    day = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
     op.process(batch([{"k": "a", "t": day}, {"k": "a", "t": None}, {"k": "b", "t": None}], schema))
     (out,) = op.process(batch([{"k": "a", "t": day - dt.timedelta(days=1)}, {"k": "b", "t": None}], schema))
     assert out.schema.field("first").type == kind and out.schema.field("last").type == kind

@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater as hw
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS, key_group_range, key_groups
-from headwater.engine.state import KEY_GROUP_COLUMN, OperatorStateStore
+from headwater.core.operator import OperatorContext
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS, key_group_range, key_groups
+from headwater.core.state.store import KEY_GROUP_COLUMN, OperatorStateStore
 from headwater.errors import ChangelogError, StateCompatibilityError
-from headwater.operators.base import OperatorContext
-from headwater.operators.changelog_lookup import DELETE_OPS, IGNORED_OPS, ChangelogLookupJoinOperator, LatestRows
+from headwater.operators.joins.changelog_lookup import DELETE_OPS, IGNORED_OPS, ChangelogLookupJoinOperator, LatestRows
+from headwater.planner.operators import operator_factory
 from headwater.testing import TestingSource
 
 G = DEFAULT_MAX_KEY_GROUPS
@@ -61,7 +62,7 @@ def build(case: Case, how: str = "left", changelog_op: str | None = "op", **opti
     table = flow.source("table", TestingSource([], schema=case.table))
     probe.lookup_join(table, on=list(case.on), table_key=list(case.table_key), how=how, changelog_op=changelog_op,
                       step_id="join", **options)
-    operator = flow.steps["join"].make_operator()
+    operator = operator_factory(flow.steps["join"])()
     assert isinstance(operator, ChangelogLookupJoinOperator)
     operator.open(OperatorContext("join", 0, 1))
     return operator

@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.operators.accumulators import _group_codes, _Groups, _run_codes
+from headwater.operators.aggregation.accumulators import _group_codes, _Groups, _run_codes
 
 VALUES = st.lists(st.integers(-3, 3), min_size=1, max_size=50)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.operators.key_index import GeneralKeyIndex, IntegerKeyIndex, distinct_rows, make_key_index
+from headwater.core.state.key_index import GeneralKeyIndex, IntegerKeyIndex, distinct_rows, make_key_index
 
 FAST = settings(max_examples=80, deadline=None)
 COLUMNS = {

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from headwater.core.operator import OperatorContext
 from headwater.errors import SourceError
-from headwater.operators import lookup as lookup_module
-from headwater.operators.base import OperatorContext
-from headwater.operators.lookup import LookupJoinOperator, LookupTable
+from headwater.operators.joins import lookup as lookup_module
+from headwater.operators.joins.lookup import LookupJoinOperator, LookupTable
 
 
 def _operator(path: Path, key: tuple[str, ...], how: str) -> LookupJoinOperator:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater as hw
-from headwater.operators.accumulators import AccumulatorSet
+from headwater.operators.aggregation.accumulators import AccumulatorSet
 
 ROWS = st.lists(
     st.tuples(st.integers(0, 3), st.sampled_from(["x", "y", None]), st.one_of(st.none(), st.integers(-5, 5)),

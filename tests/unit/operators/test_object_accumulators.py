@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 import headwater as hw
 from headwater.aggregations import Aggregation
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
-from headwater.engine.state import OperatorStateStore
+from headwater.core.operator import OperatorContext
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
+from headwater.core.state.store import OperatorStateStore
 from headwater.errors import ConfigError, HeadwaterError, UnknownColumnError, UserCodeError
-from headwater.operators.accumulators import AccumulatorSet
-from headwater.operators.aggregate import RunningAggregateOperator
-from headwater.operators.base import OperatorContext
-from headwater.operators.window import WindowAggregateOperator
+from headwater.operators.aggregation.accumulators import AccumulatorSet
+from headwater.operators.aggregation.aggregate import RunningAggregateOperator
+from headwater.operators.windows.window import WindowAggregateOperator
 from headwater.testing import TestingSink, TestingSource, run_local, through_checkpoint_files
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.float64()), ("who", pa.string())])
@@ -122,7 +122,7 @@ def test_top_k_skips_nulls_and_nan_and_returns_short_or_empty_lists() -> None:
 
 
 @pytest.mark.parametrize("kind, values", [
-    (pa.timestamp("ns", tz="UTC"), [dt.datetime(2024, 1, d, tzinfo=dt.timezone.utc) for d in (3, 1, 2)]),
+    (pa.timestamp("ns", tz="UTC"), [dt.datetime(2024, 1, d, tzinfo=dt.UTC) for d in (3, 1, 2)]),
     (pa.date32(), [dt.date(2024, 1, d) for d in (3, 1, 2)]),
     (pa.decimal128(6, 2), [Decimal("1.25"), Decimal("-3.00"), Decimal("7.50")]),
     (pa.string(), ["pear", "apple", "zucchini"]),

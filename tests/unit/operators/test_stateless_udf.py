@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 import headwater as hw
+from headwater.core.operator import OperatorContext
 from headwater.errors import SchemaMismatchError, UserCodeError
-from headwater.operators.base import OperatorContext
 from headwater.operators.stateless import FilterOperator, ProjectOperator
 from headwater.operators.udf import MapBatchesOperator
 from headwater.testing import TestingSink, TestingSource, run_local

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater as hw
-from headwater.engine.partitioning import DEFAULT_MAX_KEY_GROUPS
-from headwater.engine.state import OperatorStateStore
-from headwater.operators import window as window_module
-from headwater.operators.base import OperatorContext
-from headwater.operators.window import WindowAggregateOperator, WindowPartialOperator
+from headwater.core.operator import OperatorContext
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
+from headwater.core.state.store import OperatorStateStore
+from headwater.operators.windows import window as window_module
+from headwater.operators.windows.window import WindowAggregateOperator, WindowPartialOperator
 from headwater.testing import through_checkpoint_files
 
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.int64()), ("t", pa.int64())])

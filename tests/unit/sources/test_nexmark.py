@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +17,7 @@ from headwater.sources import nexmark
 from headwater.sources.base import drain as drain_partition
 from headwater.sources.nexmark import HOT_CHANNELS, NexmarkPartition, NexmarkSource
 
-BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def drain(part: NexmarkPartition) -> list[pa.RecordBatch]:
@@ -86,8 +86,8 @@ def test_person_and_auction_ids_are_dense_and_timed_by_event_number() -> None:
 
 
 def test_event_time_is_base_plus_n_times_inter_event_delay_truncated_to_ms() -> None:
-    base = datetime(2030, 5, 6, 7, 8, 9, 250, tzinfo=timezone.utc)
-    base_us = (base - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    base = datetime(2030, 5, 6, 7, 8, 9, 250, tzinfo=UTC)
+    base_us = (base - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     persons = read_all(NexmarkSource("person", events=2_000, base_time=base, event_rate=3_000.0))
     for i, got in enumerate(persons["date_time"].to_pylist()):
         offset_us = int(50 * i * (1e6 / 3_000.0))  # person i is event 50 * i

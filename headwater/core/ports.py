@@ -1,0 +1,13 @@
+"""Names of the output ports of steps and operators (see :attr:`headwater.logical.base.Step.output_ports`).
+
+Every step has a main output; some have named side outputs, which a consumer reads with a side-output step
+(``stream.late_records()`` reads a window's ``"late"`` port). An operator returns its side outputs by port
+name from ``take_side_outputs()``; an edge of the physical plan carries the port it reads (``Edge.src_port``).
+Dead letters and quarantined records are further ports on the same mechanism.
+"""
+
+MAIN_PORT = "main"
+"""Every step's regular output."""
+
+LATE_PORT = "late"
+"""A window's input records that were too late for every window they belong to."""

@@ -1,0 +1,230 @@
+"""``hw.run`` / ``hw.start``: plan a dataflow and execute it on Ray (default) or in-process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from headwater.dataflow import Dataflow
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.recovery import run_with_recovery, settle_sinks
+from headwater.engine.checkpoints.snapshots import SubtaskRestore
+from headwater.engine.checkpoints.storage import CheckpointStorage
+from headwater.engine.config import CheckpointConfig, RunConfig
+from headwater.engine.job import JobResult
+from headwater.engine.leases import JobLeases, LeaseHolder
+from headwater.engine.local_executor import LocalJob
+from headwater.engine.metrics import SubtaskMetrics
+from headwater.engine.ownership import check_claims, job_claims
+from headwater.engine.plan import PhysicalPlan
+from headwater.engine.progress import ProgressDisplay
+from headwater.engine.ray.cluster import ray_session, ship_user_code
+from headwater.errors import ConfigError
+from headwater.logical import SinkStep
+from headwater.planner import plan
+
+log = logging.getLogger("headwater.runner")
+
+
+def make_config(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
+    if config is not None and not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a headwater RunConfig, got {type(config).__name__}")
+    return (config or RunConfig()).with_overrides(**options)
+
+
+def plan_flow(
+    flow: Dataflow, config: RunConfig | None = None, *, checkpoint_dir: str | None = None, **options: Any
+) -> PhysicalPlan:
+    """The physical plan ``run`` would execute (parallelism defaults to the machine's CPU count)."""
+    import os
+
+    config = make_config(config, options)
+    default = config.parallelism or (1 if config.executor == "local" else os.cpu_count() or 1)
+    return plan(flow, config, default, checkpoint_dir)
+
+
+def _user_objects(physical: PhysicalPlan) -> list[Any]:
+    objects: list[Any] = []
+    for step in physical.steps.values():
+        for attr in ("fn", "source", "sink"):
+            value = getattr(step, attr, None)
+            if value is not None:
+                objects.append(value)  # functions, classes and instances all name their defining module
+    return objects
+
+
+class RunningJob:
+    """Handle of a job: ``stop()`` gracefully (optionally with a savepoint), ``wait()`` for its result.
+
+    With a :class:`CheckpointConfig` the job is supervised: it restores from the latest checkpoint and is
+    restarted after recoverable failures (see :mod:`headwater.engine.checkpoints.recovery`).
+
+    The driver leases the checkpoint directory and every sink's directory (:mod:`headwater.engine.leases`)
+    when the job is made, before Ray is started or joined and before anything is settled, and releases them
+    when the run ends (after every restart attempt, also on failure, and when Ray fails to start);
+    ``hw.start`` raises at once when another run holds one. An
+    in-process job abandoned in a hung call (a stall, the stop grace) keeps them until its thread ends
+    (:meth:`LocalJob.after_exit`): until then it may still write.
+    """
+
+    def __init__(self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None) -> None:
+        if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
+            raise ConfigError(f"checkpoint must be a headwater CheckpointConfig, got {type(checkpoint).__name__}")
+        self.config = config
+        self.checkpoint = checkpoint
+        self._exit = ExitStack()
+        self._ray: Any = None
+        self._attempt: Any = None
+        self._attempts = 0
+        self._stop: tuple[bool] | None = None  # (savepoint,) once stop() was called
+        self._result: JobResult | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._deadline: float | None = None  # time.monotonic() at which a run with a timeout stops
+        checkpoint_dir = checkpoint.uri if checkpoint is not None else None
+        # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
+        # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
+        flow.validate()
+        claims = job_claims(flow.steps, checkpoint_dir)
+        check_claims(claims)  # an overlap is a conflict to report as such, not this process "holding" the lease
+        self.holder = LeaseHolder.this_process(flow.name)
+        try:
+            self._exit.enter_context(JobLeases(claims, self.holder))
+            if config.executor == "local":
+                self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
+            else:
+                self._ray = self._exit.enter_context(ray_session(config))
+                parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+                self.plan = plan(flow, config, parallelism, checkpoint_dir)
+                ship_user_code(_user_objects(self.plan))
+        except BaseException:
+            self._exit.close()
+            raise
+
+    def _start_attempt(self, restore: SubtaskRestore | None, first_id: int) -> Any:
+        coordinator = None
+        if self.checkpoint is not None:
+            subtasks = [(s.stage_id, i) for s in self.plan.stages for i in range(s.parallelism)]
+            coordinator = CheckpointCoordinator(
+                CheckpointStorage(self.checkpoint.uri), self.checkpoint, self.plan.flow_name, subtasks,
+                self.plan.max_key_groups, first_id,
+            )
+        if self.config.executor == "local":
+            attempt: Any = LocalJob(self.plan, self.config, coordinator, restore)
+        else:
+            from headwater.engine.ray.executor import RayJob
+
+            progress = ProgressDisplay(self.plan) if self.config.progress else None
+            attempt = RayJob(self.plan, self.config, self._ray, on_progress=progress, coordinator=coordinator,
+                             restore=restore, deadline=self._deadline)
+        self._attempt = attempt
+        self._attempts += 1
+        if self._stop is not None:
+            attempt.stop(*self._stop)
+        return attempt
+
+    def _wait(self, timeout: float | None) -> JobResult:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if self.checkpoint is not None:
+                return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
+            return self._run_once(timeout)
+        finally:
+            if isinstance(self._attempt, LocalJob):
+                self._attempt.after_exit(self._exit.close)  # an abandoned job's thread may still write
+            else:
+                self._exit.close()
+
+    def _run_once(self, timeout: float | None) -> JobResult:
+        """A run without checkpointing: nothing it staged can ever be committed later, so once it ended, also
+        after a failure, its sinks' staging is cleaned (with earlier runs' leftovers), while the leases are held."""
+        try:
+            result = self._start_attempt(None, 1).wait(timeout)
+        except BaseException:
+            try:
+                settle_sinks(self.plan, None)
+            except Exception:  # noqa: BLE001 - the run's own failure matters more
+                log.warning("job %s: cleaning up staged sink output after the failure failed", self.plan.flow_name,
+                            exc_info=True)
+            raise
+        for step in self.plan.steps.values():
+            if isinstance(step, SinkStep):
+                step.sink.clean_up(())  # every subtask committed; what is left in staging is earlier runs'
+        return result
+
+    def start_in_background(self) -> None:
+        def target() -> None:
+            try:
+                self._result = self._wait(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="headwater-job", daemon=True)
+        self._thread.start()
+        while self._attempt is None and self._thread.is_alive():
+            time.sleep(0.01)  # stop() and metrics() need the first attempt
+
+    def stop(self, savepoint: bool = False) -> None:
+        """Stop gracefully: sources stop, in-flight data drains, sinks commit. With checkpointing the job is
+        suspended with a final checkpoint (``savepoint=True`` keeps it as a savepoint: ``result.savepoint_path``)."""
+        if savepoint and self.checkpoint is None:
+            raise ConfigError("stop(savepoint=True) needs checkpointing: run with checkpoint=hw.CheckpointConfig(...)")
+        self._stop = (savepoint,)
+        if self._attempt is not None:
+            self._attempt.stop(savepoint)
+
+    def metrics(self) -> list[SubtaskMetrics]:
+        return self._attempt.metrics() if self._attempt is not None else []
+
+    @property
+    def attempt(self) -> int:
+        """How many attempts have started (1 + automatic restarts so far)."""
+        return self._attempts
+
+    def actors(self) -> dict[tuple[int, int], Any]:
+        """Ray actor handles of the current attempt's subtasks by (stage id, subtask) — for operations and
+        chaos testing (``ray.kill`` one to see the job recover). Empty for the in-process executor."""
+        return dict(getattr(self._attempt, "actors", {}))
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        if self._thread is None:
+            return self._wait(timeout)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.stop()
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def start(
+    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None, **options: Any
+) -> RunningJob:
+    """Start ``flow`` and return at once with a handle (``job.stop()``, ``job.wait()``)."""
+    job = RunningJob(flow, make_config(config, options), checkpoint)
+    job.start_in_background()
+    return job
+
+
+def run(
+    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None,
+    timeout: float | None = None, **options: Any,
+) -> JobResult:
+    """Run ``flow`` to completion and return its :class:`JobResult`.
+
+    Options are :class:`RunConfig` fields (``parallelism=2``, ``batch_size=...``, ``executor="local"``,
+    ``progress=True``, ...). Bounded sources end the run by themselves; an unbounded run ends with Ctrl-C
+    (graceful: in-flight data drains, sinks commit), ``job.stop()`` on a job from :func:`start`, or
+    ``timeout`` seconds (also graceful). Failures raise a :class:`~headwater.errors.HeadwaterError` naming
+    the step.
+
+    With ``checkpoint=hw.CheckpointConfig(dir=...)`` the run is exactly-once: state and source positions are
+    checkpointed every ``interval``, sinks commit per checkpoint, failures restart from the latest checkpoint,
+    and running again with the same ``dir`` resumes where the last run stopped.
+    """
+    return RunningJob(flow, make_config(config, options), checkpoint).wait(timeout)
