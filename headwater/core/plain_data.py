@@ -36,7 +36,7 @@ import base64
 import binascii
 import dataclasses
 import math
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 from headwater.errors import HeadwaterError
 
@@ -57,6 +57,14 @@ class PlainDataError(HeadwaterError, ValueError):
         super().__init__(f"{message} (at {where})" if where else message)
         self.reason = message
         self.where = where
+
+
+@overload
+def register(cls: T, *, name: str | None = None) -> T: ...
+
+
+@overload
+def register(cls: None = None, *, name: str | None = None) -> Callable[[T], T]: ...
 
 
 def register(cls: T | None = None, *, name: str | None = None) -> T | Callable[[T], T]:

@@ -53,7 +53,7 @@ from headwater.sources.base import SourcePartition
 Outgoing = tuple[int, int, Message]
 
 
-def _located(error: BaseException, step_id: str, subtask: int) -> RuntimeFailure:
+def _located(error: BaseException, step_id: str, subtask: int) -> HeadwaterError:
     """Attach the step and subtask to ``error`` (wrapping user exceptions in :class:`UserCodeError`)."""
     if isinstance(error, RuntimeFailure):
         if error.step_id is not None:

@@ -346,19 +346,24 @@ class NexmarkSource(Source):
         h2 = _hash(z, k[1]) if wanted & {"bidder", "channel"} else None
         h3 = _hash(z, k[2]) if wanted & {"price", "extra"} else None
         if "auction" in wanted:
+            assert h1 is not None
             last_auction = epoch * 3 + 2
             out["auction"] = np.where((h1 & np.uint64(1)) != 0, last_auction // HOT_BATCH * HOT_BATCH,
                                       _recent(last_auction, h1 >> _S32, NUM_IN_FLIGHT_AUCTIONS)) + FIRST_AUCTION_ID
         if "bidder" in wanted:
+            assert h1 is not None and h2 is not None
             out["bidder"] = np.where((h1 & np.uint64(6)) != 0, epoch // HOT_BATCH * HOT_BATCH + 1,
                                      _recent(epoch, h2 & _LOW32, NUM_ACTIVE_PEOPLE - 1)) + FIRST_PERSON_ID
         if "price" in wanted:
+            assert h3 is not None
             out["price"] = _price(h3)
         if "channel" in wanted:
+            assert h2 is not None
             out["channel"] = _CHANNEL_OF[_below(h2 >> _S32, 2 * NUM_CHANNELS)]
         if "ts" in wanted:
             out["ts"] = self._times_ms(n)
         if "extra" in wanted:
+            assert h3 is not None
             out["extra"] = (h3 & np.uint64(1023)).view(np.int64)
         return out
 
@@ -433,7 +438,7 @@ def _is_int(x: object) -> bool:
 
 
 def _positive(x: object) -> bool:
-    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    return bool(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x) and x > 0)
 
 
 class NexmarkPartition(SourcePartition):

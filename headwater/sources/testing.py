@@ -126,7 +126,7 @@ class _TestingPartition(SourcePartition):
         if isinstance(item, pa.RecordBatch):
             self.position += 1
             return item
-        rows = []
+        rows: list[dict[str, Any]] = []
         while (
             self.position < len(self.items)
             and isinstance(self.items[self.position], dict)

@@ -99,7 +99,7 @@ def _refresh_ray_config() -> None:
     """Ray caches its configuration (and the token) when first imported: make it read the environment again,
     as Ray itself does when it turns token mode on (``authentication_token_setup._enable_token_auth``)."""
     try:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, no stubs
     except ImportError:  # pragma: no cover - a Ray without token authentication
         return
     Config.initialize("")
