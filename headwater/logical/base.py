@@ -112,13 +112,16 @@ def event_time_type(schema: pa.Schema | None, event_time: tuple[str, int] | None
 
 def require_event_time(step: Step, inputs: list[Step]) -> tuple[str, int]:
     """The event time of ``step``'s first input; a :class:`BuildError` when any input has none."""
-    for upstream in inputs:
-        if upstream.event_time is None:
+    times = [upstream.event_time for upstream in inputs]
+    for upstream, time in zip(inputs, times):
+        if time is None:
             raise BuildError(
                 f"{step.where}: stream {upstream.step_id!r} has no event time; declare it on the source with "
                 "flow.source(..., event_time='column') (and keep that column through select)"
             )
-    return inputs[0].event_time  # type: ignore[return-value]
+    first = times[0]
+    assert first is not None
+    return first
 
 
 @dataclass(eq=False)

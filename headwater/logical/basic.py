@@ -4,7 +4,7 @@ See :mod:`headwater.logical.base` for the protocol every step follows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from headwater.sources.base import Source
 
 @dataclass(eq=False)
 class SourceStep(Step):
-    source: Source = field(default=None)  # type: ignore[assignment]
+    source: Source
     time_column: str | None = None
     out_of_orderness_ms: int = 0
     idle_timeout_ms: int | None = None
@@ -54,7 +54,7 @@ class SourceStep(Step):
 
 @dataclass(eq=False)
 class FilterStep(Step):
-    predicate: Expr = field(default=None)  # type: ignore[assignment]
+    predicate: Expr
 
     def __post_init__(self) -> None:
         self.kind = "filter"
@@ -122,7 +122,7 @@ class ProjectStep(Step):
 
 @dataclass(eq=False)
 class MapBatchesStep(Step):
-    fn: Callable[..., Any] | type = field(default=None)  # type: ignore[assignment]
+    fn: Callable[..., Any] | type
     concurrency: int | None = None
     cpus: float | None = None
     constructor_args: tuple[Any, ...] = ()
@@ -159,7 +159,7 @@ class MapBatchesStep(Step):
 
 @dataclass(eq=False)
 class MapRowsStep(Step):
-    fn: Callable[[dict[str, Any]], Any] = field(default=None)  # type: ignore[assignment]
+    fn: Callable[[dict[str, Any]], Any]
     flat: bool = False
     output_schema: pa.Schema | None = None
 
@@ -248,7 +248,7 @@ class UnionStep(Step):
 
 @dataclass(eq=False)
 class SinkStep(Step):
-    sink: Sink = field(default=None)  # type: ignore[assignment]
+    sink: Sink
 
     def __post_init__(self) -> None:
         self.kind = "sink"

@@ -43,7 +43,7 @@ class WindowJoinStep(Step):
 
     def bind(self, inputs: list[Step]) -> None:
         require_event_time(self, inputs)
-        self.input_times = tuple(i.event_time for i in inputs)  # type: ignore[misc]
+        self.input_times = tuple(i.event_time for i in inputs if i.event_time is not None)
         self.time_type = event_time_type(inputs[0].schema, inputs[0].event_time)
 
     def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:

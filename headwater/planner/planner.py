@@ -141,9 +141,9 @@ def plan(
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )
     source_parts = {
-        stage.stage_id: tuple(steps[stage.head].source.list_parts())  # type: ignore[attr-defined]
+        stage.stage_id: tuple(head.source.list_parts())
         for stage in stages
-        if isinstance(steps[stage.head], SourceStep)
+        if isinstance(head := steps[stage.head], SourceStep)
     }
     operators = {step_id: operator_factory(step) for step_id, step in steps.items() if not isinstance(step, SourceStep)}
     return PhysicalPlan(flow.name, steps, stages, edges, config.max_key_groups, source_parts,
