@@ -49,6 +49,7 @@ from headwater.logical import (
     MapBatchesStep,
     MapRowsStep,
     ProjectStep,
+    SessionWindowStep,
     SinkStep,
     SourceStep,
     Step,
@@ -471,8 +472,6 @@ class WindowedStream:
         """Aggregates per window (and key), emitted when the watermark passes the window's end; results carry
         ``window_start`` and ``window_end``."""
         if isinstance(self.window, SessionWindow):
-            from headwater.logical import SessionWindowStep
-
             step: Step = SessionWindowStep(
                 self.stream._next_id("session_window", step_id), (self.stream.step_id,), keys=self.keys,
                 window=self.window, aggregations=tuple(aggregations.items()),

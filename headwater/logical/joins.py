@@ -9,8 +9,7 @@ records must not clash with the probe's columns (unless ``suffix`` renames them)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -18,6 +17,8 @@ from headwater.core.arrays import join_key_type, join_tables
 from headwater.core.state.store import KEY_GROUP_COLUMN
 from headwater.errors import BuildError, ConfigError, UnknownColumnError, unknown_column_message
 from headwater.logical.base import Step, event_time_type, require_event_time
+from headwater.sources.lookup_table import LookupTable
+from headwater.windows import TumblingWindow
 
 
 @dataclass(eq=False)
@@ -26,7 +27,7 @@ class WindowJoinStep(Step):
 
     left_on: tuple[str, ...] = ()
     right_on: tuple[str, ...] = ()
-    window: Any = None
+    window: TumblingWindow | None = field(default=None, kw_only=True)  # None: an interval join
 
     def __post_init__(self) -> None:
         self.kind = "window_join"
@@ -102,7 +103,7 @@ class IntervalJoinStep(WindowJoinStep):
 
 @dataclass(eq=False)
 class LookupJoinStep(Step):
-    table: Any = None
+    table: LookupTable = field(kw_only=True)
     on: tuple[str, ...] = ()
     how: str = "left"
     columns: tuple[str, ...] | None = None

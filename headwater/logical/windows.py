@@ -4,8 +4,7 @@ protocol every step follows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -13,6 +12,7 @@ from headwater.aggregations import Aggregation
 from headwater.core.ports import LATE_PORT, MAIN_PORT
 from headwater.errors import BuildError, ConfigError, UnknownColumnError, unknown_column_message
 from headwater.logical.base import SideOutputStep, Step, event_time_type, require_event_time
+from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 
 @dataclass(eq=False)
@@ -20,7 +20,7 @@ class WindowAggregateStep(Step):
     """Tumbling/sliding window aggregation, keyed by ``keys`` (empty: one global window per time range)."""
 
     keys: tuple[str, ...] = ()
-    window: Any = None
+    window: TumblingWindow | SlidingWindow | SessionWindow = field(kw_only=True)
     aggregations: tuple[tuple[str, Aggregation], ...] = ()
     allowed_lateness_ms: int = 0
     #: Input rows are partial aggregates from a fused WindowPartialStep (set by the planner).
@@ -131,7 +131,7 @@ class WindowPartialStep(Step):
     """Local pre-aggregation of a window aggregate, fused into the upstream's actors (inserted by the planner):
     each batch becomes one partial row per (key, pane), so the shuffle carries partials instead of rows."""
 
-    target: Any = None
+    target: WindowAggregateStep = field(kw_only=True)
 
     def __post_init__(self) -> None:
         self.kind = "window_partial"
