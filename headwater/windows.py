@@ -1,4 +1,5 @@
-"""Event-time window specs and their vectorised assignment.
+"""Event-time window specs (what a window is; the window operators in :mod:`headwater.operators.windows` assign
+rows to windows).
 
 Times are integers in milliseconds since the epoch. A window ``[start, end)`` contains the events with
 ``start <= t < end``; its results carry ``window_start`` and ``window_end`` columns.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-
-import numpy as np
 
 from headwater.errors import ConfigError
 
@@ -45,16 +44,6 @@ class TumblingWindow:
         object.__setattr__(self, "size_ms", _millis(size, "TumblingWindow", s=seconds, m=minutes * 60,
                                                     ms=milliseconds / 1000))
 
-    @property
-    def max_windows_per_event(self) -> int:
-        return 1
-
-    def assign(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row index, window start) for every (event, window) pair."""
-        return np.arange(len(times)), (times // self.size_ms) * self.size_ms
-
-    def end_of(self, starts: np.ndarray | int) -> np.ndarray | int:
-        return starts + self.size_ms
 
     def __repr__(self) -> str:
         return f"TumblingWindow({self.size_ms} ms)"
@@ -76,20 +65,6 @@ class SlidingWindow:
         object.__setattr__(self, "size_ms", size_ms)
         object.__setattr__(self, "slide_ms", slide_ms)
 
-    @property
-    def max_windows_per_event(self) -> int:
-        return -(-self.size_ms // self.slide_ms)
-
-    def assign(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        count = self.max_windows_per_event
-        last = (times // self.slide_ms) * self.slide_ms
-        rows = np.repeat(np.arange(len(times)), count)
-        starts = np.repeat(last, count) - np.tile(np.arange(count, dtype=np.int64) * self.slide_ms, len(times))
-        keep = starts > np.repeat(times, count) - self.size_ms
-        return rows[keep], starts[keep]
-
-    def end_of(self, starts: np.ndarray | int) -> np.ndarray | int:
-        return starts + self.size_ms
 
     def __repr__(self) -> str:
         return f"SlidingWindow({self.size_ms} ms every {self.slide_ms} ms)"

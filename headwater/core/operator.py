@@ -11,23 +11,33 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from headwater.core.state.store import OperatorStateStore
+from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
+from headwater.core.state.store import OperatorStateStore
 
 
 @dataclass(frozen=True)
 class OperatorContext:
-    """Where an operator instance runs."""
+    """Where an operator instance runs.
+
+    Invariant: ``state`` is always a store. The runtime passes the subtask's own (over its key groups, restored
+    from a checkpoint and snapshotted by the engine); a context built without one (an operator unit test) gets
+    a fresh store over every key group of :data:`DEFAULT_MAX_KEY_GROUPS`, which nothing snapshots.
+    """
 
     step_id: str
     subtask: int
     parallelism: int
-    #: Where the operator declares its state (see :mod:`headwater.core.state.store`); the engine snapshots it.
-    state: OperatorStateStore | None = field(default=None, compare=False)
+    #: Where the operator declares its state (see :mod:`headwater.core.state.store`).
+    state: OperatorStateStore = field(default=None, compare=False)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            store = OperatorStateStore(self.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+            object.__setattr__(self, "state", store)
 
 
 class Operator(ABC):

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 
 from headwater.core.event_time import MIN_WATERMARK, event_times_ms
 from headwater.core.operator import Operator, OperatorContext
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
 from headwater.core.state.store import KeyedColumns, OperatorStateStore
 
 _LAST = "last_passed"
@@ -35,7 +34,7 @@ class DeduplicateOperator(Operator):
         self.dropped = 0
 
     def open(self, ctx: OperatorContext) -> None:
-        self._store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        self._store = ctx.state
         self.state = self._store.keyed_columns("seen", self.keys)
         self.state.add_column(_LAST, np.int64, MIN_WATERMARK)
 

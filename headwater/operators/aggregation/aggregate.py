@@ -27,8 +27,7 @@ import pyarrow as pa
 
 from headwater.aggregations import Aggregation, Emit
 from headwater.core.operator import Operator, OperatorContext
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
-from headwater.core.state.store import KeyedColumns, OperatorStateStore
+from headwater.core.state.store import KeyedColumns
 from headwater.operators.aggregation.accumulators import AccumulatorSet
 
 
@@ -50,7 +49,7 @@ class RunningAggregateOperator(Operator):
         self._accumulators = AccumulatorSet(self.aggregations)
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self._state = store.keyed_columns("accumulators", self.keys)
         if self._input_schema is not None:
             self._accumulators.declare(self._state, self._input_schema)

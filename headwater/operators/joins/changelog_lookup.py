@@ -32,9 +32,9 @@ import pyarrow.compute as pc
 
 from headwater.core.arrays import as_int64
 from headwater.core.operator import Operator, OperatorContext
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS, key_groups
+from headwater.core.state.key_groups import key_groups
 from headwater.core.state.key_index import distinct_rows, make_key_index
-from headwater.core.state.store import KEY_GROUP_COLUMN, OperatorStateStore
+from headwater.core.state.store import KEY_GROUP_COLUMN
 from headwater.errors import ChangelogError, StateCompatibilityError
 
 #: Change kinds (lower-cased) that insert or replace the key's row: Debezium's create/read/update, SQL words,
@@ -246,7 +246,7 @@ class ChangelogLookupJoinOperator(Operator):
         self.misses = 0
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self.table = store.register("table", LatestRows(self.table_key, self.key_types, self.value_schema,
                                                         store.max_key_groups))
 

@@ -18,8 +18,6 @@ import pyarrow.compute as pc
 from headwater.core.arrays import join_tables
 from headwater.core.event_time import MIN_WATERMARK, event_times_ms
 from headwater.core.operator import Operator, OperatorContext
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
-from headwater.core.state.store import OperatorStateStore
 from headwater.operators.joins.window_join import WindowRows
 
 _TIME = "__time"
@@ -37,7 +35,7 @@ class IntervalJoinOperator(Operator):
         self.buffers: tuple[WindowRows, WindowRows] | None = None
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self.buffers = (
             store.register("left", WindowRows(self.on[0], store.max_key_groups)),
             store.register("right", WindowRows(self.on[1], store.max_key_groups)),

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 from headwater.core.arrays import join_tables
 from headwater.core.event_time import MIN_WATERMARK, event_times_ms, split_missing_times, time_array
 from headwater.core.operator import Operator, OperatorContext
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS, key_groups
-from headwater.core.state.store import KEY_GROUP_COLUMN, OperatorStateStore
+from headwater.core.state.key_groups import key_groups
+from headwater.core.state.store import KEY_GROUP_COLUMN
 from headwater.windows import TumblingWindow
 
 _WINDOW = "__window"
@@ -74,7 +74,7 @@ class WindowJoinOperator(Operator):
         self.late = 0
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self.sides = (
             store.register("left", WindowRows(self.on[0], store.max_key_groups)),
             store.register("right", WindowRows(self.on[1], store.max_key_groups)),

@@ -27,8 +27,7 @@ from headwater.core.arrays import as_int64, is_integer_like
 from headwater.core.event_time import MIN_WATERMARK, event_times_ms, split_missing_times, time_array
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.ports import LATE_PORT
-from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
-from headwater.core.state.store import KeyedObjects, OperatorStateStore
+from headwater.core.state.store import KeyedObjects
 from headwater.operators.aggregation.accumulators import AccumulatorSet
 from headwater.operators.aggregation.object_accumulators import object_array
 from headwater.operators.windows.window import ALL, MAX_WATERMARK, late_rows
@@ -82,7 +81,7 @@ class SessionWindowOperator(Operator):
         self._combiners = [partial(_combine, f) for _, f, _ in self._names] + [o.merge_pair for o in self._objects]
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self.sessions = store.keyed_objects("sessions", self.keys)
         if self.input_schema is not None:
             self.accumulators.declare(_Sink(), self.input_schema)

@@ -44,7 +44,7 @@ from headwater.core.event_time import MIN_WATERMARK, event_times_ms, split_missi
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.ports import LATE_PORT
 from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
-from headwater.core.state.store import KeyedColumns, OperatorStateStore
+from headwater.core.state.store import KeyedColumns
 from headwater.operators.aggregation.accumulators import AccumulatorSet
 from headwater.operators.aggregation.object_accumulators import object_array
 from headwater.windows import SlidingWindow, TumblingWindow
@@ -139,7 +139,7 @@ class WindowAggregateOperator(Operator):
         self._pending_limit = PARTIAL_BUFFER_ROWS  # compact the buffer at this many rows
 
     def open(self, ctx: OperatorContext) -> None:
-        store = ctx.state or OperatorStateStore(ctx.step_id, DEFAULT_MAX_KEY_GROUPS, range(DEFAULT_MAX_KEY_GROUPS))
+        store = ctx.state
         self.state = store.register("panes", PaneState(self.keys, store.max_key_groups))
         self.state.before_snapshot = self._merge_pending_quietly
         if self.input_schema is not None:
