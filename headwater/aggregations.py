@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Callable, Literal
 
 import pyarrow as pa
 
@@ -21,20 +22,46 @@ from headwater.errors import ConfigError, UnknownColumnError, unknown_column_mes
 Emit = Literal["updates", "final"]
 """When a running aggregate emits: every update of a key, or only its final value at the end of input."""
 
-AggKind = Literal["count", "sum", "min", "max", "mean", "first", "last", "count_distinct", "max_by", "top_k", "udaf"]
+class AggregationKind(StrEnum):
+    """What an :class:`Aggregation` computes. Each kind's facts are defined once, in :data:`KIND_FACTS` (here,
+    at the spec level) and in the accumulator registry of :mod:`headwater.operators.aggregation.accumulators`
+    (how it is computed); nothing else dispatches on the kind. The values are the DSL names (``hw.count``...)."""
+
+    COUNT = "count"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    MEAN = "mean"
+    FIRST = "first"
+    LAST = "last"
+    COUNT_DISTINCT = "count_distinct"
+    MAX_BY = "max_by"
+    TOP_K = "top_k"
+    UDAF = "udaf"
 
 
 @dataclass(frozen=True)
 class Aggregation:
     """One aggregate over one column (``column=None`` only for ``count()``: count rows)."""
 
-    kind: AggKind
+    kind: AggregationKind
     column: str | None = None
     by: str | None = None  # max_by: the column whose maximum selects the row; top_k: the column that ranks rows
     k: int | None = None  # top_k: how many values to keep
     ascending: bool = False  # top_k: keep the smallest instead of the largest
-    aggregator: Any = field(default=None, hash=False)  # udaf: the user's Aggregator
+    aggregator: Any = field(default=None, hash=False)  # udaf: the user's Aggregator (any object with its methods)
     columns: tuple[str, ...] = ()  # udaf: every column passed to add() (``column`` is the first)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", AggregationKind(self.kind))
+        except ValueError:
+            raise ConfigError(f"unknown aggregation kind {self.kind!r}; use one of "
+                              f"{', '.join(k.value for k in AggregationKind)}") from None
+
+    @property
+    def facts(self) -> KindFacts:
+        return KIND_FACTS[self.kind]
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -49,49 +76,98 @@ class Aggregation:
         for name in self.input_columns:
             if schema.get_field_index(name) < 0:
                 raise UnknownColumnError(f"{where}: {self.kind}(): {unknown_column_message(name, schema.names)}")
-        value_type = schema.field(self.column).type
-        if self.kind == "max_by":
-            return value_type
-        if self.kind == "udaf":
-            return self.aggregator.output_type
-        if self.kind == "top_k":
-            for name in self.input_columns:
-                kind = schema.field(name).type
-                if not _orderable(kind):
-                    raise ConfigError(
-                        f"{where}: {self!r}: column {name!r} is {kind}, which top_k() cannot order; it ranks "
-                        "numbers, strings, binary, booleans and temporal values (cast the column first, e.g. "
-                        f"hw.col({name!r}).cast('float64'))"
-                    )
-            return pa.list_(value_type)
-        if self.kind in ("count", "count_distinct"):
-            return pa.int64()
-        if self.kind in ("first", "last"):
-            return value_type
-        numeric = pa.types.is_integer(value_type) or pa.types.is_floating(value_type)
-        temporal = pa.types.is_timestamp(value_type) or pa.types.is_date(value_type)
-        if self.kind in ("min", "max") and (numeric or temporal):
-            return value_type
-        if not numeric:
-            raise ConfigError(
-                f"{where}: {self.kind}({self.column!r}) needs a numeric column, but {self.column!r} is "
-                f"{value_type}; cast it first (hw.col({self.column!r}).cast('float64')) or use count()"
-            )
-        if self.kind == "sum":
-            return pa.int64() if pa.types.is_integer(value_type) else pa.float64()
-        if self.kind == "mean":
-            return pa.float64()
-        return value_type
+        return self.facts.output_type(self, schema, schema.field(self.column).type, where)
 
     def __repr__(self) -> str:
-        if self.kind == "max_by":
-            return f"max_by({self.column!r}, {self.by!r})"
-        if self.kind == "top_k":
-            options = (f", by={self.by!r}" if self.by else "") + (", ascending=True" if self.ascending else "")
-            return f"top_k({self.column!r}, {self.k}{options})"
-        if self.kind == "udaf":
-            return f"udaf({type(self.aggregator).__name__}, {', '.join(map(repr, self.columns))})"
+        describe = self.facts.describe
+        if describe is not None:
+            return describe(self)
         return f"{self.kind}({self.column!r})" if self.column is not None else f"{self.kind}()"
+
+
+# -- the facts of each kind ---------------------------------------------------------------------------------
+def _same(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    return value_type
+
+
+def _int64(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    return pa.int64()
+
+
+def _numeric(agg: Aggregation, value_type: pa.DataType, where: str) -> None:
+    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        raise ConfigError(
+            f"{where}: {agg.kind}({agg.column!r}) needs a numeric column, but {agg.column!r} is "
+            f"{value_type}; cast it first (hw.col({agg.column!r}).cast('float64')) or use count()"
+        )
+
+
+def _extreme(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    if not (pa.types.is_timestamp(value_type) or pa.types.is_date(value_type)):
+        _numeric(agg, value_type, where)
+    return value_type
+
+
+def _sum(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    _numeric(agg, value_type, where)
+    return pa.int64() if pa.types.is_integer(value_type) else pa.float64()
+
+
+def _mean(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    _numeric(agg, value_type, where)
+    return pa.float64()
+
+
+def _top_k(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    for name in agg.input_columns:
+        kind = schema.field(name).type
+        if not _orderable(kind):
+            raise ConfigError(
+                f"{where}: {agg!r}: column {name!r} is {kind}, which top_k() cannot order; it ranks "
+                "numbers, strings, binary, booleans and temporal values (cast the column first, e.g. "
+                f"hw.col({name!r}).cast('float64'))"
+            )
+    return pa.list_(value_type)
+
+
+def _udaf(agg: Aggregation, schema: pa.Schema, value_type: pa.DataType, where: str) -> pa.DataType:
+    output: pa.DataType = agg.aggregator.output_type
+    return output
+
+
+def _describe_top_k(agg: Aggregation) -> str:
+    options = (f", by={agg.by!r}" if agg.by else "") + (", ascending=True" if agg.ascending else "")
+    return f"top_k({agg.column!r}, {agg.k}{options})"
+
+
+@dataclass(frozen=True)
+class KindFacts:
+    """What the spec layer knows about a kind (how it is accumulated lives with the operators)."""
+
+    #: checks the input column's type and gives the result type: (spec, schema, column type, where) -> type
+    output_type: Callable[[Aggregation, pa.Schema, pa.DataType, str], pa.DataType]
+    #: accumulated per key as Python objects (top_k, udaf) rather than in typed state columns
+    holds_objects: bool = False
+    #: a custom repr (``None``: ``kind(column)``)
+    describe: Callable[[Aggregation], str] | None = None
+
+
+KIND_FACTS: dict[AggregationKind, KindFacts] = {
+    AggregationKind.COUNT: KindFacts(_int64),
+    AggregationKind.SUM: KindFacts(_sum),
+    AggregationKind.MIN: KindFacts(_extreme),
+    AggregationKind.MAX: KindFacts(_extreme),
+    AggregationKind.MEAN: KindFacts(_mean),
+    AggregationKind.FIRST: KindFacts(_same),
+    AggregationKind.LAST: KindFacts(_same),
+    AggregationKind.COUNT_DISTINCT: KindFacts(_int64),
+    AggregationKind.MAX_BY: KindFacts(_same, describe=lambda a: f"max_by({a.column!r}, {a.by!r})"),
+    AggregationKind.TOP_K: KindFacts(_top_k, holds_objects=True, describe=_describe_top_k),
+    AggregationKind.UDAF: KindFacts(
+        _udaf, holds_objects=True,
+        describe=lambda a: f"udaf({type(a.aggregator).__name__}, {', '.join(map(repr, a.columns))})"),
+}
+assert set(KIND_FACTS) == set(AggregationKind), "every aggregation kind needs its facts"
 
 
 def _column(name: str, kind: str) -> str:
@@ -102,49 +178,49 @@ def _column(name: str, kind: str) -> str:
 
 def count(column: str | None = None) -> Aggregation:
     """Number of rows (``count()``), or of non-null values of ``column``."""
-    return Aggregation("count", None if column is None else _column(column, "count"))
+    return Aggregation(AggregationKind.COUNT, None if column is None else _column(column, "count"))
 
 
 def sum(column: str) -> Aggregation:  # noqa: A001 - the DSL name users expect
     """Sum of the non-null values (null when a key has none)."""
-    return Aggregation("sum", _column(column, "sum"))
+    return Aggregation(AggregationKind.SUM, _column(column, "sum"))
 
 
 def min(column: str) -> Aggregation:  # noqa: A001
     """Smallest non-null value."""
-    return Aggregation("min", _column(column, "min"))
+    return Aggregation(AggregationKind.MIN, _column(column, "min"))
 
 
 def max(column: str) -> Aggregation:  # noqa: A001
     """Largest non-null value."""
-    return Aggregation("max", _column(column, "max"))
+    return Aggregation(AggregationKind.MAX, _column(column, "max"))
 
 
 def mean(column: str) -> Aggregation:
     """Arithmetic mean of the non-null values."""
-    return Aggregation("mean", _column(column, "mean"))
+    return Aggregation(AggregationKind.MEAN, _column(column, "mean"))
 
 
 def first(column: str) -> Aggregation:
     """The first non-null value in arrival order (any type)."""
-    return Aggregation("first", _column(column, "first"))
+    return Aggregation(AggregationKind.FIRST, _column(column, "first"))
 
 
 def last(column: str) -> Aggregation:
     """The last non-null value in arrival order (any type)."""
-    return Aggregation("last", _column(column, "last"))
+    return Aggregation(AggregationKind.LAST, _column(column, "last"))
 
 
 def count_distinct(column: str) -> Aggregation:
     """Number of distinct non-null values (exact; keeps the set of values per key)."""
-    return Aggregation("count_distinct", _column(column, "count_distinct"))
+    return Aggregation(AggregationKind.COUNT_DISTINCT, _column(column, "count_distinct"))
 
 
 def max_by(column: str, by: str) -> Aggregation:
     """The value of ``column`` in a row where ``by`` is largest (any one of them on ties).
 
     Cannot be combined with ``first``/``last`` in the same ``aggregate`` (both depend on row order)."""
-    return Aggregation("max_by", _column(column, "max_by"), _column(by, "max_by"))
+    return Aggregation(AggregationKind.MAX_BY, _column(column, "max_by"), _column(by, "max_by"))
 
 
 def _orderable(kind: pa.DataType) -> bool:
@@ -180,7 +256,7 @@ def top_k(column: str, k: int, *, by: str | None = None, ascending: bool = False
         raise ConfigError(f"hw.top_k({column!r}, k={k!r}): k must be a positive integer (how many values to keep)")
     if not isinstance(ascending, bool):
         raise ConfigError(f"hw.top_k({column!r}, ...): ascending must be True or False, got {ascending!r}")
-    return Aggregation("top_k", column, None if by == column else by, k=k, ascending=ascending)
+    return Aggregation(AggregationKind.TOP_K, column, None if by == column else by, k=k, ascending=ascending)
 
 
 class Aggregator:
@@ -283,4 +359,4 @@ def udaf(aggregator: Aggregator, *columns: str) -> Aggregation:
             f"({exc}); accumulators are stored in checkpoints, so use numbers, lists, dicts, numpy arrays or "
             "instances of module-level classes"
         ) from exc
-    return Aggregation("udaf", columns[0], aggregator=aggregator, columns=tuple(columns))
+    return Aggregation(AggregationKind.UDAF, columns[0], aggregator=aggregator, columns=tuple(columns))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from headwater.aggregations import Aggregation
+from headwater.aggregations import Aggregation, AggregationKind
 from headwater.core.ports import LATE_PORT, MAIN_PORT
 from headwater.errors import BuildError, ConfigError, UnknownColumnError, unknown_column_message
 from headwater.logical.base import SideOutputStep, Step, event_time_type, require_event_time
@@ -39,7 +39,7 @@ class WindowAggregateStep(Step):
             if name in (*self.keys, "window_start", "window_end"):
                 raise ConfigError(f"{self.where}: aggregation name {name!r} collides with a key or window column")
         kinds = {agg.kind for _, agg in self.aggregations}
-        if "count_distinct" in kinds and "max_by" in kinds:
+        if AggregationKind.COUNT_DISTINCT in kinds and AggregationKind.MAX_BY in kinds:
             raise ConfigError(f"{self.where}: count_distinct() and max_by() cannot share one aggregate; split it")
         self.input_schema: pa.Schema | None = None
         self.input_time: tuple[str, int] | None = None
@@ -151,7 +151,7 @@ class SessionWindowStep(WindowAggregateStep):
         super().__post_init__()
         self.kind = "session_window"
         for name, agg in self.aggregations:
-            if agg.kind == "max_by":
+            if agg.kind is AggregationKind.MAX_BY:
                 raise ConfigError(f"{self.where}: max_by() is not supported in session windows ({name})")
 
     def local_partial(self) -> WindowPartialStep | None:

@@ -16,18 +16,17 @@ partial column per aggregation, computed from each group's rows, which the same 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.aggregations import Aggregation
+from headwater.aggregations import KIND_FACTS, Aggregation, AggregationKind
 from headwater.core.arrays import as_int64, from_int64, is_integer_like
 from headwater.core.state.store import KeyedColumns
 from headwater.errors import ConfigError
 from headwater.operators.aggregation.object_accumulators import (
-    OBJECT_KINDS,
     ROW,
     ObjectAccumulator,
     align_rows,
@@ -129,26 +128,19 @@ class AccumulatorSet:
         self.partials: list[tuple[Any, str]] = []
         self.objects: dict[str, ObjectAccumulator] = {}  # top_k / udaf, by output name
         for out_name, agg in self.aggregations:
-            if agg.kind in OBJECT_KINDS:
+            if agg.facts.holds_objects:
                 self.objects[out_name] = make_object_accumulator(out_name, agg)
                 continue
             needed: list[tuple[Any, str]] = [([], "count_all")] if agg.column is None else [(agg.column, "count")]
-            if agg.kind in ("sum", "mean"):
-                needed.append((agg.column, "sum"))
-            elif agg.kind in ("min", "max", "first", "last"):
-                needed.append((agg.column, agg.kind))
-            elif agg.kind == "count_distinct":
-                needed.append((agg.column, "distinct"))
-            elif agg.kind == "max_by":
-                needed += [(agg.by, "count"), (agg.by, "max"), (agg.column, "first")]
+            needed += _PARTIALS[agg.kind](agg)
             for pair in needed:
                 if pair not in self.partials:
                     self.partials.append(pair)
         self.value_types: dict[str, pa.DataType] = {}
         self.declared = False
-        self.sort_by = [agg.by for _, agg in self.aggregations if agg.kind == "max_by"]
+        self.sort_by = [agg.by for _, agg in self.aggregations if agg.kind is AggregationKind.MAX_BY]
         kinds = {agg.kind for _, agg in self.aggregations}
-        if len(set(self.sort_by)) > 1 or (self.sort_by and kinds & {"first", "last"}):
+        if len(set(self.sort_by)) > 1 or (self.sort_by and kinds & {AggregationKind.FIRST, AggregationKind.LAST}):
             raise ConfigError(
                 "max_by() needs rows ordered by its `by` column: use one `by` column per aggregate, and no "
                 "first()/last() in the same aggregate (split it into two steps)"
@@ -415,34 +407,81 @@ class AccumulatorSet:
             if out_name in self.objects:
                 acc = self.objects[out_name]
                 out.append((out_name, acc.results(columns[acc.name][slots])))
-                continue
-            if agg.column is None:
+            elif agg.column is None:
                 out.append((out_name, pa.array(columns["count_all"][slots])))
-                continue
-            if agg.kind == "max_by":
-                values = columns[f"{agg.column}_first"][slots].tolist()
-                out.append((out_name, pa.array(values, type=self.value_types.get(agg.column))))
-                continue
-            valid_count = columns[f"{agg.column}_count"][slots]
-            if agg.kind == "count":
-                out.append((out_name, pa.array(valid_count)))
-                continue
-            value_type = self.value_types.get(agg.column)
-            if agg.kind in ("first", "last"):
-                out.append((out_name, pa.array(columns[f"{agg.column}_{agg.kind}"][slots].tolist(), type=value_type)))
-                continue
-            if agg.kind == "count_distinct":
-                sets = columns[f"{agg.column}_distinct"][slots]
-                out.append((out_name, pa.array([len(s) if s else 0 for s in sets], pa.int64())))
-                continue
-            empty = valid_count == 0
-            if agg.kind == "mean":
-                sums = columns[f"{agg.column}_sum"][slots].astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    out.append((out_name, pa.array(sums / np.maximum(valid_count, 1), mask=empty)))
-                continue
-            result = pa.array(columns[f"{agg.column}_{agg.kind}"][slots], mask=empty if empty.any() else None)
-            if agg.kind in ("min", "max") and value_type is not None and result.type != value_type:
-                result = from_int64(result, value_type) if is_integer_like(value_type) else result.cast(value_type)
-            out.append((out_name, result))
+            else:
+                out.append((out_name, _RESULTS[agg.kind](agg, columns, slots, self.value_types.get(agg.column))))
         return out
+
+
+# -- how each kind is accumulated (the spec-level facts are in headwater.aggregations.KIND_FACTS) ------------
+# _PARTIALS: the (column, grouped function) partials a kind needs besides its column's non-null count
+# ("count"); _RESULTS: its output values from the state columns at some slots. Object kinds (top_k, udaf) are
+# object accumulators instead (object_accumulators.OBJECT_ACCUMULATORS).
+State = dict[str, np.ndarray]
+
+
+def _count_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    return pa.array(columns[f"{agg.column}_count"][slots])
+
+
+def _value_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    """first / last: Python values in an object column."""
+    return pa.array(columns[f"{agg.column}_{agg.kind}"][slots].tolist(), type=value_type)
+
+
+def _max_by_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    return pa.array(columns[f"{agg.column}_first"][slots].tolist(), type=value_type)
+
+
+def _distinct_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    sets = columns[f"{agg.column}_distinct"][slots]
+    return pa.array([len(s) if s else 0 for s in sets], pa.int64())
+
+
+def _mean_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    valid_count = columns[f"{agg.column}_count"][slots]
+    sums = columns[f"{agg.column}_sum"][slots].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pa.array(sums / np.maximum(valid_count, 1), mask=valid_count == 0)
+
+
+def _numeric_result(agg: Aggregation, columns: State, slots: np.ndarray, value_type: pa.DataType | None) -> pa.Array:
+    """sum / min / max: a typed column, null where a key has no value; min/max back in the input's type."""
+    empty = columns[f"{agg.column}_count"][slots] == 0
+    result = pa.array(columns[f"{agg.column}_{agg.kind}"][slots], mask=empty if empty.any() else None)
+    if agg.kind is not AggregationKind.SUM and value_type is not None and result.type != value_type:
+        result = from_int64(result, value_type) if is_integer_like(value_type) else result.cast(value_type)
+    return result
+
+
+def _no_partials(agg: Aggregation) -> list[tuple[Any, str]]:
+    return []
+
+
+_PARTIALS: dict[AggregationKind, Callable[[Aggregation], list[tuple[Any, str]]]] = {
+    AggregationKind.COUNT: _no_partials,
+    AggregationKind.SUM: lambda agg: [(agg.column, "sum")],
+    AggregationKind.MEAN: lambda agg: [(agg.column, "sum")],
+    AggregationKind.MIN: lambda agg: [(agg.column, "min")],
+    AggregationKind.MAX: lambda agg: [(agg.column, "max")],
+    AggregationKind.FIRST: lambda agg: [(agg.column, "first")],
+    AggregationKind.LAST: lambda agg: [(agg.column, "last")],
+    AggregationKind.COUNT_DISTINCT: lambda agg: [(agg.column, "distinct")],
+    AggregationKind.MAX_BY: lambda agg: [(agg.by, "count"), (agg.by, "max"), (agg.column, "first")],
+}
+
+_RESULTS: dict[AggregationKind, Callable[[Aggregation, State, np.ndarray, pa.DataType | None], pa.Array]] = {
+    AggregationKind.COUNT: _count_result,
+    AggregationKind.SUM: _numeric_result,
+    AggregationKind.MIN: _numeric_result,
+    AggregationKind.MAX: _numeric_result,
+    AggregationKind.MEAN: _mean_result,
+    AggregationKind.FIRST: _value_result,
+    AggregationKind.LAST: _value_result,
+    AggregationKind.COUNT_DISTINCT: _distinct_result,
+    AggregationKind.MAX_BY: _max_by_result,
+}
+
+_COLUMN_KINDS = {k for k in AggregationKind if not KIND_FACTS[k].holds_objects}
+assert set(_PARTIALS) == set(_RESULTS) == _COLUMN_KINDS, "every column-state aggregation kind needs partials and results"

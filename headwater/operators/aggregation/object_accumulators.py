@@ -27,10 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.aggregations import Aggregation
+from headwater.aggregations import Aggregation, AggregationKind
 from headwater.errors import UserCodeError
-
-OBJECT_KINDS = ("top_k", "udaf")
 
 
 def object_array(values: Sequence[Any]) -> np.ndarray:
@@ -325,9 +323,15 @@ def align_rows(target: pa.Table, source: pa.Table, keys: Sequence[str]) -> np.nd
     return position[codes[:size]]
 
 
+#: the object accumulator of each kind whose facts say it holds objects (headwater.aggregations.KIND_FACTS)
+OBJECT_ACCUMULATORS: dict[AggregationKind, type[ObjectAccumulator]] = {
+    AggregationKind.TOP_K: TopK,
+    AggregationKind.UDAF: UserAggregate,
+}
+
+
 def make_object_accumulator(out_name: str, agg: Aggregation) -> ObjectAccumulator:
-    if agg.kind == "top_k":
-        return TopK(out_name, agg)
-    if agg.kind == "udaf":
-        return UserAggregate(out_name, agg)
-    raise ValueError(f"{agg!r} is not an object aggregation")
+    accumulator = OBJECT_ACCUMULATORS.get(agg.kind)
+    if accumulator is None:
+        raise ValueError(f"{agg!r} is not an object aggregation")
+    return accumulator(out_name, agg)
