@@ -86,9 +86,10 @@ class SourceWatermarks:
                 self.idle_sent = True
                 return self.emitted, True
             return None
-        if any(latest is None for latest in live):
+        known = [latest for latest in live if latest is not None]
+        if len(known) < len(live):
             return None  # a partition that has produced nothing yet holds the watermark back
-        watermark = min(live) - self.bound_ms  # type: ignore[type-var]
+        watermark = min(known) - self.bound_ms
         if watermark > self.emitted or self.idle_sent:
             self.emitted = max(self.emitted, watermark)
             self.idle_sent = False

@@ -16,7 +16,7 @@ partial column per aggregation, computed from each group's rows, which the same 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,19 @@ from headwater.operators.aggregation.object_accumulators import (
 )
 
 _INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+
+
+class StateColumns(Protocol):
+    """What :meth:`AccumulatorSet.results` reads: named state columns (a KeyedColumns, or a table's columns)."""
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]: ...
+
+
+class ColumnDeclarer(Protocol):
+    """What :meth:`AccumulatorSet.declare` adds state columns to (a KeyedColumns, or a stand-in)."""
+
+    def add_column(self, name: str, dtype: Any, fill: Any) -> None: ...
 
 
 def _partial_name(column: Any, function: str) -> str:
@@ -138,7 +151,7 @@ class AccumulatorSet:
                     self.partials.append(pair)
         self.value_types: dict[str, pa.DataType] = {}
         self.declared = False
-        self.sort_by = [agg.by for _, agg in self.aggregations if agg.kind is AggregationKind.MAX_BY]
+        self.sort_by = [agg.by for _, agg in self.aggregations if agg.kind is AggregationKind.MAX_BY and agg.by is not None]
         kinds = {agg.kind for _, agg in self.aggregations}
         if len(set(self.sort_by)) > 1 or (self.sort_by and kinds & {AggregationKind.FIRST, AggregationKind.LAST}):
             raise ConfigError(
@@ -146,7 +159,7 @@ class AccumulatorSet:
                 "first()/last() in the same aggregate (split it into two steps)"
             )
 
-    def declare(self, state: KeyedColumns, schema: pa.Schema) -> None:
+    def declare(self, state: ColumnDeclarer, schema: pa.Schema) -> None:
         """Add the state columns (idempotent; restored columns keep their data)."""
         for column, function in self.partials:
             name = _partial_name(column, function)
@@ -368,7 +381,7 @@ class AccumulatorSet:
                 column[slots[keep]] = np.array(values, dtype=object)[keep]
             elif function == "first":
                 current = column[slots]
-                fresh = np.equal(current, None) & np.asarray(partial.is_valid(), dtype=bool)  # elementwise, vectorised
+                fresh = np.equal(current, None) & np.asarray(partial.is_valid(), dtype=bool)  # type: ignore[call-overload]  # elementwise on an object array; numpy's stubs lack it
                 column[slots[fresh]] = np.array(values, dtype=object)[fresh]
             else:
                 for slot, distinct in zip(slots.tolist(), values):
@@ -399,7 +412,7 @@ class AccumulatorSet:
         else:
             column[slots] = np.where(valid, np.maximum(column[slots], values), column[slots])
 
-    def results(self, state: KeyedColumns, slots: np.ndarray) -> list[tuple[str, pa.Array]]:
+    def results(self, state: StateColumns, slots: np.ndarray) -> list[tuple[str, pa.Array]]:
         """Output columns (name, values) for the keys at ``slots``."""
         columns = state.columns
         out: list[tuple[str, pa.Array]] = []

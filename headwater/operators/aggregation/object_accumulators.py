@@ -84,7 +84,7 @@ class ObjectAccumulator(ABC):
         """Two state objects (either may be ``None``: empty) as one."""
 
     @abstractmethod
-    def to_arrow(self, objects: Sequence[Any]) -> pa.Array:
+    def to_arrow(self, objects: Sequence[Any] | np.ndarray) -> pa.Array:
         """State form → partial form."""
 
     @abstractmethod
@@ -182,7 +182,7 @@ class TopK(ObjectAccumulator):
         best = sorted(pairs, reverse=descending)[: self.k]
         return [p[0] for p in best], [p[1] for p in best]
 
-    def to_arrow(self, objects: Sequence[Any]) -> pa.Array:
+    def to_arrow(self, objects: Sequence[Any] | np.ndarray) -> pa.Array:
         assert self.partial_type is not None, "bind() was not called"
         if self.by is None:
             return pa.array([o if o is not None else [] for o in objects], type=self.partial_type)
@@ -267,7 +267,7 @@ class UserAggregate(ObjectAccumulator):
             return a
         return self._call("merge", a, b)
 
-    def to_arrow(self, objects: Sequence[Any]) -> pa.Array:
+    def to_arrow(self, objects: Sequence[Any] | np.ndarray) -> pa.Array:
         return pa.array([self._pickle(o) for o in objects], pa.binary())
 
     def to_objects(self, partial: pa.Array) -> np.ndarray:
