@@ -134,7 +134,9 @@ def ship_user_code(objects: list[Any]) -> None:
     from ray import cloudpickle
 
     library_roots = {Path(p).resolve() for p in sysconfig.get_paths().values() if p}
-    package_root = Path(__file__).resolve().parents[1]
+    import headwater
+
+    package_root = Path(headwater.__file__).resolve().parent
     for obj in objects:
         module_name = getattr(obj, "__module__", None)
         module = sys.modules.get(module_name or "")
