@@ -134,9 +134,8 @@ def ship_user_code(objects: list[Any]) -> None:
     from ray import cloudpickle
 
     library_roots = {Path(p).resolve() for p in sysconfig.get_paths().values() if p}
-    import headwater
-
-    package_root = Path(headwater.__file__).resolve().parent
+    # headwater/ itself, found from this module's own dotted name (so it stays right if the module moves)
+    package_root = Path(__file__).resolve().parents[len(__name__.split(".")) - 2]
     for obj in objects:
         module_name = getattr(obj, "__module__", None)
         module = sys.modules.get(module_name or "")
