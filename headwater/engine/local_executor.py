@@ -29,6 +29,7 @@ from collections import deque
 from typing import Any, Callable
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.config import RunConfig
@@ -77,7 +78,7 @@ class LocalJob:
 
     def stop(self, savepoint: bool = False, reason: str = "a stop was requested") -> None:
         if savepoint and self.coordinator is not None:
-            self.coordinator.final_kind = "savepoint"
+            self.coordinator.final_kind = CheckpointKind.SAVEPOINT
         if self._stop_requested_at is None:
             self._stop_requested_at, self._stop_reason = time.monotonic(), reason
         self._stop.set()

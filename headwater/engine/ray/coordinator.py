@@ -28,6 +28,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats, Expired
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class CoordinatorService:
         """(watch group) No new checkpoints; the final one is kept as a savepoint if asked. Two attribute writes,
         without :attr:`lock`: a checkpoint the timer began just before is like one begun just before the stop."""
         if savepoint:
-            self.core.final_kind = "savepoint"
+            self.core.final_kind = CheckpointKind.SAVEPOINT
         self.stopping = True
 
     def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
