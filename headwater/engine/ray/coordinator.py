@@ -33,7 +33,7 @@ from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 
 if TYPE_CHECKING:
-    from headwater.engine.ray.executor import WorkerActor
+    from headwater.engine.ray.worker import WorkerActor
 
 log = logging.getLogger("headwater.checkpoint")
 
