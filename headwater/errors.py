@@ -120,6 +120,18 @@ class SinkError(RuntimeFailure):
     """A sink could not write, prepare or commit its output."""
 
 
+class SinkProtocolError(SinkError):
+    """The engine drove a sink partition through an illegal step of its lifecycle (write → prepare → commit /
+    abort; see :mod:`headwater.engine.sink_operator`): e.g. a commit of a checkpoint it never prepared, or a
+    write after an abort. An engine bug, never the connector's: deterministic (``transient=False``), as a
+    restart would repeat it."""
+
+    def __init__(
+        self, message: str, *, step_id: str | None = None, subtask: int | None = None, transient: bool | None = False,
+    ) -> None:
+        super().__init__(message, step_id=step_id, subtask=subtask, transient=transient)
+
+
 class JobFailedError(RuntimeFailure):
     """The job stopped because a worker died or the executor itself failed."""
 

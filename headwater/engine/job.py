@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 
@@ -28,7 +29,7 @@ class JobResult:
     def savepoint_path(self) -> str | None:
         """Directory of the savepoint taken by ``stop(savepoint=True)``, if any."""
         last = self.last_checkpoint
-        return last.directory if last is not None and last.kind == "savepoint" else None
+        return last.directory if last is not None and last.kind is CheckpointKind.SAVEPOINT else None
 
     @classmethod
     def merge(

@@ -3,18 +3,21 @@
 Every subtask's :class:`~headwater.engine.runtime.SubtaskRuntime` lives in this process; messages go through
 one FIFO queue, so per-channel order is the send order, as on Ray. Sources are polled round-robin; after
 each poll the queue is drained (FIFO), which keeps memory bounded by one source batch's fan-out. With
-checkpointing, the coordinator is called directly and snapshots are written synchronously. It is the fast
+checkpointing, the :class:`~headwater.engine.checkpoints.orchestrator.CheckpointOrchestrator` is called directly and
+snapshots are written synchronously, in the commit order written down there. It is the fast
 path for unit tests of pipelines (``headwater.testing.run_local``) and exercises partitioning, fusion,
 barriers, end-of-stream and finishing exactly as the Ray executor does.
 
 Deadlines (see :mod:`headwater.engine.watchdog`): the job's loop runs in its own thread, and :meth:`LocalJob.wait`
 watches it from the caller's thread, so a call into user code that never returns cannot take the caller with
 it. The watcher stops the job at ``timeout``, fails it with :class:`~headwater.errors.StepStalledError` when a
-call exceeds ``stall_timeout``, times out in-flight checkpoints (under :attr:`LocalJob.lock`, which the loop
-holds only while it calls the coordinator, never around user code) and gives up ``stop_grace`` after a stop. Python cannot kill a
+call exceeds ``stall_timeout``, times out in-flight checkpoints (:meth:`CheckpointOrchestrator.expire`, which never
+waits for the orchestrator's lock; the loop holds that lock only while it calls the coordinator, never around
+user code) and gives up ``stop_grace`` after a stop. Python cannot kill a
 thread: a hung call keeps its thread (a daemon) until it returns; the loop then sees that it was abandoned and
 exits without running or committing anything more — it checks before every delivery, snapshot write and
-coordinator call, so no checkpoint is begun, acknowledged or completed after the abandonment.
+coordinator call (the orchestrator's ``guard``, under its lock), so no checkpoint is begun, acknowledged or
+completed after the abandonment.
 
 Invariant: until that thread has ended it may still write into the job's directories, so whoever holds their
 leases releases them through :meth:`LocalJob.after_exit`, never earlier: a new run on the same directories is
@@ -29,6 +32,7 @@ from collections import deque
 from typing import Any, Callable
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator, SubtaskCheckpoints
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 from headwater.engine.config import RunConfig
@@ -57,12 +61,10 @@ class LocalJob:
     ) -> None:
         self.plan = plan
         self.config = config
-        self.coordinator = coordinator
+        #: the checkpoint orchestration (None without checkpointing); refuses coordinator calls once abandoned
+        self.checkpoints = CheckpointOrchestrator(coordinator, self._check_abandoned) if coordinator is not None else None
         self._stop = threading.Event()
         self._queue: deque[tuple[SubtaskRuntime, int, int, object]] = deque()
-        self._reported: set[tuple[int, int]] = set()
-        #: held by the loop while it calls the coordinator, and by the watcher to time checkpoints out
-        self.lock = threading.Lock()
         self._abandoned = False
         self._exited = True  # no thread of the job is running (until wait() starts one)
         self._on_exit: list[Callable[[], None]] = []
@@ -74,10 +76,11 @@ class LocalJob:
             for stage in plan.stages
             for i in range(stage.parallelism)
         }
+        self._snapshots = [(rt, SubtaskCheckpoints(rt)) for rt in self.runtimes.values()]
 
     def stop(self, savepoint: bool = False, reason: str = "a stop was requested") -> None:
-        if savepoint and self.coordinator is not None:
-            self.coordinator.final_kind = "savepoint"
+        if self.checkpoints is not None:
+            self.checkpoints.prepare_stop(savepoint)
         if self._stop_requested_at is None:
             self._stop_requested_at, self._stop_reason = time.monotonic(), reason
         self._stop.set()
@@ -116,7 +119,7 @@ class LocalJob:
     def _done(self, runtimes: list[SubtaskRuntime]) -> bool:
         if not all(rt.finished for rt in runtimes):
             return False
-        return self.coordinator is None or self.coordinator.final_completed
+        return self.checkpoints is None or self.checkpoints.final_completed
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """Run the job to its end (or until ``stop()``, Ctrl-C or ``timeout`` seconds, which stop gracefully);
@@ -154,20 +157,12 @@ class LocalJob:
         stalled = find_stall(activities, self.config.stall_seconds)
         if stalled is not None:
             raise stalled
-        if self.coordinator is not None and self.lock.acquire(blocking=False):
-            try:
-                self._expire(activities)
-            finally:
-                self.lock.release()
+        if self.checkpoints is not None and self.checkpoints.expire() is not None:
+            by_key = {(a.stage_id, a.subtask): a for a in activities}
+            for expired in self.checkpoints.take_expired():
+                log_checkpoint_timeout(*expired, by_key)
         if self._stop_requested_at is not None and now - self._stop_requested_at > self.config.stop_grace.total_seconds():
             raise stop_timeout(activities, self.config.stop_grace.total_seconds(), self._stop_reason, killed=False)
-
-    def _expire(self, activities: list[SubtaskActivity]) -> None:
-        assert self.coordinator is not None
-        expired = self.coordinator.expire()
-        if expired is not None:
-            by_key = {(a.stage_id, a.subtask): a for a in activities}
-            log_checkpoint_timeout(*expired, by_key)
 
     def _thread_main(self, started: float, outcome: dict[str, Any]) -> None:
         try:
@@ -203,9 +198,8 @@ class LocalJob:
         if "error" in outcome:
             return
         result = JobResult.merge(self.plan, time.monotonic() - started, self.metrics(), self._stop.is_set())
-        if self.coordinator is not None:
-            result.checkpoints = self.coordinator.stats
-            result.last_checkpoint = self.coordinator.last_completed
+        if self.checkpoints is not None:
+            result.checkpoints, result.last_checkpoint, _ = self.checkpoints.result()
         outcome["result"] = result
 
     def _round(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
@@ -222,45 +216,35 @@ class LocalJob:
                 self._deliver(rt, rt.poll_timers(now))
         self._drain()
         self._check_abandoned()  # a hung call that returned must not begin or complete a checkpoint
-        if self.coordinator is not None:
-            self._checkpoint_work(runtimes, sources)
+        if self.checkpoints is not None:
+            self._checkpoint_work(sources)
         if not progressed and not self._done(runtimes):
             self._sleep_until_due(runtimes, sources)
 
-    def _checkpoint_work(self, runtimes: list[SubtaskRuntime], sources: list[SubtaskRuntime]) -> None:
-        coordinator = self.coordinator
-        assert coordinator is not None
-        with self.lock:  # only coordinator calls hold it: user code (sinks' prepare/commit) runs outside
-            self._check_abandoned()
-            checkpoint_id = coordinator.begin() if coordinator.due() and not self._stop.is_set() else None
+    def _checkpoint_work(self, sources: list[SubtaskRuntime]) -> None:
+        """Steps 1-5 of the commit order (:mod:`headwater.engine.checkpoints.orchestrator`), in this thread."""
+        checkpoints = self.checkpoints
+        assert checkpoints is not None
+        checkpoint_id = checkpoints.try_begin()
         if checkpoint_id is not None:
             for rt in sources:
                 self._deliver(rt, rt.trigger_checkpoint(checkpoint_id))
             self._drain()
-        for rt in runtimes:
-            for snapshot in rt.take_snapshots():
-                ack = self._persist(rt, snapshot)
-                with self.lock:
-                    self._check_abandoned()
-                    completed = coordinator.ack(ack)
-                self._completed(completed)
-            key = (rt.stage.stage_id, rt.subtask)
-            if rt.final_snapshot is not None and key not in self._reported:
-                self._reported.add(key)
-                ack = self._persist(rt, rt.final_snapshot)
-                with self.lock:
-                    self._check_abandoned()
-                    completed = coordinator.report_finished(ack)
-                self._completed(completed)
+        for rt, snapshots in self._snapshots:
+            for snapshot in snapshots.taken():
+                self._completed(checkpoints.ack(self._persist(rt, snapshot)))
+            final = snapshots.final()
+            if final is not None:
+                self._completed(checkpoints.report_finished(self._persist(rt, final)))
 
     def _persist(self, rt: SubtaskRuntime, snapshot: PendingSnapshot) -> SubtaskAck:
         """Write a snapshot, recorded as the subtask's call (bounded by the checkpoint timeout, not the stall
         timeout: see :data:`headwater.engine.watchdog.EXEMPT`)."""
-        assert self.coordinator is not None
+        assert self.checkpoints is not None
         self._check_abandoned()
         rt.call = (rt.stage.head, persist, (snapshot.checkpoint_id,), time.monotonic())
         try:
-            return persist(snapshot, self.coordinator.storage)
+            return persist(snapshot, self.checkpoints.storage)
         finally:
             rt.call = None
 

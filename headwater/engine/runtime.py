@@ -116,6 +116,7 @@ class SubtaskRuntime:
         self._stop_requested = False
         self._drain_on_end = True
         self.finished = False
+        self.closed = False
         self.state_stores: dict[str, OperatorStateStore] = {}
         # -- checkpointing (see headwater.engine.checkpoints.snapshots) --
         self.checkpointing = checkpointing
@@ -125,7 +126,6 @@ class SubtaskRuntime:
         self.snapshots: list[PendingSnapshot] = []  # taken, to be persisted and acknowledged by the executor
         self.final_snapshot: PendingSnapshot | None = None
         self.sinks = [(step_id, op) for step_id, op in self.operators if isinstance(op, SinkOperator)]
-        self.uncommitted: dict[str, list[tuple[int, Any]]] = {step_id: [] for step_id, _ in self.sinks}
         self.ended_parts: dict[str, Any] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
         # -- event time (see headwater.core.event_time) --
@@ -184,6 +184,7 @@ class SubtaskRuntime:
                 )
 
     def close(self) -> None:
+        self.closed = True
         if not self.finished:
             for _, sink in self.sinks:
                 try:
@@ -355,11 +356,9 @@ class SubtaskRuntime:
             out.extend(self._side_output(position, now_ns))
         final_id = self.last_checkpoint_id + 1
         for step_id, sink in self.sinks:
-            token = self._guard(step_id, sink.prepare, final_id)
-            if self.checkpointing:
-                self.uncommitted[step_id].append((final_id, token))
-            else:
-                self._guard(step_id, sink.commit, token)
+            self._guard(step_id, sink.prepare, final_id)
+            if not self.checkpointing:
+                self._guard(step_id, sink.commit, final_id)
         if self.checkpointing:
             self.final_snapshot = self._capture(final_id, finished=True, drained=drain or already_drained)
         for writer in self.writers:
@@ -384,7 +383,7 @@ class SubtaskRuntime:
 
     def _snapshot_and_forward(self, checkpoint_id: int) -> list[Outgoing]:
         for step_id, sink in self.sinks:
-            self.uncommitted[step_id].append((checkpoint_id, self._guard(step_id, sink.prepare, checkpoint_id)))
+            self._guard(step_id, sink.prepare, checkpoint_id)
         self.snapshots.append(self._capture(checkpoint_id, finished=False))
         self.last_checkpoint_id = checkpoint_id
         out: list[Outgoing] = []
@@ -401,19 +400,24 @@ class SubtaskRuntime:
         return self._snapshot_and_forward(checkpoint_id)
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
-        """Checkpoint ``checkpoint_id`` exists: publish sink output prepared at or before it (in order)."""
+        """Checkpoint ``checkpoint_id`` exists: publish sink output prepared at or before it (in order).
+
+        After :meth:`close` (a failed subtask whose worker still hears of checkpoints) nothing is committed: the
+        partitions are closed, and the next attempt commits what the checkpoint covers when it settles the sinks
+        (:func:`~headwater.engine.checkpoints.recovery.settle_sinks`)."""
+        if self.closed:
+            return
         for step_id, sink in self.sinks:
-            remaining = []
-            for prepared_at, token in self.uncommitted[step_id]:
-                if prepared_at <= checkpoint_id:
-                    self._guard(step_id, sink.commit, token)
-                else:
-                    remaining.append((prepared_at, token))
-            self.uncommitted[step_id] = remaining
+            self._guard(step_id, sink.commit_through, checkpoint_id)
+
+    @property
+    def uncommitted(self) -> dict[str, list[tuple[int, Any]]]:
+        """Per sink step, ``(checkpoint id, token)`` prepared and not yet committed, oldest first."""
+        return {step_id: sink.pending for step_id, sink in self.sinks}
 
     @property
     def has_uncommitted(self) -> bool:
-        return any(self.uncommitted.values())
+        return any(sink.pending for _, sink in self.sinks)
 
     def take_snapshots(self) -> list[PendingSnapshot]:
         taken, self.snapshots = self.snapshots, []

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import CheckpointCorruptError, CheckpointError
@@ -40,7 +41,7 @@ log = logging.getLogger("headwater.checkpoint")
 @dataclass
 class _Pending:
     checkpoint_id: int
-    kind: str
+    kind: CheckpointKind
     started: float
     acks: dict[tuple[int, int], SubtaskAck] = field(default_factory=dict)
 
@@ -80,7 +81,8 @@ class CheckpointCoordinator:
         self.last_completed: CheckpointMetadata | None = None
         self.last_end = time.monotonic()
         self.stats = CheckpointStats()
-        self.final_kind = "final"
+        #: the kind of the job's last checkpoint: FINAL, or SAVEPOINT once a stop asked for one
+        self.final_kind = CheckpointKind.FINAL
         self.aborted_ids: set[int] = set()
         #: (path, digest) of state files read back and verified already (final snapshots stand in repeatedly)
         self.verified_files: set[tuple[str, str]] = set()
@@ -101,7 +103,7 @@ class CheckpointCoordinator:
         pause = max(self.config.interval, self.config.min_pause).total_seconds()
         return self.pending is None and now - self.last_end >= pause and not self.all_finished
 
-    def begin(self, kind: str = "checkpoint") -> int:
+    def begin(self, kind: CheckpointKind = CheckpointKind.CHECKPOINT) -> int:
         """Open the next checkpoint; returns its id. Only one may be in flight."""
         assert self.pending is None, "a checkpoint is already in flight"
         checkpoint_id = self.next_id
@@ -149,9 +151,9 @@ class CheckpointCoordinator:
         if set(pending.acks) < self.expected:
             return None
         acks = sorted(pending.acks.values(), key=lambda a: (a.stage_id, a.subtask))
-        # The checkpoint made only of final snapshots is the job's last one: "final", or "savepoint" when the
-        # job was stopped with a savepoint.
-        kind = self.final_kind if all(a.finished for a in acks) else "checkpoint"
+        # The checkpoint made only of final snapshots is the job's last one: FINAL, or SAVEPOINT when the job
+        # was stopped with a savepoint.
+        kind = self.final_kind if all(a.finished for a in acks) else CheckpointKind.CHECKPOINT
         metadata = CheckpointMetadata(
             checkpoint_id=pending.checkpoint_id, flow_name=self.flow_name, kind=kind,
             max_key_groups=self.max_key_groups, created_at=time.time(), acks=acks,
@@ -196,7 +198,7 @@ class CheckpointCoordinator:
     @property
     def final_completed(self) -> bool:
         """The checkpoint holding every subtask's final snapshot exists: the job may end."""
-        return self.last_completed is not None and self.last_completed.kind != "checkpoint"
+        return self.last_completed is not None and self.last_completed.kind.is_last
 
     def expire(self, now: float | None = None) -> Expired | None:
         """Abort the in-flight checkpoint if it exceeded the timeout; returns which one, its age and the subtasks

@@ -31,6 +31,7 @@ from typing import Any
 
 from headwater.core import plain_data
 from headwater.engine.checkpoints.key import ENV_KEY, ENV_KEY_FILE, CheckpointKey
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.errors import HeadwaterError
 
 FORMAT = "headwater-checkpoint"
@@ -78,11 +79,14 @@ class SubtaskAck:
 class CheckpointMetadata:
     checkpoint_id: int
     flow_name: str
-    kind: str  # "checkpoint", "final" or "savepoint"
+    kind: CheckpointKind  # a plain string ("checkpoint", "final", "savepoint") is turned into the enum
     max_key_groups: int
     created_at: float
     acks: list[SubtaskAck]
     directory: str = ""  # absolute location (set when loaded; not written)
+
+    def __post_init__(self) -> None:
+        self.kind = CheckpointKind(self.kind)
 
     def source_positions(self) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}
@@ -182,7 +186,7 @@ def encode_metadata(metadata: CheckpointMetadata, key: CheckpointKey) -> bytes:
     document: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "key_id": key.key_id,
         "checkpoint": {
-            "checkpoint_id": metadata.checkpoint_id, "flow_name": metadata.flow_name, "kind": metadata.kind,
+            "checkpoint_id": metadata.checkpoint_id, "flow_name": metadata.flow_name, "kind": metadata.kind.value,
             "max_key_groups": metadata.max_key_groups, "created_at": float(metadata.created_at),
             "acks": [_encode_ack(a) for a in metadata.acks],
         },
@@ -224,9 +228,12 @@ def decode_metadata(data: bytes, key: CheckpointKey) -> CheckpointMetadata:
 
 def _decode_body(body: dict[str, Any]) -> CheckpointMetadata:
     acks = [_decode_ack(a, f"checkpoint.acks[{i}]") for i, a in enumerate(_get(body, "acks", list, "checkpoint"))]
-    kind = _get(body, "kind", str, "checkpoint")
-    if kind not in ("checkpoint", "final", "savepoint"):
-        raise MetadataError(f"checkpoint.kind is {_short(kind)}, expected checkpoint, final or savepoint")
+    written = _get(body, "kind", str, "checkpoint")
+    try:
+        kind = CheckpointKind(written)
+    except ValueError:
+        expected = ", ".join(k.value for k in CheckpointKind)
+        raise MetadataError(f"checkpoint.kind is {_short(written)}, expected one of {expected}") from None
     return CheckpointMetadata(
         checkpoint_id=_get(body, "checkpoint_id", int, "checkpoint"), flow_name=_get(body, "flow_name", str, "checkpoint"),
         kind=kind, max_key_groups=_get(body, "max_key_groups", int, "checkpoint"),

@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from headwater.engine.checkpoints.key import CheckpointKey, load_key
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.metadata import (
     CheckpointMetadata,
     MetadataError,
@@ -139,8 +140,8 @@ class CheckpointStorage:
         return "/".join([self._root.rstrip("/"), *parts])
 
     @staticmethod
-    def dir_name(checkpoint_id: int, kind: str = "checkpoint") -> str:
-        return f"{'savepoint' if kind == 'savepoint' else 'chk'}-{checkpoint_id:06d}"
+    def dir_name(checkpoint_id: int, kind: CheckpointKind = CheckpointKind.CHECKPOINT) -> str:
+        return f"{kind.directory_prefix}-{checkpoint_id:06d}"
 
     # -- writing --------------------------------------------------------------------------------------------
     def write_state(
@@ -200,7 +201,7 @@ class CheckpointStorage:
         temporary = f"{final}.{time.time_ns()}.tmp"
         metadata.directory = directory
         try:
-            if metadata.kind == "savepoint":
+            if metadata.kind is CheckpointKind.SAVEPOINT:
                 self._make_self_contained(metadata, directory)
             data = encode_metadata(metadata, self.key)
             self.fs.create_dir(directory, recursive=True)
@@ -242,7 +243,7 @@ class CheckpointStorage:
         finished subtask's final snapshot is kept (it stands in for later checkpoints); a savepoint directory
         holds only copies and goes entirely."""
         directory = self._path(self.dir_name(metadata.checkpoint_id, metadata.kind))
-        if metadata.kind == "savepoint":
+        if metadata.kind is CheckpointKind.SAVEPOINT:
             self._delete_dir(directory)
             return
         self._delete_file(f"{directory}/{METADATA}")
@@ -292,7 +293,8 @@ class CheckpointStorage:
                 pass  # not empty (a writer is still at work) or already gone
 
     # -- reading --------------------------------------------------------------------------------------------
-    def _entries(self) -> list[tuple[int, str, str]]:
+    def _entries(self) -> list[tuple[int, bool, str]]:
+        """(id, is a savepoint, path) of every checkpoint directory here, oldest first."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self._path(), allow_not_found=True))
         except (OSError, pa.ArrowException):
@@ -301,7 +303,8 @@ class CheckpointStorage:
         for info in infos:
             match = _DIR.match(info.base_name)
             if match and info.type == pafs.FileType.Directory:
-                out.append((int(match.group(2)), match.group(1), info.path))
+                savepoint = match.group(1) == CheckpointKind.SAVEPOINT.directory_prefix
+                out.append((int(match.group(2)), savepoint, info.path))
         return sorted(out)
 
     def next_id(self) -> int:
@@ -312,8 +315,8 @@ class CheckpointStorage:
     def completed(self, include_savepoints: bool = False) -> list[tuple[int, str]]:
         """(id, directory) of checkpoints whose metadata exists, oldest first."""
         out = []
-        for checkpoint_id, kind, path in self._entries():
-            if kind == "savepoint" and not include_savepoints:
+        for checkpoint_id, savepoint, path in self._entries():
+            if savepoint and not include_savepoints:
                 continue
             if self.fs.get_file_info(f"{path}/{METADATA}").type == pafs.FileType.File:
                 out.append((checkpoint_id, path))
@@ -342,7 +345,7 @@ class CheckpointStorage:
             ) from None
         name = _DIR.match(directory.rsplit("/", 1)[-1])
         if name is not None and (int(name.group(2)) != metadata.checkpoint_id
-                                 or (name.group(1) == "savepoint") != (metadata.kind == "savepoint")):
+                                 or name.group(1) != metadata.kind.directory_prefix):
             raise CheckpointCorruptError(
                 f"checkpoint metadata {metadata_path} describes {self.dir_name(metadata.checkpoint_id, metadata.kind)}, "
                 "not the directory it is in (was it copied from another checkpoint?)", metadata_path,
@@ -362,7 +365,7 @@ class CheckpointStorage:
 
     def _state_path(self, metadata: CheckpointMetadata, state_file: StateFile) -> str:
         # Savepoints are self-contained (paths relative to the savepoint); checkpoints share the root.
-        if metadata.kind == "savepoint":
+        if metadata.kind is CheckpointKind.SAVEPOINT:
             return f"{metadata.directory}/{state_file.path}"
         return self._path(state_file.path)
 
@@ -456,9 +459,9 @@ class CheckpointStorage:
             return
         newest = kept[-1][0]
         referenced, unknown_below = self._references(kept)
-        for checkpoint_id, kind, path in self._entries():
+        for checkpoint_id, savepoint, path in self._entries():
             name = path.rsplit("/", 1)[-1]
-            if kind == "savepoint" or name in referenced or checkpoint_id > newest or checkpoint_id < unknown_below:
+            if savepoint or name in referenced or checkpoint_id > newest or checkpoint_id < unknown_below:
                 continue
             self._delete_dir(path)
 

@@ -47,3 +47,14 @@ def await_death(ray: Any, actors: list[Any], timeout: float = 10.0) -> bool:
     if alive:
         log.warning("%d worker(s) of the failed attempt were not confirmed dead within %g s", len(alive), timeout)
     return not alive
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The original exception raised inside an actor, if Ray wrapped it."""
+    import ray
+
+    if isinstance(error, ray.exceptions.RayTaskError):
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    return error

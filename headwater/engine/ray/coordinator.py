@@ -1,59 +1,57 @@
 """The checkpoint coordinator of a Ray job, hosted by its first worker actor, and how subtasks reach it.
 
-:class:`CoordinatorService` wraps the transport-free :class:`~headwater.engine.checkpoints.coordinator.CheckpointCoordinator`.
-Its timer (trigger every interval, abort on timeout: :meth:`CoordinatorService.run_timer`) runs in the worker's
-*watch* concurrency group — its own thread and event loop — so checkpoints time out, and the timeout is
-reported, even while user code blocks the worker's main event loop. Acks, final reports and completion
-notices arrive in the main loop; the coordinator's work on them (writing and verifying a completed checkpoint)
-runs in a thread so that it does not pause the subtasks of this worker. Both threads touch the coordinator only under :attr:`CoordinatorService.lock`,
-which is never held across an ``await``.
+:class:`CoordinatorService` is the transport around the
+:class:`~headwater.engine.checkpoints.orchestrator.CheckpointOrchestrator` (which owns the lock, the stop and
+savepoint flags, the timeout queue and the commit order). Its timer (trigger every interval, abort on timeout:
+:meth:`CoordinatorService.run_timer`) runs in the worker's *watch* concurrency group — its own thread and event
+loop — so checkpoints time out, and the timeout is reported, even while user code blocks the worker's main
+event loop. Acks, final reports and completion notices arrive in the main loop; the orchestrator's work on them
+(writing and verifying a completed checkpoint, under its lock) runs in a thread, so that it does not pause the
+subtasks of this worker. The lock is never held across an ``await``.
 
 The watch group never *waits* for that lock: the thread completing a checkpoint holds it for the whole metadata
-write and the read-back of every state file, which may take longer than the stall timeout, and a blocked
-watch loop would stop answering ``activity`` (the driver would end the job). So the timer only tries the lock
-and skips a tick while it is held (a checkpoint being completed has all its acks: it cannot time out then);
-timeouts are handed over in a deque (:meth:`take_expired` takes them without the lock); and
-:meth:`prepare_stop` only sets flags (single attribute writes), which the timer and the completion read.
+write and the read-back of every state file, which may take longer than the stall timeout, and a blocked watch
+loop would stop answering ``activity`` (the driver would end the job). So the timer only tries the lock and
+skips a tick while it is held (``try_begin(blocking=False)``, ``expire``); timeouts are handed over in a deque
+(:meth:`CoordinatorService.take_expired`); and :meth:`CoordinatorService.prepare_stop` only sets flags.
+
+:class:`CoordinatorEndpoints` is the coordinator's RPC front: the actor methods of the worker hosting it,
+through which the other workers and the driver reach it.
 
 Invariant: a completed checkpoint is announced (``notify_complete``) from the main loop only, because that is
-where sinks commit.
+where sinks commit (step 5 of the commit order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats, Expired
+from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
 
 if TYPE_CHECKING:
-    from headwater.engine.ray.executor import WorkerActor
+    from headwater.engine.ray.worker import WorkerActor
 
 log = logging.getLogger("headwater.checkpoint")
 
 SubtaskId = tuple[int, int]  # (stage id, subtask index)
 
-__all__ = ["CoordinatorClient", "CoordinatorService", "Expired"]
+__all__ = ["CoordinatorClient", "CoordinatorEndpoints", "CoordinatorService", "Expired"]
 
 
 class CoordinatorService:
     """The checkpoint coordinator in a worker: triggers sources on a timer, collects acks, notifies every
-    worker when a checkpoint completed (see :class:`CheckpointCoordinator` for the rules)."""
+    worker when a checkpoint completed (see :class:`CheckpointOrchestrator` for the rules)."""
 
     def __init__(self, core: CheckpointCoordinator) -> None:
-        self.core = core
-        self.lock = threading.Lock()
+        self.checkpoints = CheckpointOrchestrator(core)
         self.sources: list[tuple[Any, SubtaskId]] = []
         self.workers: list[Any] = []
         self.home: WorkerActor | None = None
-        self.stopping = False
         self.closed = False
-        #: timeouts not yet reported to the driver (taken by :meth:`take_expired`)
-        self.expired: deque[Expired] = deque()
 
     def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
         self.sources, self.workers, self.home = sources, workers, home
@@ -63,13 +61,9 @@ class CoordinatorService:
         assert self.home is not None
         while not self.closed:
             await asyncio.sleep(0.02)
-            if not self.lock.acquire(blocking=False):
-                continue  # a checkpoint is being completed (see the module docstring): try again next tick
-            try:
-                self._expire()
-                checkpoint_id = self.core.begin() if not self.stopping and self.core.due() else None
-            finally:
-                self.lock.release()
+            self.checkpoints.expire()
+            # while a checkpoint is being completed, the lock is held: try again next tick (module docstring)
+            checkpoint_id = self.checkpoints.try_begin(blocking=False)
             if checkpoint_id is None:
                 continue
             for worker, (stage_id, subtask) in self.sources:
@@ -79,17 +73,9 @@ class CoordinatorService:
                 else:
                     worker.trigger_checkpoint.remote(stage_id, subtask, checkpoint_id)
 
-    def _expire(self) -> None:
-        expired = self.core.expire()
-        if expired is not None:
-            self.expired.append(expired)
-
     def take_expired(self) -> list[Expired]:
-        """(watch group) The timeouts since the last call; never waits for :attr:`lock`."""
-        taken = []
-        while self.expired:
-            taken.append(self.expired.popleft())
-        return taken
+        """(watch group) The timeouts since the last call; never waits for the lock."""
+        return self.checkpoints.take_expired()
 
     def _notify(self, metadata: CheckpointMetadata | None) -> None:
         if metadata is None:
@@ -101,28 +87,52 @@ class CoordinatorService:
             worker.notify_complete.remote(metadata.checkpoint_id)
 
     async def ack(self, ack: SubtaskAck) -> None:
-        self._notify(await asyncio.to_thread(self._record, self.core.ack, ack))
+        # off the main loop: the ack that completes a checkpoint writes its metadata and reads every state file
+        # back to verify it, which must not pause the subtasks hosted here
+        self._notify(await asyncio.to_thread(self.checkpoints.ack, ack))
 
     async def report_finished(self, ack: SubtaskAck) -> None:
-        self._notify(await asyncio.to_thread(self._record, self.core.report_finished, ack))
-
-    def _record(self, method: Callable[[SubtaskAck], CheckpointMetadata | None], ack: SubtaskAck
-                ) -> CheckpointMetadata | None:
-        """Run ``method`` under the lock, off the main loop: the ack that completes a checkpoint writes its
-        metadata and reads every state file back to verify it, which must not pause the subtasks hosted here."""
-        with self.lock:
-            return method(ack)
+        self._notify(await asyncio.to_thread(self.checkpoints.report_finished, ack))
 
     def prepare_stop(self, savepoint: bool) -> None:
-        """(watch group) No new checkpoints; the final one is kept as a savepoint if asked. Two attribute writes,
-        without :attr:`lock`: a checkpoint the timer began just before is like one begun just before the stop."""
-        if savepoint:
-            self.core.final_kind = "savepoint"
-        self.stopping = True
+        """(watch group) No new checkpoints; the final one is kept as a savepoint if asked (flags only)."""
+        self.checkpoints.prepare_stop(savepoint)
 
     def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
-        with self.lock:
-            return self.core.stats, self.core.last_completed, self.core.final_completed
+        return self.checkpoints.result()
+
+
+class CoordinatorEndpoints:
+    """The coordinator's RPC front: the actor methods of the worker that hosts it (worker 0 of a checkpointed
+    job), mixed into :class:`~headwater.engine.ray.worker.WorkerActor`. The methods marked "watch group" are
+    called in the worker's watch concurrency group."""
+
+    service: CoordinatorService | None
+
+    def _service(self) -> CoordinatorService:
+        assert self.service is not None, "this worker does not host the checkpoint coordinator"
+        return self.service
+
+    def _expired(self) -> list[Expired]:
+        return self.service.take_expired() if self.service is not None else []
+
+    async def coordinate(self) -> None:
+        """(watch group) The checkpoint coordinator's timer; runs until the job is released or killed (other
+        workers may need checkpoints after this worker's subtasks ended)."""
+        await self._service().run_timer()
+
+    async def coordinator_ack(self, ack: SubtaskAck) -> None:
+        await self._service().ack(ack)
+
+    async def coordinator_report_finished(self, ack: SubtaskAck) -> None:
+        await self._service().report_finished(ack)
+
+    async def coordinator_prepare_stop(self, savepoint: bool) -> None:
+        """(watch group)"""
+        self._service().prepare_stop(savepoint)
+
+    async def coordinator_result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
+        return self._service().result()
 
 
 class CoordinatorClient:

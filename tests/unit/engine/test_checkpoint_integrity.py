@@ -24,6 +24,7 @@ from headwater.core.state.store import OperatorStateStore
 from headwater.engine.checkpoints import key as checkpoint_key
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
 from headwater.engine.checkpoints.key import CheckpointKey, load_key
+from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.metadata import canonical
 from headwater.engine.checkpoints.recovery import load_restore_point
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
@@ -110,6 +111,34 @@ def test_metadata_is_versioned_signed_json_with_plain_positions_and_tokens(stora
     assert ack.source_positions == {"in": {"p0": (1, 7), "p1": {"offset": 1}}}, "a tuple stays a tuple"
     assert ack.sink_tokens == {"out": [(1, ("staged", "final"))]} and ack.values == {"agg": {"v": b"\x00\x01"}}
     assert len(ack.state_files[0].sha256) == 64
+
+
+@pytest.mark.parametrize("kind", list(CheckpointKind))
+def test_the_kind_is_written_as_its_plain_string_and_read_back_as_the_enum(
+    storage: CheckpointStorage, kind: CheckpointKind,
+) -> None:
+    state = storage.write_state(3, "agg", "acc", 1, 0, table(3), range(G))
+    directory = storage.write_metadata(CheckpointMetadata(3, "flow", kind, G, 1.5, [SubtaskAck(3, 1, 0, 1, state_files=[state])]))
+    data = Path(directory, METADATA).read_bytes()
+    assert f'"kind":"{kind.value}"'.encode() in data, "the file holds the plain string, as before the enum"
+    assert json.loads(data)["checkpoint"]["kind"] == kind.value
+    loaded = storage.load(directory)
+    assert loaded.kind is kind and isinstance(loaded.kind, CheckpointKind)
+
+
+def test_metadata_written_with_a_plain_string_kind_loads_as_the_enum(storage: CheckpointStorage) -> None:
+    """A file written before the enum existed (the kind was a plain ``str`` then) is the same bytes: it loads."""
+    write_checkpoint(storage, 1)
+    rewrite(metadata_path(storage, 1), lambda d: d["checkpoint"].update(kind="final"), key=KEY_A)
+    loaded = storage.load(str(metadata_path(storage, 1).parent))
+    assert loaded.kind is CheckpointKind.FINAL and loaded.kind == "final"
+
+
+def test_an_unknown_kind_is_a_damaged_checkpoint_not_a_value_error(storage: CheckpointStorage) -> None:
+    write_checkpoint(storage, 1)
+    rewrite(metadata_path(storage, 1), lambda d: d["checkpoint"].update(kind="snapshot"), key=KEY_A)
+    with pytest.raises(CheckpointCorruptError, match="checkpoint.kind is 'snapshot', expected one of checkpoint, final, savepoint"):
+        storage.load(str(metadata_path(storage, 1).parent))
 
 
 def test_the_key_is_written_into_no_checkpoint_file(tmp_path: Path, private_key_file: Path) -> None:

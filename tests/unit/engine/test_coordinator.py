@@ -18,6 +18,7 @@ from headwater.engine.checkpoints.snapshots import BarrierAligner
 from headwater.engine.checkpoints.storage import CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.runtime import SubtaskRuntime
+from headwater.errors import SinkProtocolError
 from headwater.testing import TestingSink, TestingSource
 
 G = 128
@@ -126,6 +127,26 @@ def test_subtask_snapshots_only_what_preceded_the_barrier_on_each_channel() -> N
 
 # -- CheckpointCoordinator ----------------------------------------------------------------------------------------
 SUBTASKS = [(0, 0), (1, 0), (1, 1)]
+
+
+def test_a_closed_subtask_commits_nothing_when_it_hears_of_a_completed_checkpoint() -> None:
+    """A failed subtask's worker may still hear of a checkpoint completing: its sink partition is closed (and
+    aborted), so nothing is committed; the next attempt's settle_sinks commits what the checkpoint covers."""
+    runtime, sink = aggregate_runtime()
+    runtime.on_message(0, 0, rows("a", 1))
+    runtime.on_message(0, 0, Barrier(1))
+    runtime.on_message(0, 1, Barrier(1))
+    assert [t for t, _ in runtime.uncommitted["out"]] == [1]
+    runtime.close()
+    runtime.notify_checkpoint_complete(1)
+    assert sink.rows() == [] and [t for t, _ in runtime.uncommitted["out"]] == [1]
+
+
+def test_a_sink_protocol_error_in_a_subtask_names_the_sink_step() -> None:
+    runtime, _ = aggregate_runtime()
+    _, sink_operator = runtime.sinks[0]
+    with pytest.raises(SinkProtocolError, match=r"step 'out' \(subtask 0\): sink partition: commit\(1\) of no prepared"):
+        runtime._guard("out", sink_operator.commit, 1)
 
 
 def coordinator(tmp_path: Path, subtasks: list[tuple[int, int]] = SUBTASKS, first_id: int = 1,

@@ -34,24 +34,23 @@ def _slow_completion(service: CoordinatorService, monkeypatch: pytest.MonkeyPatc
     """Make writing checkpoint metadata take ``seconds`` (as a slow disk or a large read-back does); the event
     is set once the write has begun."""
     writing = threading.Event()
-    write = service.core.storage.write_metadata
+    write = service.checkpoints.core.storage.write_metadata
 
     def slow_write(*args: Any, **kwargs: Any) -> str:
         writing.set()
         time.sleep(seconds)
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(service.core.storage, "write_metadata", slow_write)
+    monkeypatch.setattr(service.checkpoints.core.storage, "write_metadata", slow_write)
     return writing
 
 
 def _complete_in_a_thread(service: CoordinatorService, checkpoint_id: int) -> threading.Thread:
     """The last ack arrives; as in the worker, the coordinator's work runs in a thread under the lock."""
     for stage, subtask in SUBTASKS[:-1]:
-        service._record(service.core.ack, SubtaskAck(checkpoint_id, stage, subtask, 2))
+        service.checkpoints.ack(SubtaskAck(checkpoint_id, stage, subtask, 2))
     stage, subtask = SUBTASKS[-1]
-    thread = threading.Thread(target=service._record,
-                              args=(service.core.ack, SubtaskAck(checkpoint_id, stage, subtask, 2)))
+    thread = threading.Thread(target=service.checkpoints.ack, args=(SubtaskAck(checkpoint_id, stage, subtask, 2),))
     thread.start()
     return thread
 
@@ -64,16 +63,16 @@ def test_the_watch_loop_keeps_answering_and_timing_out_while_a_completion_holds_
 
     async def watch_loop() -> tuple[float, float, list[Expired]]:
         timer = asyncio.ensure_future(service.run_timer())
-        while service.core.pending is None:  # the timer began checkpoint 1
+        while service.checkpoints.core.pending is None:  # the timer began checkpoint 1
             await asyncio.sleep(0.01)
-        completing = _complete_in_a_thread(service, service.core.pending.checkpoint_id)
+        completing = _complete_in_a_thread(service, service.checkpoints.core.pending.checkpoint_id)
         await asyncio.to_thread(writing.wait, 5)
         started = time.monotonic()
         await asyncio.sleep(0.05)  # the loop still runs: the timer is not blocked on the lock
         assert service.take_expired() == []
         answered = time.monotonic() - started
         await asyncio.to_thread(completing.join)
-        assert service.core.stats.completed == 1
+        assert service.checkpoints.core.stats.completed == 1
         # the timer goes on: checkpoint 2 begins, nobody acknowledges it, it times out and is reported
         deadline = time.monotonic() + 5
         expired: list[Expired] = []
@@ -93,12 +92,12 @@ def test_the_watch_loop_keeps_answering_and_timing_out_while_a_completion_holds_
 def test_prepare_stop_does_not_wait_for_a_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     service = _service(tmp_path)
     writing = _slow_completion(service, monkeypatch, seconds=2.0)
-    completing = _complete_in_a_thread(service, service.core.begin())
+    completing = _complete_in_a_thread(service, service.checkpoints.core.begin())
     assert writing.wait(5)
     started = time.monotonic()
     service.prepare_stop(savepoint=True)
     took = time.monotonic() - started
     completing.join()
     assert took < 0.5, f"prepare_stop waited {took:.1f} s for the checkpoint completion"
-    assert service.stopping and service.core.final_kind == "savepoint"
-    assert service.core.stats.completed == 1
+    assert service.checkpoints.stopping and service.checkpoints.core.final_kind == "savepoint"
+    assert service.checkpoints.core.stats.completed == 1
