@@ -200,7 +200,7 @@ def _explain_checkpoint_storage(error: HeadwaterError, config: CheckpointConfig)
     """For a checkpoint write that failed on a full, read-only or forbidden directory: an error that names the
     directory, the condition and the fix (``None`` for any other failure)."""
     os_error = os_error_in(error)
-    if os_error is None or not any(isinstance(link, CheckpointError) for link in causes(error)):
+    if os_error is None or os_error.errno is None or not any(isinstance(link, CheckpointError) for link in causes(error)):
         return None
     condition, fix = DETERMINISTIC_ERRNOS[os_error.errno]
     return CheckpointError(
