@@ -95,10 +95,10 @@ class Expr(ABC):
     def __abs__(self) -> Expr:
         return self._call("abs_checked")
 
-    def __eq__(self, other: Any) -> Expr:  # type: ignore[override]
+    def __eq__(self, other: Any) -> Expr:  # type: ignore[override]  # deliberate: builds an expression
         return self._call("equal", other)
 
-    def __ne__(self, other: Any) -> Expr:  # type: ignore[override]
+    def __ne__(self, other: Any) -> Expr:  # type: ignore[override]  # deliberate: builds an expression
         return self._call("not_equal", other)
 
     def __lt__(self, other: Any) -> Expr:

@@ -76,7 +76,7 @@ def register(cls: T | None = None, *, name: str | None = None) -> T | Callable[[
     def apply(klass: T) -> T:
         if not (dataclasses.is_dataclass(klass) and isinstance(klass, type)):
             raise TypeError(f"plain_data.register: {klass!r} is not a dataclass")
-        if not klass.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        if not klass.__dataclass_params__.frozen:  # type: ignore[attr-defined]  # typeshed does not declare it
             raise TypeError(f"plain_data.register: dataclass {klass.__qualname__} must be frozen (@dataclass(frozen=True))")
         if any(not f.init for f in dataclasses.fields(klass)):
             raise TypeError(f"plain_data.register: every field of {klass.__qualname__} must be an __init__ field")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import pyarrow as pa
 
@@ -148,19 +149,23 @@ class EdgeWriter:
         buffer = self.buffers[receiver]
         out: list[tuple[int, Message]] = []
         if buffer.batches and not buffer.batches[0].schema.equals(batch.schema):
-            out.append((receiver, buffer.take()))  # type: ignore[arg-type]  # never concatenate mixed schemas
+            message = buffer.take()  # never concatenate mixed schemas
+            assert message is not None
+            out.append((receiver, message))
         buffer.add(batch, ingest_ns, self.linger)
         if buffer.rows >= self.batch_size or self.linger == 0:
-            out.append((receiver, buffer.take()))  # type: ignore[arg-type]
+            message = buffer.take()
+            assert message is not None
+            out.append((receiver, message))
         self.rows_sent += batch.num_rows
         return out
 
     def flush_due(self, now: float) -> list[tuple[int, Message]]:
         """Messages for buffers whose oldest row has waited ``linger``."""
-        return [(r, b.take()) for r, b in enumerate(self.buffers) if b.batches and b.deadline <= now]  # type: ignore[misc]
+        return [(r, cast(DataMessage, b.take())) for r, b in enumerate(self.buffers) if b.batches and b.deadline <= now]
 
     def flush_all(self) -> list[tuple[int, Message]]:
-        return [(r, b.take()) for r, b in enumerate(self.buffers) if b.batches]  # type: ignore[misc]
+        return [(r, cast(DataMessage, b.take())) for r, b in enumerate(self.buffers) if b.batches]
 
     def _targets(self) -> range | list[int]:
         return [self.sender] if self.edge.partitioning == "forward" else range(self.receivers)

@@ -139,7 +139,7 @@ class DirectoryLease:
             holder = "another run that has not recorded itself yet (it is starting)"
         else:
             try:
-                holder = LeaseHolder(**{k: record[k] for k in ("job", "run_id", "host", "pid", "started_at")}).describe()  # type: ignore[arg-type]
+                holder = LeaseHolder(**{k: record[k] for k in ("job", "run_id", "host", "pid", "started_at")}).describe()  # type: ignore[arg-type]  # unvalidated JSON
             except (KeyError, TypeError):
                 holder = f"another run (its lease record is unreadable: {record!r})"
         return (

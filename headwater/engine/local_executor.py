@@ -31,6 +31,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from headwater.engine.channels import Message
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
 from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator, SubtaskCheckpoints
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
@@ -64,7 +65,7 @@ class LocalJob:
         #: the checkpoint orchestration (None without checkpointing); refuses coordinator calls once abandoned
         self.checkpoints = CheckpointOrchestrator(coordinator, self._check_abandoned) if coordinator is not None else None
         self._stop = threading.Event()
-        self._queue: deque[tuple[SubtaskRuntime, int, int, object]] = deque()
+        self._queue: deque[tuple[SubtaskRuntime, int, int, Message]] = deque()
         self._abandoned = False
         self._exited = True  # no thread of the job is running (until wait() starts one)
         self._on_exit: list[Callable[[], None]] = []
@@ -114,7 +115,7 @@ class LocalJob:
         while self._queue:
             self._check_abandoned()
             runtime, edge_id, sender, message = self._queue.popleft()
-            self._deliver(runtime, runtime.on_message(edge_id, sender, message))  # type: ignore[arg-type]
+            self._deliver(runtime, runtime.on_message(edge_id, sender, message))
 
     def _done(self, runtimes: list[SubtaskRuntime]) -> bool:
         if not all(rt.finished for rt in runtimes):

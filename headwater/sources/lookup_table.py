@@ -45,10 +45,11 @@ class LookupTable:
             else:
                 import sqlalchemy
 
-                engine = sqlalchemy.create_engine(self.sql_url)  # type: ignore[arg-type]
+                assert self.sql_url is not None and self.sql_query is not None  # LookupTable.sql sets both
+                engine = sqlalchemy.create_engine(self.sql_url)
                 try:
                     with engine.connect() as connection:
-                        rows = connection.execute(sqlalchemy.text(self.sql_query)).mappings().all()  # type: ignore[arg-type]
+                        rows = connection.execute(sqlalchemy.text(self.sql_query)).mappings().all()
                 finally:
                     engine.dispose()
                 table = pa.Table.from_pylist([dict(r) for r in rows])

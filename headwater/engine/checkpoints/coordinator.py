@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+from headwater.engine.checkpoints.key import CheckpointKey
 from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
@@ -93,9 +94,9 @@ class CheckpointCoordinator:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        key = state.pop("_key")
+        key = cast(CheckpointKey, state.pop("_key"))
         self.__dict__.update(state)
-        self.storage.attach_key(key)  # type: ignore[arg-type]
+        self.storage.attach_key(key)
 
     # -- triggering -----------------------------------------------------------------------------------------
     def due(self, now: float | None = None) -> bool:

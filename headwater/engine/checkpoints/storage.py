@@ -109,7 +109,7 @@ class CheckpointStorage:
         return {"uri": self.uri}  # never the key: it must not travel with every subtask
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["uri"])  # type: ignore[misc]
+        self.__init__(state["uri"])  # type: ignore[misc]  # deliberate: rebuild from the URI alone
         self._may_load_key = False
 
     @property

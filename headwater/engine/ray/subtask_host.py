@@ -91,8 +91,8 @@ class SubtaskHost:
         subtask ends, which an unbounded job never does — as it does on the in-process executor; the
         supervisor then decides whether a restart can cure the cause (a full disk cannot)."""
         for task in self.ack_tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise unwrap(task.exception())  # type: ignore[arg-type]
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise unwrap(error)
         self.ack_tasks = [task for task in self.ack_tasks if not task.done()]
         for snapshot in self.snapshots.taken():
             self.ack_tasks.append(asyncio.create_task(self._persist_and_ack(snapshot)))
