@@ -29,6 +29,7 @@ import pyarrow as pa
 from headwater.core.arrays import same_columns
 from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
 from headwater.core.operator import Operator, OperatorContext
+from headwater.core.plain_data import PlainData
 from headwater.core.ports import MAIN_PORT
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
@@ -126,7 +127,7 @@ class SubtaskRuntime:
         self.snapshots: list[PendingSnapshot] = []  # taken, to be persisted and acknowledged by the executor
         self.final_snapshot: PendingSnapshot | None = None
         self.sinks = [(step_id, op) for step_id, op in self.operators if isinstance(op, SinkOperator)]
-        self.ended_parts: dict[str, Any] = {}
+        self.ended_parts: dict[str, PlainData] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
         # -- event time (see headwater.core.event_time) --
         self.input_watermarks = InputWatermarks(set(self.pending_ends))
@@ -369,7 +370,7 @@ class SubtaskRuntime:
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _capture(self, checkpoint_id: int, finished: bool, drained: bool = False) -> PendingSnapshot:
         started = time.perf_counter()
-        positions: dict[str, dict[str, Any]] = {}
+        positions: dict[str, dict[str, PlainData]] = {}
         if self.source_step is not None:
             parts = dict(self.ended_parts)
             for part, partition in self.partitions:
@@ -411,7 +412,7 @@ class SubtaskRuntime:
             self._guard(step_id, sink.commit_through, checkpoint_id)
 
     @property
-    def uncommitted(self) -> dict[str, list[tuple[int, Any]]]:
+    def uncommitted(self) -> dict[str, list[tuple[int, PlainData]]]:
         """Per sink step, ``(checkpoint id, token)`` prepared and not yet committed, oldest first."""
         return {step_id: sink.pending for step_id, sink in self.sinks}
 

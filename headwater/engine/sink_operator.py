@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from headwater.core.operator import Operator, OperatorContext
+from headwater.core.plain_data import PlainData
 from headwater.errors import SinkProtocolError
 from headwater.sinks.base import Sink, SinkPartition
 
@@ -58,10 +59,10 @@ class SinkOperator(Operator):
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self.partition: SinkPartition | None = None
+        self.partition: SinkPartition[Any] | None = None
         self.phase = SinkPhase.CREATED
         #: checkpoint id → token of the transactions prepared and not yet committed, oldest first
-        self._prepared: OrderedDict[int, Any] = OrderedDict()
+        self._prepared: OrderedDict[int, PlainData] = OrderedDict()
         self._last_prepared: int | None = None
         self._last_committed: int | None = None
         self.rows_written = 0
@@ -76,7 +77,7 @@ class SinkOperator(Operator):
             return TransactionState.COMMITTED
         return None
 
-    def _require(self, action: str, *legal: SinkPhase) -> SinkPartition:
+    def _require(self, action: str, *legal: SinkPhase) -> SinkPartition[Any]:
         if self.phase not in legal:
             after = {SinkPhase.CREATED: "before open()", SinkPhase.ABORTED: "after abort()",
                      SinkPhase.CLOSED: "after close()"}.get(self.phase, f"in phase {self.phase.value}")
@@ -96,7 +97,7 @@ class SinkOperator(Operator):
         self.phase = SinkPhase.WRITING
 
     @property
-    def pending(self) -> list[tuple[int, Any]]:
+    def pending(self) -> list[tuple[int, PlainData]]:
         """``(checkpoint id, token)`` of every transaction prepared and not yet committed, oldest first (what a
         snapshot records, so that recovery can commit them)."""
         return list(self._prepared.items())
@@ -106,7 +107,7 @@ class SinkOperator(Operator):
         self.rows_written += batch.num_rows
         return []
 
-    def prepare(self, checkpoint_id: int) -> Any:
+    def prepare(self, checkpoint_id: int) -> PlainData:
         """Seal what was staged since the last prepare into the transaction of ``checkpoint_id``; its token."""
         partition = self._require(f"prepare({checkpoint_id})", SinkPhase.WRITING)
         if self._last_prepared is not None and checkpoint_id <= self._last_prepared:

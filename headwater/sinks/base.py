@@ -28,9 +28,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import pyarrow as pa
+
+from headwater.core.plain_data import PlainData
+
+#: The commit token type of a sink partition.
+TokenT = TypeVar("TokenT", bound=PlainData)
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,19 @@ class SinkOwner:
         return self.checkpoint_dir is not None
 
 
-class SinkPartition(ABC):
-    """The writer of one sink subtask."""
+class SinkPartition(ABC, Generic[TokenT]):
+    """The writer of one sink subtask; ``TokenT`` is the type of its commit tokens (plain data)."""
 
     @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
         """Stage ``batch``; it must not become visible before :meth:`commit`."""
 
     @abstractmethod
-    def prepare(self, checkpoint_id: int) -> Any:
+    def prepare(self, checkpoint_id: int) -> TokenT:
         """Make everything staged so far durable and return the token that :meth:`commit` publishes."""
 
     @abstractmethod
-    def commit(self, token: Any) -> None:
+    def commit(self, token: TokenT) -> None:
         """Publish what ``token`` describes; idempotent (committing the same token twice is harmless)."""
 
     def abort(self) -> None:
@@ -82,7 +87,7 @@ class Sink(ABC):
     exactly_once: bool = True
 
     @abstractmethod
-    def build_part(self, index: int, count: int) -> SinkPartition:
+    def build_part(self, index: int, count: int) -> SinkPartition[Any]:  # each sink has its own token type
         """Build the writer of subtask ``index`` out of ``count``."""
 
     def owned_locations(self) -> tuple[str, ...]:
@@ -98,7 +103,7 @@ class Sink(ABC):
         Default: ``self`` (nothing staged where another job could find it)."""
         return self
 
-    def clean_up(self, tokens: Sequence[Any]) -> None:
+    def clean_up(self, tokens: Sequence[PlainData]) -> None:
         """Delete staged output of earlier attempts and runs of this sink's owner that none of ``tokens`` covers,
         and staged output of runs without checkpointing; never another checkpointed job's.
 

@@ -54,7 +54,7 @@ def format_batch(batch: pa.RecordBatch, limit: int) -> str:
     return "\n".join(out)
 
 
-class ConsolePartition(SinkPartition):
+class ConsolePartition(SinkPartition[None]):
     """Prints each written batch; nothing is staged."""
 
     def __init__(self, limit: int, stream: str, label: str) -> None:
@@ -74,7 +74,7 @@ class ConsolePartition(SinkPartition):
         """Nothing to stage: the rows are already printed."""
         return None
 
-    def commit(self, token: Any) -> None:
+    def commit(self, token: None) -> None:
         """No-op: the console cannot publish atomically (at-least-once)."""
 
 

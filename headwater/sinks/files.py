@@ -75,6 +75,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from headwater.core import plain_data
+from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SinkError
 from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 
@@ -216,7 +217,7 @@ class _OpenFile:
                 self.stream.close()
 
 
-class FileSinkPartition(SinkPartition):
+class FileSinkPartition(SinkPartition[FileCommitToken]):
     """The writer of one subtask of a file sink; see the module docstring for the commit protocol."""
 
     def __init__(self, sink: FileSink, index: int) -> None:
@@ -412,7 +413,7 @@ class FileSink(Sink):
         bound.owner = owner
         return bound
 
-    def clean_up(self, tokens: Sequence[Any]) -> None:
+    def clean_up(self, tokens: Sequence[PlainData]) -> None:
         """Delete the in-progress and prepared files of this sink's owner (any subtask, attempt or earlier run)
         that no token names, and every staged file of runs without checkpointing (they ended: the caller holds
         the directory's lease). Other jobs' staging areas are kept, with a warning when they hold prepared files;

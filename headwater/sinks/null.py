@@ -7,8 +7,6 @@ failure) and are read with :meth:`NullPartition.stats`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 
 from headwater.sinks.base import Sink, SinkPartition
@@ -16,7 +14,7 @@ from headwater.sinks.base import Sink, SinkPartition
 __all__ = ["NullPartition", "NullSink"]
 
 
-class NullPartition(SinkPartition):
+class NullPartition(SinkPartition[None]):
     """Counts rows and batches written to one subtask."""
 
     def __init__(self) -> None:
@@ -30,7 +28,7 @@ class NullPartition(SinkPartition):
     def prepare(self, checkpoint_id: int) -> None:
         return None
 
-    def commit(self, token: Any) -> None:
+    def commit(self, token: None) -> None:
         """No-op: nothing was staged."""
 
     def stats(self) -> dict[str, int]:

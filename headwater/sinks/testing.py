@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from headwater.core.plain_data import PlainData
 from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 
 
@@ -36,7 +37,7 @@ class TestingSink(Sink):
         for sub in ("staging", "committed"):
             Path(self.directory, sub).mkdir(parents=True, exist_ok=True)
 
-    def build_part(self, index: int, count: int) -> SinkPartition:
+    def build_part(self, index: int, count: int) -> SinkPartition[tuple[str, str] | None]:
         return _TestingSinkPartition(Path(self.directory), self.owner.key, index)
 
     def owned_locations(self) -> tuple[str, ...]:
@@ -47,7 +48,7 @@ class TestingSink(Sink):
         bound.owner = owner
         return bound
 
-    def clean_up(self, tokens: Sequence[Any]) -> None:
+    def clean_up(self, tokens: Sequence[PlainData]) -> None:
         keep = {token[0] for token in tokens if isinstance(token, tuple)}
         for key in {self.owner.key, SinkOwner.UNCHECKED}:
             for path in Path(self.directory, "staging", key).glob("*.arrow"):
@@ -80,7 +81,7 @@ class TestingSink(Sink):
             path.unlink()
 
 
-class _TestingSinkPartition(SinkPartition):
+class _TestingSinkPartition(SinkPartition[tuple[str, str] | None]):
     def __init__(self, directory: Path, owner_key: str, subtask: int) -> None:
         self.directory = directory
         self.staging = directory / "staging" / owner_key

@@ -15,9 +15,11 @@ Shaped after Bytewax's fixed-partition sources, but batch-oriented:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pyarrow as pa
+
+from headwater.core.plain_data import PlainData
 
 
 class SourcePartition(ABC):
@@ -35,7 +37,7 @@ class SourcePartition(ABC):
         return None
 
     @abstractmethod
-    def snapshot(self) -> Any:
+    def snapshot(self) -> PlainData:
         """Return the position to resume *after*: everything emitted so far is covered by it.
 
         Must be small plain data (an offset, an index, an LSN; see :mod:`headwater.core.plain_data`), never
@@ -89,5 +91,5 @@ class Source(ABC):
         """Stable names of this source's partitions (at least one)."""
 
     @abstractmethod
-    def build_part(self, part: str, resume_state: Any | None) -> SourcePartition:
+    def build_part(self, part: str, resume_state: PlainData) -> SourcePartition:
         """Build partition ``part``, resuming after ``resume_state`` (``None``: from the beginning)."""

@@ -34,6 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SourceError
 from headwater.sources.base import Source, SourcePartition
 
@@ -200,7 +201,7 @@ class _FileSource(Source):
         """Partition name → absolute file path."""
         return dict(self._files)
 
-    def build_part(self, part: str, resume_state: Any | None) -> FilePartition:
+    def build_part(self, part: str, resume_state: PlainData) -> FilePartition:
         """Read file ``part``, skipping the ``resume_state`` rows already emitted (``None``: from the start)."""
         owner = type(self).__name__
         if part not in self._files:

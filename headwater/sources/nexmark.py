@@ -48,12 +48,13 @@ import math
 import time
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeGuard, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError
 from headwater.sources.base import Source, SourcePartition
 
@@ -294,7 +295,7 @@ class NexmarkSource(Source):
     def list_parts(self) -> list[str]:
         return [f"nexmark-{self.table}-{k}-of-{self.partitions}" for k in range(self.partitions)]
 
-    def build_part(self, part: str, resume_state: Any | None) -> NexmarkPartition:
+    def build_part(self, part: str, resume_state: PlainData) -> NexmarkPartition:
         """Partition ``part``, continuing at event number ``resume_state`` (``None``: from event 0)."""
         parts = self.list_parts()
         if part not in parts:
@@ -302,7 +303,7 @@ class NexmarkSource(Source):
                               f"{parts[-1]!r}; was the checkpoint taken with another table or partitions count?")
         if resume_state is not None and (not _is_int(resume_state) or resume_state < 0):
             raise ConfigError(f"NexmarkSource: resume state must be an event number >= 0, got {resume_state!r}")
-        return NexmarkPartition(self, parts.index(part), int(resume_state or 0))
+        return NexmarkPartition(self, parts.index(part), int(cast("int | None", resume_state) or 0))
 
     def generate(self, n: np.ndarray) -> pa.RecordBatch:
         """The rows for the ascending int64 event numbers ``n``, all of this source's table kind.
@@ -433,7 +434,7 @@ class NexmarkSource(Source):
         })
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int | np.integer]:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 

@@ -21,10 +21,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import pyarrow as pa
 
+from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SimulatedCrashError
 from headwater.sources.base import Source, SourcePartition
 
@@ -90,9 +91,9 @@ class TestingSource(Source):
     def list_parts(self) -> list[str]:
         return [f"part-{i}" for i in range(len(self.partitions))]
 
-    def build_part(self, part: str, resume_state: Any | None) -> SourcePartition:
+    def build_part(self, part: str, resume_state: PlainData) -> SourcePartition:
         index = int(part.split("-")[1])
-        return _TestingPartition(self, part, self.partitions[index], int(resume_state or 0))
+        return _TestingPartition(self, part, self.partitions[index], int(cast("int | None", resume_state) or 0))
 
 
 class _TestingPartition(SourcePartition):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.core import plain_data
+from headwater.core.plain_data import PlainData
 from headwater.engine.checkpoints.key import ENV_KEY, ENV_KEY_FILE, CheckpointKey
 from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.errors import HeadwaterError
@@ -62,10 +63,10 @@ class SubtaskAck:
     stage_id: int
     subtask: int
     parallelism: int
-    source_positions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_positions: dict[str, dict[str, PlainData]] = field(default_factory=dict)
     state_files: list[StateFile] = field(default_factory=list)
     values: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    sink_tokens: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    sink_tokens: dict[str, list[tuple[int, PlainData]]] = field(default_factory=dict)
     finished: bool = False
     drained: bool = False  # a final snapshot taken after operators emitted what they held (end of input)
     bytes_written: int = 0
@@ -88,8 +89,8 @@ class CheckpointMetadata:
     def __post_init__(self) -> None:
         self.kind = CheckpointKind(self.kind)
 
-    def source_positions(self) -> dict[str, dict[str, Any]]:
-        merged: dict[str, dict[str, Any]] = {}
+    def source_positions(self) -> dict[str, dict[str, PlainData]]:
+        merged: dict[str, dict[str, PlainData]] = {}
         for ack in self.acks:
             for step_id, parts in ack.source_positions.items():
                 merged.setdefault(step_id, {}).update(parts)
@@ -104,7 +105,7 @@ class CheckpointMetadata:
         steps |= {s for ack in self.acks for s, parts in ack.source_positions.items() if parts}
         return steps
 
-    def sink_tokens(self) -> list[tuple[str, int, int, int, Any]]:
+    def sink_tokens(self) -> list[tuple[str, int, int, int, PlainData]]:
         """(sink step, stage, subtask, parallelism, token) for every token this checkpoint covers."""
         out = []
         for ack in self.acks:
@@ -249,7 +250,7 @@ def _decode_ack(data: Any, where: str) -> SubtaskAck:
     values = {step: {name: _base64(b, f"{where}.values.{step}.{name}")
                      for name, b in _typed_map(blobs, str, f"{where}.values.{step}").items()}
               for step, blobs in _typed_map(_get(data, "values", dict, where), dict, f"{where}.values").items()}
-    tokens: dict[str, list[tuple[int, Any]]] = {}
+    tokens: dict[str, list[tuple[int, PlainData]]] = {}
     for step, entries in _typed_map(_get(data, "sink_tokens", dict, where), list, f"{where}.sink_tokens").items():
         tokens[step] = []
         for i, entry in enumerate(entries):
@@ -306,7 +307,7 @@ def _typed_map(data: Any, klass: type, where: str) -> dict[str, Any]:
     return data
 
 
-def _plain(data: Any, where: str) -> Any:
+def _plain(data: Any, where: str) -> PlainData:
     try:
         return plain_data.decode(data)
     except plain_data.PlainDataError as exc:

@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
+from headwater.core.plain_data import PlainData
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
 from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage
 from headwater.engine.config import CheckpointConfig
@@ -97,7 +98,7 @@ def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> Non
     (the planner binds them), so another checkpointed job's prepared files, which that job commits when it
     resumes, are never deleted here."""
     counts: dict[str, int] = {}
-    tokens: dict[str, list[Any]] = {}
+    tokens: dict[str, list[PlainData]] = {}
     if metadata is not None:
         for step_id, _, subtask, parallelism, token in metadata.sink_tokens():
             step = plan.steps.get(step_id)

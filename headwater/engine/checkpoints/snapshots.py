@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 
+from headwater.core.plain_data import PlainData
 from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.metadata import NotPlainDataError, check_plain
@@ -68,10 +68,10 @@ class PendingSnapshot:
     subtask: int
     parallelism: int
     key_group_range: range
-    source_positions: dict[str, dict[str, Any]]
+    source_positions: dict[str, dict[str, PlainData]]
     tables: dict[str, dict[str, pa.Table]]
     values: dict[str, dict[str, bytes]]
-    sink_tokens: dict[str, list[tuple[int, Any]]]
+    sink_tokens: dict[str, list[tuple[int, PlainData]]]
     finished: bool
     sync_ms: float
     drained: bool = False
@@ -80,8 +80,8 @@ class PendingSnapshot:
 
 def capture(
     checkpoint_id: int, stage_id: int, subtask: int, parallelism: int, key_group_range: range,
-    source_positions: dict[str, dict[str, Any]], stores: dict[str, OperatorStateStore],
-    sink_tokens: dict[str, list[tuple[int, Any]]], finished: bool, started: float, drained: bool = False,
+    source_positions: dict[str, dict[str, PlainData]], stores: dict[str, OperatorStateStore],
+    sink_tokens: dict[str, list[tuple[int, PlainData]]], finished: bool, started: float, drained: bool = False,
     watermarks: dict[str, int] | None = None,
 ) -> PendingSnapshot:
     tables: dict[str, dict[str, pa.Table]] = {}
@@ -135,7 +135,7 @@ class SubtaskRestore:
 
     storage: CheckpointStorage
     metadata: CheckpointMetadata
-    positions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    positions: dict[str, dict[str, PlainData]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, storage: CheckpointStorage, metadata: CheckpointMetadata) -> SubtaskRestore:
@@ -151,7 +151,7 @@ class SubtaskRestore:
         operators must not emit it again."""
         return bool(self.metadata.acks) and all(a.drained for a in self.metadata.acks)
 
-    def position(self, step_id: str, part: str) -> Any | None:
+    def position(self, step_id: str, part: str) -> PlainData:
         return self.positions.get(step_id, {}).get(part)
 
     def watermark(self, step_ids: tuple[str, ...], subtask: int, parallelism: int) -> int | None:
