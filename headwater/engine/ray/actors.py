@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
+from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("headwater.ray")
 
+#: A handle of a Ray actor (``ray.actor.ActorHandle``) and a Ray object reference (``ray.ObjectRef``): Ray ships
+#: no type information, so both are ``Any`` to the type checker; the names say what the value is.
+ActorHandle = Any
+ObjectRef = Any
 
-def kill_actors(ray: Any, actors: list[Any]) -> None:
+
+def kill_actors(ray: ModuleType, actors: list[ActorHandle]) -> None:
     """``ray.kill`` each actor without restart (already dead ones are skipped)."""
     for actor in actors:
         try:
@@ -29,7 +35,7 @@ def kill_actors(ray: Any, actors: list[Any]) -> None:
             pass
 
 
-def await_death(ray: Any, actors: list[Any], timeout: float = 10.0) -> bool:
+def await_death(ray: ModuleType, actors: list[ActorHandle], timeout: float = 10.0) -> bool:
     """Return once every actor is confirmed dead (a call on it fails), or after ``timeout`` with a warning;
     True when all were confirmed."""
     alive = list(actors)

@@ -17,6 +17,7 @@ import sys
 import sysconfig
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterator
 
 from headwater.engine.config import RunConfig
@@ -81,12 +82,12 @@ def start_local_ray(
     return local
 
 
-def global_node(ray: Any) -> Any | None:
+def global_node(ray: ModuleType) -> Any | None:
     """Ray's node object of this process's session (private API: ``None`` when a Ray version lacks it)."""
     return getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
 
 
-def _session_dir(ray: Any) -> str | None:
+def _session_dir(ray: ModuleType) -> str | None:
     node = global_node(ray)
     try:
         return str(node.get_session_dir_path()) if node is not None else None
@@ -95,7 +96,7 @@ def _session_dir(ray: Any) -> str | None:
 
 
 @contextmanager
-def ray_session(config: RunConfig) -> Iterator[Any]:
+def ray_session(config: RunConfig) -> Iterator[ModuleType]:
     """Yield the ``ray`` module connected to a cluster per the rules above."""
     _prepare_environment()
     import ray

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats, Expired
 from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
+from headwater.engine.ray.actors import ActorHandle
 
 if TYPE_CHECKING:
     from headwater.engine.ray.worker import WorkerActor
@@ -48,12 +49,12 @@ class CoordinatorService:
 
     def __init__(self, core: CheckpointCoordinator) -> None:
         self.checkpoints = CheckpointOrchestrator(core)
-        self.sources: list[tuple[Any, SubtaskId]] = []
-        self.workers: list[Any] = []
+        self.sources: list[tuple[ActorHandle, SubtaskId]] = []
+        self.workers: list[ActorHandle] = []
         self.home: WorkerActor | None = None
         self.closed = False
 
-    def connect(self, sources: list[tuple[Any, SubtaskId]], workers: list[Any], home: WorkerActor) -> None:
+    def connect(self, sources: list[tuple[ActorHandle, SubtaskId]], workers: list[ActorHandle], home: WorkerActor) -> None:
         self.sources, self.workers, self.home = sources, workers, home
 
     async def run_timer(self) -> None:
@@ -139,17 +140,19 @@ class CoordinatorClient:
     """How a subtask reaches the checkpoint coordinator: a direct call in the worker that hosts it, an actor
     call to that worker from the others."""
 
-    def __init__(self, local: CoordinatorService | None, remote_worker: Any = None) -> None:
+    def __init__(self, local: CoordinatorService | None, remote_worker: ActorHandle | None = None) -> None:
         self.local, self.remote_worker = local, remote_worker
 
     async def ack(self, ack: SubtaskAck) -> None:
         if self.local is not None:
             await self.local.ack(ack)
         else:
+            assert self.remote_worker is not None
             await self.remote_worker.coordinator_ack.remote(ack)
 
     async def report_finished(self, ack: SubtaskAck) -> None:
         if self.local is not None:
             await self.local.report_finished(ack)
         else:
+            assert self.remote_worker is not None
             await self.remote_worker.coordinator_report_finished.remote(ack)

@@ -16,6 +16,7 @@ bounded, so the driver never hangs on a blocked worker — nor on one Ray cannot
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any, Callable
 
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
@@ -24,7 +25,7 @@ from headwater.engine.config import RunConfig
 from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
-from headwater.engine.ray.actors import await_death, kill_actors, unwrap
+from headwater.engine.ray.actors import ActorHandle, ObjectRef, await_death, kill_actors, unwrap
 from headwater.engine.ray.placement import PLACEMENT_POLL_S, PlacementWait, place_subtasks
 from headwater.engine.ray.watch import WATCH, WATCH_CONCURRENCY, WorkerWatch
 from headwater.engine.ray.worker import WorkerActor
@@ -48,7 +49,7 @@ def _as_raised(error: HeadwaterError) -> HeadwaterError:
 class RayJob:
     """A job whose subtasks run in Ray worker actors. Construct with an initialised ``ray``; then :meth:`wait`."""
 
-    def __init__(self, plan: PhysicalPlan, config: RunConfig, ray: Any,
+    def __init__(self, plan: PhysicalPlan, config: RunConfig, ray: ModuleType,
                  on_progress: Callable[[list[SubtaskMetrics], float], None] | None = None,
                  coordinator: CheckpointCoordinator | None = None, restore: SubtaskRestore | None = None,
                  deadline: float | None = None) -> None:
@@ -70,7 +71,7 @@ class RayJob:
         self._stop_requested_at: float | None = None
         self._stop_reason = "a stop was requested"
         self.grace_s = config.stop_grace.total_seconds()
-        self.timer: Any = None
+        self.timer: ObjectRef | None = None
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
         self.assignments = place_subtasks(plan)
@@ -78,7 +79,7 @@ class RayJob:
         #: which workers hold no CPUs of their own (only those are pooled)
         self.shared = [not c for c in cpus]
         pooled = POOL.take(ray, self.pool_key, sum(self.shared)) if config.reuse_workers else []
-        self.workers: list[Any] = []
+        self.workers: list[ActorHandle] = []
         from_pool: set[int] = set()
         placement: dict[SubtaskId, int] = {}
         for index, subtasks in enumerate(self.assignments):
@@ -93,7 +94,7 @@ class RayJob:
                           for index, subtasks in enumerate(self.assignments)], from_pool,
                          PlacementWait(ray, plan, self.assignments, cpus, deadline))
             #: the worker actor hosting each (stage id, subtask)
-            self.actors: dict[SubtaskId, Any] = {key: self.workers[i] for key, i in sorted(placement.items())}
+            self.actors: dict[SubtaskId, ActorHandle] = {key: self.workers[i] for key, i in sorted(placement.items())}
             self.watch = WorkerWatch(ray, plan, self.workers, self.assignments, config.stall_seconds)
             self._await_connected([w.connect.remote(placement, self.workers, self.checkpointing) for w in self.workers],
                                   deadline)
@@ -107,7 +108,7 @@ class RayJob:
             self.timer = self.workers[0].coordinate.options(concurrency_group=WATCH).remote()
         self.runs = {worker.run.remote(): index for index, worker in enumerate(self.workers)}
 
-    def _await_connected(self, refs: list[Any], deadline: float | None) -> None:
+    def _await_connected(self, refs: list[ObjectRef], deadline: float | None) -> None:
         """Wait for every worker to open its steps, watching for stalls (a constructor that never returns) and
         for the run's deadline."""
         pending = refs
@@ -118,7 +119,7 @@ class RayJob:
                 self.stop(reason="the run's timeout (while its steps were opening)")
             self._check_deadlines()
 
-    def _new_worker(self, cpus: float | None) -> Any:
+    def _new_worker(self, cpus: float | None) -> ActorHandle:
         return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
 
     def _assign(self, arguments: list[tuple[Any, ...]], from_pool: set[int], placement: PlacementWait) -> None:
@@ -215,7 +216,7 @@ class RayJob:
             else:
                 self._kill_all(confirm=self.checkpointing and not succeeded)
 
-    def _result_of(self, ref: Any) -> list[SubtaskMetrics]:
+    def _result_of(self, ref: ObjectRef) -> list[SubtaskMetrics]:
         hosted = self.assignments[self.runs[ref]]
         try:
             return self.ray.get(ref)
@@ -255,5 +256,5 @@ class RayJob:
                 "latest checkpoint", transient=False,
             )
 
-    def _kill(self, workers: list[Any]) -> None:
+    def _kill(self, workers: list[ActorHandle]) -> None:
         kill_actors(self.ray, workers)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from types import ModuleType
 
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.ray.cluster import global_node
@@ -54,7 +54,7 @@ def place_subtasks(plan: PhysicalPlan) -> list[list[SubtaskId]]:
     return slots + dedicated
 
 
-def started_here(ray: Any) -> bool:
+def started_here(ray: ModuleType) -> bool:
     """Whether this process started the Ray cluster (``ray.init()`` without an address: a head node of its
     own, with no autoscaler). ``False`` when it joined one, or when Ray does not say."""
     return getattr(global_node(ray), "head", False) is True
@@ -63,7 +63,7 @@ def started_here(ray: Any) -> bool:
 class PlacementWait:
     """Checks the workers a job still waits for (see the module docstring); :meth:`check` raises."""
 
-    def __init__(self, ray: Any, plan: PhysicalPlan, assignments: list[list[SubtaskId]], cpus: list[float | None],
+    def __init__(self, ray: ModuleType, plan: PhysicalPlan, assignments: list[list[SubtaskId]], cpus: list[float | None],
                  deadline: float | None) -> None:
         self.ray, self.plan, self.assignments, self.cpus, self.deadline = ray, plan, assignments, cpus, deadline
         self.started = time.monotonic()

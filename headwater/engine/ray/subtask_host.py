@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
-from typing import Any
 
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.orchestrator import SubtaskCheckpoints
@@ -31,7 +30,7 @@ from headwater.engine.checkpoints.storage import CheckpointStorage
 from headwater.engine.config import RunConfig
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
-from headwater.engine.ray.actors import unwrap
+from headwater.engine.ray.actors import ActorHandle, ObjectRef, unwrap
 from headwater.engine.ray.coordinator import CoordinatorClient
 from headwater.engine.runtime import Outgoing, SubtaskRuntime
 from headwater.engine.watchdog import SubtaskActivity
@@ -65,8 +64,8 @@ class SubtaskHost:
         self.expected: dict[tuple[int, int], int] = {}
         self.out_of_order: dict[tuple[int, int], dict[int, list[Message]]] = defaultdict(dict)
         # per outgoing edge, per receiver subtask: a local SubtaskHost, or the remote worker's actor handle
-        self.receivers: dict[int, list[SubtaskHost | Any]] = {}
-        self.inflight: dict[tuple[int, int], deque[Any]] = defaultdict(deque)
+        self.receivers: dict[int, list[SubtaskHost | ActorHandle]] = {}
+        self.inflight: dict[tuple[int, int], deque[ObjectRef]] = defaultdict(deque)
         self.next_seq: dict[tuple[int, int], int] = defaultdict(int)
         self.has_items = asyncio.Event()
         self.space = asyncio.Event()
@@ -74,7 +73,7 @@ class SubtaskHost:
         #: where the subtask waits when it is not inside a call into step code (for activity reports)
         self.waiting = "starting"
 
-    def connect(self, receivers: dict[int, list[SubtaskHost | Any]], coordinator: CoordinatorClient | None) -> None:
+    def connect(self, receivers: dict[int, list[SubtaskHost | ActorHandle]], coordinator: CoordinatorClient | None) -> None:
         self.receivers = receivers
         self.coordinator = coordinator
 

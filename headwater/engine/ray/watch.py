@@ -9,9 +9,10 @@ answer: it keeps at most one call in flight per worker and looks at the answers 
 from __future__ import annotations
 
 import time
-from typing import Any
+from types import ModuleType
 
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.ray.actors import ActorHandle, ObjectRef
 from headwater.engine.watchdog import (
     UNANSWERED_MIN_S,
     SubtaskActivity,
@@ -31,7 +32,7 @@ WATCH_CONCURRENCY = 4
 class WorkerWatch:
     """Polls ``activity`` of every worker (at most every :attr:`every` seconds) from :meth:`poll`."""
 
-    def __init__(self, ray: Any, plan: PhysicalPlan, workers: list[Any], assignments: list[list[SubtaskId]],
+    def __init__(self, ray: ModuleType, plan: PhysicalPlan, workers: list[ActorHandle], assignments: list[list[SubtaskId]],
                  stall_s: float | None) -> None:
         self.ray = ray
         self.plan = plan
@@ -41,7 +42,7 @@ class WorkerWatch:
         self.every = 1.0 if stall_s is None else max(0.1, min(1.0, stall_s / 4))
         #: the latest answer of each subtask
         self.latest: dict[SubtaskId, SubtaskActivity] = {}
-        self._outstanding: dict[int, tuple[Any, float]] = {}
+        self._outstanding: dict[int, tuple[ObjectRef, float]] = {}
         self._last_sent: dict[int, float] = {}
 
     def poll(self) -> None:
@@ -67,7 +68,7 @@ class WorkerWatch:
         if stalled is not None:
             raise stalled
 
-    def _take(self, ref: Any) -> None:
+    def _take(self, ref: ObjectRef) -> None:
         try:
             activities, expired = self.ray.get(ref)
         except Exception:  # noqa: BLE001 - a dead worker: its run() call reports the failure

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
@@ -26,6 +25,7 @@ from headwater.engine.checkpoints.storage import CheckpointStorage
 from headwater.engine.config import RunConfig
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
+from headwater.engine.ray.actors import ActorHandle
 from headwater.engine.ray.allocator import keep_batches_on_heap
 from headwater.engine.ray.coordinator import CoordinatorClient, CoordinatorEndpoints, CoordinatorService, Expired
 from headwater.engine.ray.subtask_host import SubtaskHost
@@ -61,7 +61,7 @@ class WorkerActor(CoordinatorEndpoints):
             self.service.closed = True
         self.hosts, self.plan, self.service = {}, None, None
 
-    async def connect(self, placement: dict[SubtaskId, int], workers: list[Any], checkpointing: bool) -> None:
+    async def connect(self, placement: dict[SubtaskId, int], workers: list[ActorHandle], checkpointing: bool) -> None:
         """Learn where every subtask runs (worker index per subtask, and the workers' handles), then open
         the hosted operators and source partitions (restoring state), so that no source starts before every
         subtask is ready to take data. The coordinator, when checkpointing, lives in worker 0."""
@@ -69,7 +69,7 @@ class WorkerActor(CoordinatorEndpoints):
         assert plan is not None, "assign() was not called"
         client = CoordinatorClient(self.service, workers[0]) if checkpointing else None
         for (stage_id, _), host in self.hosts.items():
-            receivers: dict[int, list[SubtaskHost | Any]] = {}
+            receivers: dict[int, list[SubtaskHost | ActorHandle]] = {}
             for edge in plan.outputs_of(stage_id):
                 receivers[edge.edge_id] = [
                     self.hosts.get((edge.dst, j)) or workers[placement[(edge.dst, j)]]

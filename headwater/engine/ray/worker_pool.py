@@ -22,7 +22,10 @@ it with a new worker. ``RunConfig(reuse_workers=False)`` turns pooling off for a
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Hashable
+from types import ModuleType
+
+from headwater.engine.ray.actors import ActorHandle
 
 #: idle workers kept per pool key; more are killed
 MAX_IDLE_WORKERS = 8
@@ -34,16 +37,16 @@ class WorkerPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._session: str | None = None
-        self._idle: dict[Any, list[Any]] = {}
+        self._idle: dict[Hashable, list[ActorHandle]] = {}
 
     @staticmethod
-    def _session_of(ray: Any) -> str | None:
+    def _session_of(ray: ModuleType) -> str | None:
         try:
             return str(ray.get_runtime_context().get_job_id()) if ray.is_initialized() else None
         except Exception:  # noqa: BLE001 - no session: nothing to reuse
             return None
 
-    def take(self, ray: Any, key: Any, count: int) -> list[Any]:
+    def take(self, ray: ModuleType, key: Hashable, count: int) -> list[ActorHandle]:
         """Up to ``count`` idle workers created with ``key``; the caller owns them from now on."""
         session = self._session_of(ray)
         with self._lock:
@@ -54,7 +57,7 @@ class WorkerPool:
             taken, self._idle[key] = idle[:count], idle[count:]
             return taken
 
-    def give_back(self, ray: Any, key: Any, workers: list[Any]) -> list[Any]:
+    def give_back(self, ray: ModuleType, key: Hashable, workers: list[ActorHandle]) -> list[ActorHandle]:
         """Keep ``workers`` (released, idle) for the next job; returns those not kept (for the caller to
         kill): over :data:`MAX_IDLE_WORKERS`, or when the Ray session is not the pool's any more."""
         session = self._session_of(ray)
