@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 from contextlib import ExitStack
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from headwater.dataflow import Dataflow
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
@@ -25,6 +26,10 @@ from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.errors import ConfigError
 from headwater.logical import SinkStep
 from headwater.planner import plan
+
+if TYPE_CHECKING:
+    from headwater.engine.ray.actors import ActorHandle
+    from headwater.engine.ray.executor import RayJob
 
 log = logging.getLogger("headwater.runner")
 
@@ -76,8 +81,8 @@ class RunningJob:
         self.config = config
         self.checkpoint = checkpoint
         self._exit = ExitStack()
-        self._ray: Any = None
-        self._attempt: Any = None
+        self._ray: ModuleType | None = None
+        self._attempt: LocalJob | RayJob | None = None
         self._attempts = 0
         self._stop: tuple[bool] | None = None  # (savepoint,) once stop() was called
         self._result: JobResult | None = None
@@ -104,7 +109,7 @@ class RunningJob:
             self._exit.close()
             raise
 
-    def _start_attempt(self, restore: SubtaskRestore | None, first_id: int) -> Any:
+    def _start_attempt(self, restore: SubtaskRestore | None, first_id: int) -> LocalJob | RayJob:
         coordinator = None
         if self.checkpoint is not None:
             subtasks = [(s.stage_id, i) for s in self.plan.stages for i in range(s.parallelism)]
@@ -113,10 +118,11 @@ class RunningJob:
                 self.plan.max_key_groups, first_id,
             )
         if self.config.executor == "local":
-            attempt: Any = LocalJob(self.plan, self.config, coordinator, restore)
+            attempt: LocalJob | RayJob = LocalJob(self.plan, self.config, coordinator, restore)
         else:
             from headwater.engine.ray.executor import RayJob
 
+            assert self._ray is not None
             progress = ProgressDisplay(self.plan) if self.config.progress else None
             attempt = RayJob(self.plan, self.config, self._ray, on_progress=progress, coordinator=coordinator,
                              restore=restore, deadline=self._deadline)
@@ -184,7 +190,7 @@ class RunningJob:
         """How many attempts have started (1 + automatic restarts so far)."""
         return self._attempts
 
-    def actors(self) -> dict[tuple[int, int], Any]:
+    def actors(self) -> dict[tuple[int, int], ActorHandle]:
         """Ray actor handles of the current attempt's subtasks by (stage id, subtask) — for operations and
         chaos testing (``ray.kill`` one to see the job recover). Empty for the in-process executor."""
         return dict(getattr(self._attempt, "actors", {}))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
+
+if TYPE_CHECKING:
+    from headwater.engine.checkpoints.coordinator import CheckpointStats
+    from headwater.engine.checkpoints.metadata import CheckpointMetadata
 
 
 @dataclass
@@ -21,8 +25,8 @@ class JobResult:
     latency: LatencyHistogram
     subtasks: list[SubtaskMetrics] = field(default_factory=list)
     stopped: bool = False  # ended by stop() / Ctrl-C rather than by the end of its sources
-    checkpoints: Any = None  # CheckpointStats of the last attempt, when checkpointing
-    last_checkpoint: Any = None  # CheckpointMetadata of the last completed checkpoint (final/savepoint at the end)
+    checkpoints: CheckpointStats | None = None  # of the last attempt, when checkpointing
+    last_checkpoint: CheckpointMetadata | None = None  # the last completed checkpoint (final/savepoint at the end)
     restarts: int = 0  # automatic restarts from a checkpoint during this run
 
     @property
