@@ -126,7 +126,7 @@ def _hash(spread: np.ndarray, key: int) -> np.ndarray:
     return z
 
 
-def _below(bits: np.ndarray, m: Any, width: np.uint64 = _S32) -> np.ndarray:
+def _below(bits: np.ndarray, m: int | np.integer | np.ndarray, width: np.uint64 = _S32) -> np.ndarray:
     """Map ``width``-bit values onto ``[0, m)`` by multiply-shift (``m`` scalar or array, ``< 2**32``)."""
     m = m.astype(np.uint64) if isinstance(m, np.ndarray) else np.uint64(m)
     return ((bits * m) >> width).view(np.int64)

@@ -18,7 +18,7 @@ writing them out can proceed in a background thread while processing continues.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,17 @@ import pyarrow.compute as pc
 from headwater.core.state.key_groups import key_groups
 from headwater.core.state.key_index import KeyIndex, make_key_index
 from headwater.errors import ConfigError, StateCompatibilityError
+
+
+class KeyedState(Protocol):
+    """What :meth:`OperatorStateStore.register` accepts: a keyed state that snapshots to a table."""
+
+    def snapshot(self) -> pa.Table | None: ...
+
+    def restore(self, table: pa.Table) -> None: ...
+
+
+S = TypeVar("S", bound=KeyedState)
 
 KEY_GROUP_COLUMN = "_key_group"
 _PICKLED = b"headwater.pickled"
@@ -197,7 +208,7 @@ class OperatorStateStore:
         self.step_id = step_id
         self.max_key_groups = max_key_groups
         self.key_group_range = key_group_range
-        self.keyed: dict[str, Any] = {}
+        self.keyed: dict[str, KeyedState] = {}
         self.values: dict[str, ValueState] = {}
 
     def _check_new(self, name: str) -> None:
@@ -216,7 +227,7 @@ class OperatorStateStore:
         self.keyed[name] = state
         return state
 
-    def register(self, name: str, state: Any) -> Any:
+    def register(self, name: str, state: S) -> S:
         """Add a custom keyed state: anything with ``snapshot() -> pa.Table | None`` (rows carrying
         ``_key_group``) and ``restore(table)`` (rows already filtered to this subtask's key groups)."""
         self._check_new(name)

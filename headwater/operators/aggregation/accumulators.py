@@ -48,7 +48,7 @@ class StateColumns(Protocol):
 class ColumnDeclarer(Protocol):
     """What :meth:`AccumulatorSet.declare` adds state columns to (a KeyedColumns, or a stand-in)."""
 
-    def add_column(self, name: str, dtype: Any, fill: Any) -> None: ...
+    def add_column(self, name: str, dtype: np.dtype | type, fill: Any) -> None: ...
 
 
 def _partial_name(column: Any, function: str) -> str:

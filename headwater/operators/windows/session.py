@@ -222,5 +222,5 @@ class SessionWindowOperator(Operator):
 class _Sink:
     """A stand-in state for ``AccumulatorSet.declare`` when only the value types are wanted."""
 
-    def add_column(self, name: str, dtype: Any, fill: Any) -> None:
+    def add_column(self, name: str, dtype: np.dtype | type, fill: Any) -> None:
         pass
