@@ -27,13 +27,15 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar, cast
 
 from headwater.core import plain_data
 from headwater.core.plain_data import PlainData
 from headwater.engine.checkpoints.key import ENV_KEY, ENV_KEY_FILE, CheckpointKey
 from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.errors import HeadwaterError
+
+T = TypeVar("T")
 
 FORMAT = "headwater-checkpoint"
 VERSION = 1
@@ -286,19 +288,19 @@ def _decode_state_file(data: Any, where: str) -> StateFile:
                      _get(data, "size", int, where), digest, (groups[0], groups[1]))
 
 
-def _get(data: dict[str, Any], name: str, klass: type, where: str) -> Any:
+def _get(data: dict[str, Any], name: str, klass: type[T], where: str) -> T:
     place = f"{where}.{name}" if where else name
     if name not in data:
         raise MetadataError(f"field {place} is missing")
     value = data[name]
     if klass is float and type(value) is int:
-        return float(value)
+        return cast(T, float(value))
     if type(value) is not klass:
         raise MetadataError(f"field {place} is a {type(value).__name__}, expected {klass.__name__}")
     return value
 
 
-def _typed_map(data: Any, klass: type, where: str) -> dict[str, Any]:
+def _typed_map(data: Any, klass: type[T], where: str) -> dict[str, T]:
     if type(data) is not dict:
         raise MetadataError(f"field {where} is a {type(data).__name__}, expected an object")
     for name, value in data.items():
@@ -321,7 +323,7 @@ def _base64(text: str, where: str) -> bytes:
         raise MetadataError(f"{where} is not base64") from None
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
