@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from typing import Callable, TypeVar, TypeVarTuple
 
 import pyarrow as pa
 
@@ -50,6 +50,9 @@ from headwater.errors import (
 )
 from headwater.logical import SinkStep, SourceStep
 from headwater.sources.base import SourcePartition
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 Outgoing = tuple[int, int, Message]
 
@@ -200,7 +203,7 @@ class SubtaskRuntime:
             except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
                 pass
 
-    def _guard(self, step_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _guard(self, step_id: str, fn: Callable[[*Ts], R], *args: *Ts) -> R:
         outer = self.call
         self.call = (step_id, fn, args, time.monotonic())
         try:
