@@ -36,6 +36,7 @@ import base64
 import binascii
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar, Protocol, TypeAlias, TypeVar, overload
 
 from headwater.errors import HeadwaterError
@@ -47,13 +48,11 @@ class _Dataclass(Protocol):
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
 
-#: The static type of plain data (source positions, sink commit tokens). It is looser than :func:`encode` in two
-#: ways a type checker cannot express: any dataclass instance passes (``encode`` takes only frozen registered
-#: ones), and subclasses of the builtins pass (``encode`` takes the exact types only).
-PlainData: TypeAlias = (
-    None | bool | int | float | str | bytes
-    | list["PlainData"] | tuple["PlainData", ...] | dict[Any, "PlainData"] | _Dataclass
-)
+#: The static type of plain data (source positions, sink commit tokens). It is looser than :func:`encode`, which
+#: a type checker cannot express: any dataclass instance passes (``encode`` takes frozen registered ones), any
+#: sequence or mapping passes (``encode`` takes exactly list, tuple and dict; ``Sequence``/``Mapping`` because
+#: they are covariant, so a ``snapshot()`` returning ``dict[str, int]`` type-checks), and dict keys are unchecked.
+PlainData: TypeAlias = None | bool | int | float | str | bytes | Sequence["PlainData"] | Mapping[Any, "PlainData"] | _Dataclass
 
 T = TypeVar("T", bound=type)
 
