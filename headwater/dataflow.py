@@ -41,6 +41,7 @@ from headwater.expressions import Expr, col, lit
 from headwater.logical import (
     AggregateStep,
     ChangelogLookupJoinStep,
+    DeadLettersStep,
     DeduplicateStep,
     FilterStep,
     IntervalJoinStep,
@@ -296,6 +297,13 @@ class Stream:
     def late_records(self, *, step_id: str | None = None) -> Stream:
         """The records a window aggregation dropped as too late, with ``late_reason`` and ``lateness_ms``."""
         return self.flow._add(LateRecordsStep(self._next_id("late_records", step_id), (self.step_id,)))
+
+    def dead_letters(self, *, step_id: str | None = None) -> Stream:
+        """The records this source could not decode or convert, one row each with the raw ``payload`` and
+        ``key``, ``source_step``, ``partition``, ``position``, ``reason``, ``error``, ``event_time`` and
+        ``dead_lettered_at`` (:data:`headwater.core.dead_letters.DEAD_LETTER_SCHEMA`). Sink it anywhere; the
+        pipeline keeps running. ``headwater dlq replay`` feeds stored dead letters back in."""
+        return self.flow._add(DeadLettersStep(self._next_id("dead_letters", step_id), (self.step_id,)))
 
     def join(
         self, other: Stream, *, window: TumblingWindow, on: str | Sequence[str] | None = None,

@@ -11,3 +11,11 @@ MAIN_PORT = "main"
 
 LATE_PORT = "late"
 """A window's input records that were too late for every window they belong to."""
+
+DEAD_LETTER_PORT = "dead_letters"
+"""A source's records that it could not decode or convert, as rows of
+:data:`headwater.core.dead_letters.DEAD_LETTER_SCHEMA` (not input rows: the raw payload with the reason)."""
+
+INPUT_ROW_PORTS = frozenset({LATE_PORT})
+"""Side ports whose rows are the step's *input* rows (so a step whose such port is read needs its whole input: no
+projection is pushed through it). Dead letters are not input rows: they carry the raw payload."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from headwater.sources.base import SourceLag
+
 # Log-spaced latency buckets from 10 µs to ~170 min with 2.5 % resolution: cheap to merge across subtasks.
 _RATIO = 1.025
 _MIN_MS = 0.01
@@ -58,11 +60,13 @@ class StepCounters:
     rows_in: int = 0
     rows_out: int = 0
     batches_in: int = 0
+    dead_letters: int = 0  # records a source step could not convert (see headwater.core.dead_letters)
 
     def merge(self, other: StepCounters) -> None:
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
         self.batches_in += other.batches_in
+        self.dead_letters += other.dead_letters
 
 
 @dataclass
@@ -78,6 +82,8 @@ class SubtaskMetrics:
     operator: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0  # high-water mark of the process running the subtask
     pid: int = 0
+    #: per source partition of this subtask, how far it is behind its system's head (see SourcePartition.lag)
+    source_lag: dict[str, SourceLag] = field(default_factory=dict)
 
 
 def peak_rss_mb() -> float:

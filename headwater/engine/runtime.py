@@ -27,10 +27,11 @@ from typing import Callable, TypeVar, TypeVarTuple
 import pyarrow as pa
 
 from headwater.core.arrays import same_columns
+from headwater.core.dead_letters import dead_letter_batch
 from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.plain_data import PlainData
-from headwater.core.ports import MAIN_PORT
+from headwater.core.ports import DEAD_LETTER_PORT, MAIN_PORT
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
@@ -49,7 +50,7 @@ from headwater.errors import (
     UserCodeError,
 )
 from headwater.logical import SinkStep, SourceStep
-from headwater.sources.base import SourcePartition
+from headwater.sources.base import SourceLag, SourcePartition
 
 R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
@@ -131,6 +132,9 @@ class SubtaskRuntime:
         self.final_snapshot: PendingSnapshot | None = None
         self.sinks = [(step_id, op) for step_id, op in self.operators if isinstance(op, SinkOperator)]
         self.ended_parts: dict[str, PlainData] = {}
+        #: positions of the live source partitions at each checkpoint not yet known complete (for the
+        #: partitions' on_checkpoint_complete hook)
+        self._live_positions: dict[int, dict[str, PlainData]] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
         # -- event time (see headwater.core.event_time) --
         self.input_watermarks = InputWatermarks(set(self.pending_ends))
@@ -167,7 +171,11 @@ class SubtaskRuntime:
                 self._source_schema = pa.schema([self._source_schema.field(c) for c in columns])
             for part in self.plan.parts_for(self.stage.stage_id, self.subtask):
                 position = self.restore.position(step_id, part) if self.restore is not None else None
-                self.partitions.append((part, self._guard(step_id, source.build_part, part, position)))
+                partition = self._guard(step_id, source.build_part, part, position)
+                self.partitions.append((part, partition))
+                if self.restore is not None and position is not None:
+                    # the restored checkpoint is complete: what it covers is never needed again
+                    self._guard(step_id, partition.on_checkpoint_complete, self.restore.checkpoint_id, position)
 
     def _restore_watermark(self) -> None:
         """Resume event time where the checkpoint left it, so that records late before a failure are late
@@ -375,10 +383,9 @@ class SubtaskRuntime:
         started = time.perf_counter()
         positions: dict[str, dict[str, PlainData]] = {}
         if self.source_step is not None:
-            parts = dict(self.ended_parts)
-            for part, partition in self.partitions:
-                parts[part] = self._guard(self.source_step.step_id, partition.snapshot)
-            positions[self.source_step.step_id] = parts
+            live = {part: self._guard(self.source_step.step_id, partition.snapshot) for part, partition in self.partitions}
+            self._live_positions[checkpoint_id] = live
+            positions[self.source_step.step_id] = {**self.ended_parts, **live}
         watermarks = {} if self.watermark == MIN_WATERMARK else {s: self.watermark for s, _ in self.operators}
         return capture(
             checkpoint_id, self.stage.stage_id, self.subtask, self.stage.parallelism, self.key_groups, positions,
@@ -413,6 +420,14 @@ class SubtaskRuntime:
             return
         for step_id, sink in self.sinks:
             self._guard(step_id, sink.commit_through, checkpoint_id)
+        covered = [n for n in self._live_positions if n <= checkpoint_id]
+        if covered and self.source_step is not None:
+            positions = self._live_positions[max(covered)]
+            for n in covered:
+                del self._live_positions[n]
+            for part, partition in self.partitions:
+                if part in positions:
+                    self._guard(self.source_step.step_id, partition.on_checkpoint_complete, checkpoint_id, positions[part])
 
     @property
     def uncommitted(self) -> dict[str, list[tuple[int, PlainData]]]:
@@ -467,7 +482,10 @@ class SubtaskRuntime:
                 self.call = None
                 raise _located(exc, step_id, self.subtask) from exc
             self.call = None
+            dead = self._dead_letters(partition)
             if batch is None or batch.num_rows == 0:
+                if dead:
+                    return dead + self._source_watermark(), True
                 continue
             if self._source_columns is not None:
                 batch = self._select_source_columns(batch, part)
@@ -475,8 +493,28 @@ class SubtaskRuntime:
             self.counters[step_id].rows_out += batch.num_rows
             if self.source_watermarks is not None:
                 self._guard(step_id, self.source_watermarks.observe, part, batch)
-            return self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
+            return dead + self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
         return self._source_watermark(), False
+
+    def _dead_letters(self, partition: SourcePartition) -> list[Outgoing]:
+        """The records ``partition`` could not convert, as rows of the source step's dead-letter port. Nobody
+        reads the port when the source has operators fused after it (the planner fuses only then): they are
+        counted (``StepCounters.dead_letters``) and dropped."""
+        assert self.source_step is not None
+        step_id = self.source_step.step_id
+        letters = self._guard(step_id, partition.take_dead_letters)
+        if not letters:
+            return []
+        self.counters[step_id].dead_letters += len(letters)
+        writers = self.side_writers.get(DEAD_LETTER_PORT, []) if not self.operators else []
+        if not writers:
+            return []
+        batch = dead_letter_batch(step_id, letters)
+        now_ns = time.time_ns()
+        out: list[Outgoing] = []
+        for writer in writers:
+            out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, batch, now_ns))
+        return out
 
     def _select_source_columns(self, batch: pa.RecordBatch, part: str) -> pa.RecordBatch:
         assert self._source_columns is not None
@@ -531,11 +569,23 @@ class SubtaskRuntime:
         return SubtaskMetrics(
             stage_id=self.stage.stage_id,
             subtask=self.subtask,
-            steps={k: StepCounters(v.rows_in, v.rows_out, v.batches_in) for k, v in self.counters.items()},
+            steps={k: StepCounters(v.rows_in, v.rows_out, v.batches_in, v.dead_letters)
+                   for k, v in self.counters.items()},
             backlog=backlog,
             buffered_rows=sum(w.buffered_rows() for w in self.writers),
             latency=self.latency,
             operator={step_id: op.metrics() for step_id, op in self.operators},
             peak_rss_mb=peak_rss_mb(),
             pid=os.getpid(),
+            source_lag=self._source_lag(),
         )
+
+    def _source_lag(self) -> dict[str, SourceLag]:
+        if self.source_step is None:
+            return {}
+        lags: dict[str, SourceLag] = {}
+        for part, partition in self.partitions:
+            lag = self._guard(self.source_step.step_id, partition.lag)
+            if lag is not None:
+                lags[part] = lag
+        return lags

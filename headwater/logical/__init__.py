@@ -8,6 +8,7 @@ unions), :mod:`~headwater.logical.windows`, :mod:`~headwater.logical.joins`, :mo
 from headwater.logical.base import Partitioning, SideOutputStep, Step, event_time_type, require_event_time
 from headwater.logical.basic import (
     AggregateStep,
+    DeadLettersStep,
     FilterStep,
     MapBatchesStep,
     MapRowsStep,
@@ -22,7 +23,7 @@ from headwater.logical.joins import ChangelogLookupJoinStep, IntervalJoinStep, L
 from headwater.logical.windows import LateRecordsStep, SessionWindowStep, WindowAggregateStep, WindowPartialStep
 
 __all__ = [
-    "AggregateStep", "ChangelogLookupJoinStep", "DeduplicateStep", "FilterStep", "IntervalJoinStep",
+    "AggregateStep", "ChangelogLookupJoinStep", "DeadLettersStep", "DeduplicateStep", "FilterStep", "IntervalJoinStep",
     "LateRecordsStep", "LogicalGraph", "LookupJoinStep", "MapBatchesStep", "MapRowsStep", "Partitioning",
     "ProjectStep", "SessionWindowStep", "SideOutputStep", "SinkStep", "SourceStep", "Step", "UnionStep",
     "WindowAggregateStep", "WindowJoinStep", "WindowPartialStep", "event_time_type", "require_event_time",

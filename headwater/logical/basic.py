@@ -11,9 +11,11 @@ import pyarrow as pa
 
 from headwater.aggregations import Aggregation, Emit
 from headwater.core.arrays import same_columns
+from headwater.core.dead_letters import DEAD_LETTER_SCHEMA
+from headwater.core.ports import DEAD_LETTER_PORT, MAIN_PORT
 from headwater.errors import BuildError, ConfigError, ExpressionTypeError, UnknownColumnError, unknown_column_message
 from headwater.expressions import Expr, output_field
-from headwater.logical.base import Step
+from headwater.logical.base import SideOutputStep, Step
 from headwater.sinks.base import Sink
 from headwater.sources.base import Source
 
@@ -28,6 +30,7 @@ class SourceStep(Step):
     def __post_init__(self) -> None:
         self.kind = "source"
         self.fusable = False
+        self.output_ports = (MAIN_PORT, DEAD_LETTER_PORT)
 
     def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
         schema = self.source.schema()
@@ -48,8 +51,35 @@ class SourceStep(Step):
     def derive_event_time(self, inputs: list[Step]) -> tuple[str, int] | None:
         return (self.time_column, 0) if self.time_column is not None else None
 
+    def port_schema(self, port: str) -> pa.Schema | None:
+        return DEAD_LETTER_SCHEMA if port == DEAD_LETTER_PORT else super().port_schema(port)
+
+    def port_event_time(self, port: str) -> tuple[str, int] | None:
+        return None if port == DEAD_LETTER_PORT else super().port_event_time(port)
+
     def describe(self) -> str:
         return f"source {type(self.source).__name__}"
+
+
+@dataclass(eq=False)
+class DeadLettersStep(SideOutputStep):
+    """The dead letters of a source step (``stream.dead_letters()``): rows of
+    :data:`~headwater.core.dead_letters.DEAD_LETTER_SCHEMA`, one per record the source could not convert."""
+
+    port: str = DEAD_LETTER_PORT
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.kind = "dead_letters"
+
+    def bind(self, inputs: list[Step]) -> None:
+        if self.port not in inputs[0].output_ports:
+            raise BuildError(f"{self.where}: step {inputs[0].step_id!r} is a {inputs[0].kind} step; dead_letters() "
+                             "reads the records a source could not convert: call it on a source's stream")
+        super().bind(inputs)
+
+    def describe(self) -> str:
+        return f"dead letters of {self.inputs[0]}"
 
 
 @dataclass(eq=False)

@@ -1,8 +1,9 @@
 """The planner's rewrite and projection rules over logical steps (see :mod:`headwater.planner.planner`).
 
-Side outputs are handled by port, for every kind of side output alike: a step whose side port is read by some
-consumer reads its *whole* input (side outputs such as late records carry input rows), so no projection is
-pushed through it, and a window whose side port is read keeps its rows un-aggregated (no local pre-aggregation).
+Side outputs are handled by port, for every kind of side output alike: a step whose side port of input rows
+(:data:`~headwater.core.ports.INPUT_ROW_PORTS`, e.g. late records) is read by some consumer reads its *whole*
+input, so no projection is pushed through it, and a window whose side port is read keeps its rows un-aggregated
+(no local pre-aggregation). Ports of other rows (a source's dead letters) need none of the step's columns.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Callable, Mapping
 
-from headwater.core.ports import MAIN_PORT
+from headwater.core.ports import INPUT_ROW_PORTS, MAIN_PORT
 from headwater.logical import SourceStep, Step, WindowAggregateStep
 from headwater.planner.operators import combines_partials
 
@@ -18,11 +19,11 @@ Consumers = Callable[[str], list[str]]
 
 
 def side_port_read(steps: Mapping[str, Step], consumers: Consumers, step_id: str) -> bool:
-    """Whether some consumer reads a port of ``step_id`` other than its main output."""
+    """Whether some consumer reads a side port of ``step_id`` that carries its input rows (late records)."""
     for consumer_id in consumers(step_id):
         consumer = steps[consumer_id]
         for index, input_id in enumerate(consumer.inputs):
-            if input_id == step_id and consumer.input_port(index) != MAIN_PORT:
+            if input_id == step_id and consumer.input_port(index) in INPUT_ROW_PORTS:
                 return True
     return False
 
@@ -70,9 +71,13 @@ def source_columns(steps: Mapping[str, Step], consumers: Consumers) -> dict[str,
         wanted: list[str] = []
         for consumer_id in consumers(step_id):
             consumer = steps[consumer_id]
-            if side_port_read(steps, consumers, consumer_id) or reads_side_port(consumer):
-                return None  # side outputs carry the consumer's whole input
+            if side_port_read(steps, consumers, consumer_id):
+                return None  # the consumer's side output carries its whole input
             for index, input_id in enumerate(consumer.inputs):
+                if input_id == step_id and consumer.input_port(index) != MAIN_PORT:
+                    if consumer.input_port(index) in INPUT_ROW_PORTS:
+                        return None  # late records of this step carry its whole input
+                    continue  # e.g. dead letters: rows of their own, none of this step's columns
                 if input_id == step_id:
                     columns = consumer.input_columns(needed[consumer_id], index)
                     if columns is None:

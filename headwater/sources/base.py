@@ -10,16 +10,45 @@ Shaped after Bytewax's fixed-partition sources, but batch-oriented:
   emitted before :meth:`SourcePartition.snapshot` returned that state.
 * :meth:`SourcePartition.next_batch` never blocks for long: it returns a batch, ``None`` when nothing is available
   right now, and raises ``StopIteration`` when a bounded partition is exhausted.
+
+Hooks for connectors to real systems (all optional, with harmless defaults):
+
+* :meth:`SourcePartition.take_dead_letters` hands over the records the last ``next_batch()`` could not convert
+  (:mod:`headwater.core.dead_letters`); they become rows of the step's ``dead_letters()`` stream, and the job
+  goes on.
+* :meth:`SourcePartition.on_checkpoint_complete` is told, once a checkpoint is durable, the position the partition
+  reported for it: Kafka commits consumer-group offsets there (for monitoring), PostgreSQL confirms its slot's
+  flush LSN there and never earlier.
+* :meth:`SourcePartition.lag` says how far the partition is behind the head of its system (records and/or
+  seconds); it is reported in the subtask metrics and the progress display, and read by the autoscaler.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import pyarrow as pa
 
+from headwater.core.dead_letters import DeadLetter
 from headwater.core.plain_data import PlainData
+
+
+@dataclass(frozen=True)
+class SourceLag:
+    """How far a partition is behind the head of its system: ``records`` (e.g. Kafka's end offset minus the
+    next offset to read) and/or ``seconds`` (e.g. now minus the commit time of the last change read); ``None``
+    where the system cannot tell."""
+
+    records: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.records is not None and self.records < 0:
+            object.__setattr__(self, "records", 0)
+        if self.seconds is not None and self.seconds < 0:
+            object.__setattr__(self, "seconds", 0.0)
 
 
 class SourcePartition(ABC):
@@ -43,6 +72,28 @@ class SourcePartition(ABC):
         Must be small plain data (an offset, an index, an LSN; see :mod:`headwater.core.plain_data`), never
         the data itself: checkpoint metadata is JSON, not pickle.
         """
+
+    def take_dead_letters(self) -> list[DeadLetter]:
+        """The records that the calls to :meth:`next_batch` since the last call could not convert, oldest first.
+
+        The runtime calls it after every ``next_batch()`` (whatever it returned), so the position that
+        :meth:`snapshot` returns afterwards covers them as it covers the good records: a restored job neither
+        repeats nor loses a dead letter."""
+        return []
+
+    def on_checkpoint_complete(self, checkpoint_id: int, position: PlainData) -> None:
+        """Checkpoint ``checkpoint_id`` is durable; ``position`` is what :meth:`snapshot` returned for it.
+
+        Called in the partition's own process, in checkpoint order, at most once per checkpoint and possibly not
+        at all (a failure in between, or the partition ended): the next call covers the skipped ones, since
+        positions only move forward. Also called once after a restore with the restored checkpoint's position.
+        Use it to tell the system what the job will never need again (commit Kafka offsets for monitoring,
+        confirm a replication slot's LSN); never to keep state of its own: positions live in checkpoints."""
+
+    def lag(self) -> SourceLag | None:
+        """How far this partition is behind the head of its system, if it can tell (cheap: the engine calls it
+        with every metrics report; use figures the client already has)."""
+        return None
 
     def close(self) -> None:
         """Release resources; called once, also after failures."""
@@ -68,6 +119,10 @@ class Source(ABC):
 
     #: True when every partition eventually raises ``StopIteration`` (files, a fixed number of events).
     bounded: bool = True
+    #: True when a partition rebuilt from a position reads the same records after it again (files, Kafka, a
+    #: replication slot): what exactly-once recovery needs. A source that cannot replay (a webhook without its
+    #: own log) gives at-most-once across a crash and says so here.
+    replayable: bool = True
 
     def schema(self) -> pa.Schema | None:
         """The schema of every batch this source yields, if known before running.
