@@ -4,6 +4,9 @@
                                       [--checkpoint-dir DIR] [--checkpoint-interval S] [--no-checkpoint]
     headwater plan path/to/pipeline.py [--parallelism N]      # the physical plan
     headwater graph path/to/pipeline.py                        # the logical graph as Mermaid
+    headwater dlq list DIR                                     # stored dead letters by source step and reason
+    headwater dlq replay path/to/pipeline.py --dead-letters DIR --source STEP [--checkpoint-dir CKPT]
+                                      [--executor ray|local] [--parallelism N]   # see headwater.dlq
 
 A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
 name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
@@ -21,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
+from headwater import dlq
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
@@ -84,12 +88,47 @@ def _parser() -> argparse.ArgumentParser:
                              help="checkpoint here (exactly-once; resumes from it); default: the file's CheckpointConfig")
             sub.add_argument("--checkpoint-interval", type=float, default=None, help="seconds between checkpoints")
             sub.add_argument("--no-checkpoint", action="store_true", help="ignore the file's CheckpointConfig")
+    dead = commands.add_parser("dlq", help="inspect and replay dead letters").add_subparsers(dest="dlq", required=True)
+    listing = dead.add_parser("list", help="count stored dead letters by source step and reason")
+    listing.add_argument("dead_letters", help="directory a sink of stream.dead_letters() writes (Parquet)")
+    again = dead.add_parser("replay", help="feed stored dead letters through the (fixed) pipeline, exactly once")
+    again.add_argument("pipeline", help="path to a Python file defining a Dataflow")
+    again.add_argument("--flow", default=None, help="name of the dataflow, if the file defines several")
+    again.add_argument("--dead-letters", required=True, help="directory of the stored dead letters (Parquet)")
+    again.add_argument("--source", required=True, help="the source step whose dead letters to replay")
+    again.add_argument("--checkpoint-dir", default=None,
+                       help="the replay's own checkpoints (default: <dead-letters>.replay-<source>)")
+    again.add_argument("--parallelism", type=int, default=None)
+    again.add_argument("--executor", choices=["ray", "local"], default="ray")
     return parser
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    if args.dlq == "list":
+        summary = dlq.summarize(args.dead_letters)
+        print(f"{'source step':<24} {'reason':<16} {'count':>10}  first .. last")
+        for row in summary.to_pylist():
+            print(f"{row['source_step']:<24} {row['reason']:<16} {row['count']:>10,}  {row['first']} .. {row['last']}")
+        print(f"{'total':<41} {sum(summary.column('count').to_pylist()):>10,}")
+        return 0
+    flow, checkpoint = load_pipeline(args.pipeline, args.flow)
+    options: dict[str, object] = {"executor": args.executor}
+    if args.parallelism is not None:
+        options["parallelism"] = args.parallelism
+    directory = args.checkpoint_dir or dlq.default_checkpoint_dir(args.dead_letters, args.source)
+    print(f"headwater: replaying dead letters of {args.source!r} from {args.dead_letters} "
+          f"(checkpoints: {directory})", file=sys.stderr)
+    result = dlq.replay(flow, args.source, args.dead_letters, checkpoint_dir=directory,
+                        pipeline_checkpoint=checkpoint, **options)
+    print(result)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "dlq":
+            return _dlq(args)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)
         if args.command == "graph":
             print(flow.to_mermaid())

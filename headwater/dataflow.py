@@ -22,6 +22,7 @@ are named ``<operation>_<n>`` in order of creation.
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
@@ -103,6 +104,26 @@ class Dataflow:
             idle_timeout_ms=None if idle_timeout is None else int(idle_timeout / timedelta(milliseconds=1)),
         )
         return self._add(step)
+
+    def with_source(self, step_id: str, source: Source) -> Dataflow:
+        """A copy of this dataflow in which source step ``step_id`` reads ``source`` instead (same step id, event
+        time and everything downstream), e.g. to replay dead letters. ``source`` must have the same schema."""
+        step = self.steps.get(step_id)
+        if not isinstance(step, SourceStep):
+            sources = [s for s, v in self.steps.items() if isinstance(v, SourceStep)]
+            raise ConfigError(f"dataflow {self.name!r} has no source step {step_id!r} (its sources: {', '.join(sources)})")
+        if not isinstance(source, Source):
+            raise ConfigError(f"step {step_id!r}: {source!r} is not a headwater Source")
+        if source.schema() != step.source.schema():
+            raise ConfigError(f"step {step_id!r}: the new source's schema {source.schema()} differs from the "
+                              f"step's {step.source.schema()}")
+        copied = Dataflow(self.name)
+        copied.steps = dict(self.steps)
+        replaced = copy.copy(step)
+        replaced.source = source
+        copied.steps[step_id] = replaced
+        copied._counters = dict(self._counters)
+        return copied
 
     def _auto_id(self, kind: str) -> str:
         n = self._counters.get(kind, 0)

@@ -140,6 +140,10 @@ class SimulatedCrashError(RuntimeFailure):
     """Raised by :class:`headwater.testing.TestingSource` at an ``ABORT`` marker to simulate a crash."""
 
 
+class DeadLetterReplayError(BuildError):
+    """Dead letters cannot be replayed as asked (no such directory or step, a source that cannot decode them)."""
+
+
 class CheckpointError(HeadwaterError):
     """A checkpoint could not be written or read; the storage's own error (e.g. an ``OSError``) is ``__cause__``."""
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from headwater.core.dead_letters import DeadLetter
 from headwater.core.plain_data import PlainData
+from headwater.errors import DeadLetterReplayError
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,17 @@ class Source(ABC):
         same partitions and resume states as this one, so a checkpoint restores whatever the projection.
         """
         return None
+
+    def replay_dead_letters(self, letters: pa.RecordBatch) -> tuple[pa.RecordBatch | None, list[DeadLetter]]:
+        """Decode dead letters this source produced (rows of
+        :data:`~headwater.core.dead_letters.DEAD_LETTER_SCHEMA`) into rows of :meth:`schema`, as
+        ``headwater dlq replay`` does after a fix to the pipeline; what still fails comes back as dead letters.
+
+        A connector that decodes payloads implements it with the same decoder as its partitions, filling its
+        metadata columns (key, partition, offset, time) from the letter's columns. Default: it cannot."""
+        raise DeadLetterReplayError(
+            f"{type(self).__name__} cannot replay dead letters (it does not implement replay_dead_letters())"
+        )
 
     @abstractmethod
     def list_parts(self) -> list[str]:

@@ -142,3 +142,20 @@ def test_unread_dead_letters_are_counted(tmp_path: Path) -> None:
     result = hw.run(flow, executor="local")
     assert sorted(r["n"] for r in good.rows()) == [1, 2]
     assert result.steps["source"].dead_letters == 1
+
+
+def test_progress_display_shows_lag_and_dead_letters() -> None:
+    import io
+
+    from headwater.engine.metrics import StepCounters, SubtaskMetrics
+    from headwater.engine.progress import ProgressDisplay
+    from headwater.runner import plan_flow
+
+    flow = hw.Dataflow("shown")
+    flow.source("source", _PayloadSource([b'{"n": 1}'])).sink("good", TestingSink())
+    plan = plan_flow(flow, executor="local")
+    metrics = [SubtaskMetrics(stage_id=0, subtask=0, steps={"source": StepCounters(0, 10, 0, dead_letters=3)},
+                              source_lag={"p0": SourceLag(records=1234, seconds=2.5)})]
+    text = ProgressDisplay(plan, io.StringIO()).render(metrics, 1.0)
+    assert "dead letters" in text and "3 rows" in text
+    assert "1,234 records / 2.5 s" in text
