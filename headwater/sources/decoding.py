@@ -12,16 +12,18 @@ position.
   the failing records are found (``O(bad · log n)`` parses), so one bad record costs little and the good ones
   around it are kept. A record missing a non-nullable field fails as ``missing_field``.
 * :class:`RawDecoder` keeps the bytes (a ``value`` binary column).
+* :class:`AvroDecoder` reads schemaless Avro records of a given writer schema (fastavro, one record at a time).
 
 Invariant: ``len(decoded.good) + len(decoded.failures) == len(payloads)``, each index in exactly one of them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -195,3 +197,85 @@ class JsonDecoder(PayloadDecoder):
         if "required field" in message:
             return DecodeFailure(index, DeadLetterReason.MISSING_FIELD, message)
         return DecodeFailure(index, DeadLetterReason.WRONG_TYPE, message)
+
+
+class AvroDecoder(PayloadDecoder):
+    """Schemaless Avro records of ``avro_schema`` (a dict, the writer's schema) into rows of ``schema`` (derived
+    from the Avro record's fields when not given). fastavro decodes one record at a time (C-accelerated): there is
+    no bulk Avro reader for bare records."""
+
+    def __init__(self, avro_schema: dict[str, Any], schema: pa.Schema | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        import fastavro
+
+        try:
+            self._parsed = fastavro.parse_schema(avro_schema)
+        except Exception as exc:  # noqa: BLE001 - fastavro raises several types for a bad schema
+            raise ConfigError(f"avro_schema is not a valid Avro schema: {exc}") from None
+        if avro_schema.get("type") != "record":
+            raise ConfigError("avro_schema must be an Avro record schema ({'type': 'record', 'fields': [...]})")
+        self.avro_schema = avro_schema
+        self.schema = schema if schema is not None else arrow_schema_of_avro(avro_schema)
+        self.max_record_bytes = max_record_bytes
+
+    def decode(self, payloads: Sequence[bytes]) -> Decoded:
+        import fastavro
+
+        keep, failures = _checked_size(payloads, self.max_record_bytes)
+        rows: list[dict[str, Any]] = []
+        good: list[int] = []
+        for i in keep:
+            try:
+                stream = io.BytesIO(payloads[i])
+                row = fastavro.schemaless_reader(stream, self._parsed, None)
+                if stream.tell() != len(payloads[i]):
+                    raise ValueError(f"{len(payloads[i]) - stream.tell()} bytes left after the record")
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is this record's
+                failures.append(DecodeFailure(i, DeadLetterReason.BAD_FORMAT, f"not an Avro record of the schema: {exc}"))
+                continue
+            rows.append(row)  # type: ignore[arg-type]  # a record schema decodes to a dict
+            good.append(i)
+        try:
+            batch = pa.RecordBatch.from_pylist(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            batch_rows, kept = [], []
+            for row, i in zip(rows, good):
+                try:
+                    pa.RecordBatch.from_pylist([row], schema=self.schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
+                    failures.append(DecodeFailure(i, DeadLetterReason.WRONG_TYPE, str(exc)))
+                    continue
+                batch_rows.append(row)
+                kept.append(i)
+            batch, good = pa.RecordBatch.from_pylist(batch_rows, schema=self.schema), kept
+        failures.sort(key=lambda f: f.index)
+        return Decoded(batch, np.asarray(good, dtype=np.int64), failures)
+
+
+_AVRO_PRIMITIVES: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(), "double": pa.float64(),
+    "bytes": pa.binary(), "string": pa.string(),
+}
+
+
+def arrow_schema_of_avro(avro_schema: dict[str, Any]) -> pa.Schema:
+    """The Arrow schema of a flat Avro record: primitive fields, ``["null", T]`` unions as nullable ``T``, the
+    ``timestamp-millis``/``timestamp-micros`` logical types as timestamps. Anything else: pass ``schema=``."""
+    fields = []
+    for field_ in avro_schema.get("fields", []):
+        kind = field_["type"]
+        nullable = False
+        if isinstance(kind, list):
+            others = [k for k in kind if k != "null"]
+            nullable = len(others) < len(kind)
+            if len(others) != 1:
+                raise ConfigError(f"Avro field {field_['name']!r}: union {kind} has no Arrow equivalent; pass schema=")
+            kind = others[0]
+        if isinstance(kind, dict) and kind.get("logicalType") in ("timestamp-millis", "timestamp-micros"):
+            unit = "ms" if kind["logicalType"] == "timestamp-millis" else "us"
+            fields.append(pa.field(field_["name"], pa.timestamp(unit, tz="UTC"), nullable=nullable))
+            continue
+        if not isinstance(kind, str) or kind not in _AVRO_PRIMITIVES:
+            raise ConfigError(f"Avro field {field_['name']!r} of type {kind!r} has no automatic Arrow type; pass schema=")
+        fields.append(pa.field(field_["name"], _AVRO_PRIMITIVES[kind], nullable=nullable))
+    return pa.schema(fields)
