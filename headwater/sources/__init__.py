@@ -2,6 +2,7 @@
 
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
+from headwater.sources.kinesis import KinesisShardPosition, KinesisSource
 from headwater.sources.nexmark import NexmarkSource
 
-__all__ = ["CsvSource", "JsonLinesSource", "NexmarkSource", "ParquetSource", "Source", "SourcePartition"]
+__all__ = ["CsvSource", "JsonLinesSource", "KinesisShardPosition", "KinesisSource", "NexmarkSource", "ParquetSource", "Source", "SourcePartition"]
