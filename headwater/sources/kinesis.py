@@ -213,8 +213,11 @@ class KinesisSource(Source):
             try:
                 shards = list_shards(self.settings.client(), self.stream)
             except Exception as exc:
+                code = error_code(exc)
+                verdict = retriable_code(code) if code is not None else None
                 raise SourceError(f"KinesisSource: cannot list the shards of stream {self.stream!r} at "
-                                  f"{self.settings.describe()}: {exc}", transient=True) from exc
+                                  f"{self.settings.describe()}: {exc}",
+                                  transient=True if verdict is None else verdict) from exc
             if not shards:
                 raise ConfigError(f"KinesisSource: stream {self.stream!r} has no shards")
             self._shards = sorted(s["ShardId"] for s in shards)
@@ -370,7 +373,7 @@ class _ShardReader:
 
         retrying = Retrying(
             retry=retry_if_exception(_is_retriable),
-            wait=wait_exponential_jitter(initial=MIN_POLL_INTERVAL, max=10.0),
+            wait=wait_exponential_jitter(multiplier=MIN_POLL_INTERVAL, max=10.0, jitter=MIN_POLL_INTERVAL),
             stop=stop_after_delay(self.source.max_retry_seconds) | stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=before_sleep,
