@@ -180,10 +180,10 @@ def test_unbounded_latest_reads_only_new_records_and_resumes_after_them(kinesis_
     out = TestingSink()
     flow = hw.Dataflow("kinesis-latest")
     flow.source("clicks", source).sink("out", out)
-    writer = threading.Timer(1.5, _put, (kinesis_endpoint, stream, _records(60, start=40)))
+    writer = threading.Timer(2.5, _put, (kinesis_endpoint, stream, _records(60, start=40)))
     writer.start()
     try:
-        hw.run(flow, executor="local", checkpoint=_checkpointing(tmp_path), timeout=5)
+        hw.run(flow, executor="local", checkpoint=_checkpointing(tmp_path), timeout=6)
     finally:
         writer.join()
     assert sorted(r["n"] for r in out.rows()) == list(range(40, 100))
