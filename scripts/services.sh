@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Real services for Headwater's integration tests, on 127.0.0.1 only, state under <repo>/.services/.
 #
-#   scripts/services.sh start  [postgres|kafka|prometheus ...]   install on first use, then start (idempotent)
-#   scripts/services.sh stop   [postgres|kafka|prometheus ...]   stop what this script started (pid files only)
-#   scripts/services.sh status [postgres|kafka|prometheus ...]   one line per service; non-zero if any is down
+#   scripts/services.sh start  [postgres|kafka|prometheus|moto ...]   install on first use, then start (idempotent)
+#   scripts/services.sh stop   [postgres|kafka|prometheus|moto ...]   stop what this script started (pid files only)
+#   scripts/services.sh status [postgres|kafka|prometheus|moto ...]   one line per service; non-zero if any is down
 #
 # Services (ports overridable with HEADWATER_PG_PORT, HEADWATER_KAFKA_PORT, HEADWATER_KAFKA_CONTROLLER_PORT,
-# HEADWATER_PROMETHEUS_PORT; keep them in step with scripts/services.env):
+# HEADWATER_PROMETHEUS_PORT, HEADWATER_MOTO_PORT; keep them in step with scripts/services.env):
 #   postgres   Debian's PostgreSQL 15 + wal2json, own cluster in .services/postgres, wal_level=logical, trust auth
 #   kafka      Apache Kafka broker (KRaft, broker+controller) from Maven Central jars, pinned below
 #   prometheus Debian's prometheus, our own instance (the system service is never started)
+#   moto       moto's server mode (AWS API emulator; Headwater uses its Kinesis), in its own venv .services/moto/venv
+#              from scripts/moto-requirements.lock (every transitive dependency pinned)
 set -euo pipefail
 umask 022
 
@@ -24,6 +26,7 @@ LOG4J_VERSION=2.24.3                # the log4j2 version kafka 4.1.1 itself depe
 DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 KAFKA_LIBS_REV=1                    # bump when the dependency list below changes
 PG_MAJOR=15                         # Debian 12's PostgreSQL
+MOTO_LOCK="$SCRIPT_DIR/moto-requirements.lock"   # moto[server]==5.2.5 and its dependencies, pinned
 
 # ---- ports ----------------------------------------------------------------------------------------------
 HOST=127.0.0.1
@@ -31,6 +34,7 @@ PG_PORT=${HEADWATER_PG_PORT:-54329}
 KAFKA_PORT=${HEADWATER_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${HEADWATER_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 PROM_PORT=${HEADWATER_PROMETHEUS_PORT:-19090}
+MOTO_PORT=${HEADWATER_MOTO_PORT:-19094}   # 19093 is Kafka's controller port
 
 # ---- layout ---------------------------------------------------------------------------------------------
 PG_LINK="$SERVICES_DIR/postgres"    # may be a symlink to /var/tmp/... when the postgres user can't reach the repo
@@ -47,12 +51,19 @@ PROM_HOME="$SERVICES_DIR/prometheus"
 PROM_LOG="$PROM_HOME/prometheus.log"
 PROM_PID="$PROM_HOME/prometheus.pid"
 PROM_BIN=/usr/bin/prometheus
+MOTO_HOME="$SERVICES_DIR/moto"
+MOTO_VENV="$MOTO_HOME/venv"
+MOTO_BIN="$MOTO_VENV/bin/moto_server"
+MOTO_STAMP="$MOTO_VENV/.headwater-moto-lock"   # holds the sha256 of the lock file the venv was built from
+MOTO_LOG="$MOTO_HOME/moto.log"
+MOTO_PID="$MOTO_HOME/moto.pid"
 
 KAFKA_START_TIMEOUT=${HEADWATER_KAFKA_START_TIMEOUT:-60}
 PROM_START_TIMEOUT=${HEADWATER_PROMETHEUS_START_TIMEOUT:-30}
+MOTO_START_TIMEOUT=${HEADWATER_MOTO_START_TIMEOUT:-30}
 STOP_TIMEOUT=30
 
-ALL_SERVICES=(postgres kafka prometheus)
+ALL_SERVICES=(postgres kafka prometheus moto)
 
 # ---- helpers --------------------------------------------------------------------------------------------
 say() { printf 'services.sh: %s\n' "$*" >&2; }
@@ -172,6 +183,12 @@ packages_needed() {
             ;;
         prometheus)
             [[ -x $PROM_BIN ]] || pkgs+=(prometheus)
+            ;;
+        moto)
+            if ! moto_venv_current; then
+                command -v python3 >/dev/null || pkgs+=(python3)
+                moto_python_has_venv || pkgs+=(python3-venv)
+            fi
             ;;
         esac
     done
@@ -612,6 +629,87 @@ prom_status() {
     fi
 }
 
+# ---- moto (local Kinesis) -------------------------------------------------------------------------------
+moto_python() {
+    local candidate
+    for candidate in python3.11 python3.12 python3; do
+        if command -v "$candidate" >/dev/null; then command -v "$candidate"; return 0; fi
+    done
+    return 1
+}
+
+moto_python_has_venv() { local py; py=$(moto_python) && "$py" -c 'import venv, ensurepip' 2>/dev/null; }
+
+moto_lock_sum() { sha256sum "$MOTO_LOCK" | cut -d' ' -f1; }
+
+# the venv exists and was built from the current lock file
+moto_venv_current() { [[ -x $MOTO_BIN && -f $MOTO_STAMP && $(cat "$MOTO_STAMP") == "$(moto_lock_sum)" ]]; }
+
+moto_ensure_venv() {
+    moto_venv_current && return 0
+    [[ -f $MOTO_LOCK ]] || die "moto: $(rel "$MOTO_LOCK") is missing"
+    mkdir -p "$MOTO_HOME"
+    local log="$MOTO_HOME/pip.log" py
+    py=$(moto_python) || die "moto: no python3 found"
+    say "moto: installing $(rel "$MOTO_LOCK") into $(rel "$MOTO_VENV") (log: $(rel "$log"))"
+    # built in place (a venv cannot be moved); the stamp is written last, so an interrupted install is redone.
+    # --no-deps: the lock holds every transitive dependency, so pip resolves nothing on its own
+    rm -rf "$MOTO_VENV"
+    { "$py" -m venv "$MOTO_VENV" &&
+        "$MOTO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$MOTO_LOCK"; } \
+        >"$log" 2>&1 || fail_service moto "$log" "pip could not install $(rel "$MOTO_LOCK")"
+    "$MOTO_BIN" --help >/dev/null 2>&1 || fail_service moto "$log" "$(rel "$MOTO_BIN") does not run after installation"
+    moto_lock_sum >"$MOTO_STAMP"
+}
+
+moto_running() { pid_alive "$MOTO_PID" "$MOTO_BIN"; }
+
+# a real Kinesis call (ListStreams) answered by the server; moto routes it by the credential scope
+moto_ready() {
+    curl -fsS -m 3 -X POST "http://$HOST:$MOTO_PORT/" \
+        -H 'Content-Type: application/x-amz-json-1.1' -H 'X-Amz-Target: Kinesis_20131202.ListStreams' \
+        -H 'Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0' \
+        -d '{}' 2>/dev/null | grep -q StreamNames
+}
+
+moto_start() {
+    mkdir -p "$MOTO_HOME"
+    if moto_running; then
+        pid_alive "$MOTO_PID" "-p $MOTO_PORT " ||
+            fail_service moto "$MOTO_LOG" "our server is running but not on $HOST:$MOTO_PORT (port changed? run 'stop' first)"
+        say "moto: already running (pid $(cat "$MOTO_PID"))"
+        return 0
+    fi
+    rm -f "$MOTO_PID"
+    ! port_open "$HOST" "$MOTO_PORT" ||
+        fail_service moto "$MOTO_LOG" "port $HOST:$MOTO_PORT is already in use by another process"
+    moto_ensure_venv
+    rotate "$MOTO_LOG"
+    setsid "$MOTO_BIN" -H "$HOST" -p "$MOTO_PORT" >>"$MOTO_LOG" 2>&1 </dev/null 9>&- &
+    echo $! >"$MOTO_PID"
+    local deadline=$((SECONDS + MOTO_START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        launched_alive "$MOTO_PID" || fail_service moto "$MOTO_LOG" "the process exited"
+        if moto_ready; then
+            say "moto: started $(moto_version) on $HOST:$MOTO_PORT (pid $(cat "$MOTO_PID"))"
+            return 0
+        fi
+        sleep 0.25
+    done
+    fail_service moto "$MOTO_LOG" "Kinesis ListStreams did not answer on $HOST:$MOTO_PORT after ${MOTO_START_TIMEOUT}s"
+}
+
+moto_version() { sed -n 's/^moto==\(.*\)$/moto \1/p' "$MOTO_LOCK"; }
+
+moto_status() {
+    if moto_running && moto_ready; then
+        echo "moto: up $HOST:$MOTO_PORT ($(moto_version) from $(rel "$MOTO_LOCK"), Kinesis ListStreams ok)"
+    else
+        echo "moto: down $HOST:$MOTO_PORT"
+        return 1
+    fi
+}
+
 # ---- commands -------------------------------------------------------------------------------------------
 take_lock() {
     mkdir -p "$SERVICES_DIR"
@@ -636,12 +734,14 @@ cmd_start() {
     fi
     if has postgres; then pg_start; fi
     if has prometheus; then prom_start; fi
+    if has moto; then moto_start; fi
     if has kafka; then kafka_wait; fi
     say "ready in $((SECONDS - t0))s: ${SERVICES[*]} (env: source scripts/services.env)"
 }
 
 cmd_stop() {
     take_lock
+    if has moto; then stop_pid moto "$MOTO_PID" "$MOTO_BIN"; fi
     if has prometheus; then stop_pid prometheus "$PROM_PID" "$PROM_HOME/data"; fi
     if has kafka; then stop_pid kafka "$KAFKA_PID" "$KAFKA_HOME/config/server.properties"; fi
     if has postgres; then pg_stop; fi
@@ -652,11 +752,12 @@ cmd_status() {
     if has postgres; then pg_status || rc=1; fi
     if has kafka; then kafka_status || rc=1; fi
     if has prometheus; then prom_status || rc=1; fi
+    if has moto; then moto_status || rc=1; fi
     return $rc
 }
 
 usage() {
-    echo "usage: $0 start|stop|status [postgres|kafka|prometheus ...]" >&2
+    echo "usage: $0 start|stop|status [postgres|kafka|prometheus|moto ...]" >&2
     exit 2
 }
 
@@ -665,7 +766,7 @@ CMD=$1
 shift
 if (($# == 0)); then SERVICES=("${ALL_SERVICES[@]}"); else SERVICES=("$@"); fi
 for s in "${SERVICES[@]}"; do
-    case $s in postgres | kafka | prometheus) ;; *) usage ;; esac
+    case $s in postgres | kafka | prometheus | moto) ;; *) usage ;; esac
 done
 case $CMD in
 start) cmd_start ;;

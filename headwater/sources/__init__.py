@@ -3,6 +3,10 @@
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
 from headwater.sources.kafka import KafkaSource
+from headwater.sources.kinesis import KinesisShardPosition, KinesisSource
 from headwater.sources.nexmark import NexmarkSource
 
-__all__ = ["CsvSource", "JsonLinesSource", "KafkaSource", "NexmarkSource", "ParquetSource", "Source", "SourcePartition"]
+__all__ = [
+    "CsvSource", "JsonLinesSource", "KafkaSource", "KinesisShardPosition", "KinesisSource", "NexmarkSource",
+    "ParquetSource", "Source", "SourcePartition",
+]

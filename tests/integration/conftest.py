@@ -1,7 +1,7 @@
 """Fixtures for the real services of ``scripts/services.sh`` (PostgreSQL, Kafka, Prometheus, ...).
 
 Connection settings come from ``scripts/services.env`` (``HEADWATER_PG_DSN``, ``HEADWATER_KAFKA_BOOTSTRAP``,
-``HEADWATER_PROMETHEUS_URL``), defaulting to the script's ports. A fixture whose service is not reachable skips
+``HEADWATER_PROMETHEUS_URL``, ``HEADWATER_KINESIS_ENDPOINT``), defaulting to the script's ports. A fixture whose service is not reachable skips
 its test with a loud reason, except under CI (``CI=true``), where the test fails instead: CI must start the
 services. Each fixture checks reachability once per session and then hands out the connection setting.
 """
@@ -18,6 +18,7 @@ import pytest
 PG_DSN = os.environ.get("HEADWATER_PG_DSN", "postgresql://postgres@127.0.0.1:54329/headwater")
 KAFKA_BOOTSTRAP = os.environ.get("HEADWATER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 PROMETHEUS_URL = os.environ.get("HEADWATER_PROMETHEUS_URL", "http://127.0.0.1:19090").rstrip("/")
+KINESIS_ENDPOINT = os.environ.get("HEADWATER_KINESIS_ENDPOINT", "http://127.0.0.1:19094").rstrip("/")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -62,3 +63,11 @@ def prometheus_url() -> str:
     parts = urlsplit(PROMETHEUS_URL)
     require_port("Prometheus", parts.hostname or "127.0.0.1", parts.port or 9090)
     return PROMETHEUS_URL
+
+
+@pytest.fixture(scope="session")
+def kinesis_endpoint() -> str:
+    """The URL of the local Kinesis-compatible server (moto's server mode), to pass as ``endpoint_url``."""
+    parts = urlsplit(KINESIS_ENDPOINT)
+    require_port("Kinesis (moto server)", parts.hostname or "127.0.0.1", parts.port or 80)
+    return KINESIS_ENDPOINT
