@@ -46,7 +46,7 @@ from pydantic import SecretStr
 
 from headwater.clients.kinesis import KinesisClientSettings
 from headwater.core import plain_data
-from headwater.core.dead_letters import DeadLetter
+from headwater.core.dead_letters import DeadLetter, decode_position
 from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SourceError
 from headwater.sources.base import Source, SourceLag, SourcePartition
@@ -222,6 +222,39 @@ class KinesisSource(Source):
                 raise ConfigError(f"KinesisSource: stream {self.stream!r} has no shards")
             self._shards = sorted(s["ShardId"] for s in shards)
         return list(self._shards)
+
+    def rows(self, records: list[dict[str, Any]], shard: str) -> tuple[pa.RecordBatch | None, list[DeadLetter]]:
+        """GetRecords records of ``shard`` as rows of :meth:`schema` and dead letters."""
+        decoded = self.decoder.decode([bytes(r["Data"]) for r in records])
+        dead = to_dead_letters(decoded.failures, records, shard)
+        if decoded.batch.num_rows == 0:
+            return None, dead
+        keys = pa.array([r["PartitionKey"] for r in records], pa.string())
+        sequence_numbers = pa.array([r["SequenceNumber"] for r in records], pa.string())
+        arrivals = pa.array([arrival_ms(r["ApproximateArrivalTimestamp"]) for r in records], pa.int64())
+        columns = list(decoded.batch.columns) + [
+            decoded.take(keys), decoded.take(sequence_numbers),
+            decoded.take(arrivals).cast(pa.timestamp("ms", tz="UTC")),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema()), dead
+
+    def replay_dead_letters(self, letters: pa.RecordBatch) -> tuple[pa.RecordBatch | None, list[DeadLetter]]:
+        """Decode dead-lettered records again, with their partition key, sequence number and arrival time."""
+        records = [
+            {"Data": row["payload"] or b"", "PartitionKey": (row["key"] or b"").decode("utf-8", "replace"),
+             "SequenceNumber": decode_position(row["position"]),
+             "ApproximateArrivalTimestamp": (row["event_time"].timestamp() if row["event_time"] is not None else 0.0)}
+            for row in letters.to_pylist()
+        ]
+        batch: pa.RecordBatch | None = None
+        dead: list[DeadLetter] = []
+        for shard in dict.fromkeys(letters.column("partition").to_pylist()):
+            mine = [r for r, p in zip(records, letters.column("partition").to_pylist()) if p == shard]
+            rows, failed = self.rows(mine, shard)
+            dead += failed
+            if rows is not None:
+                batch = rows if batch is None else pa.Table.from_batches([batch, rows]).combine_chunks().to_batches()[0]
+        return batch, dead
 
     def build_part(self, part: str, resume_state: PlainData) -> SourcePartition:
         """Shard ``part`` from ``resume_state`` (a :class:`KinesisShardPosition`, or ``None``: from ``start``)."""
@@ -490,20 +523,11 @@ class KinesisShardPartition(SourcePartition):
 
     def _convert(self, fetched: _Fetched) -> pa.RecordBatch | None:
         records = fetched.records
-        decoded = self._source.decoder.decode([bytes(r["Data"]) for r in records])
-        keys = pa.array([r["PartitionKey"] for r in records], pa.string())
-        sequence_numbers = pa.array([r["SequenceNumber"] for r in records], pa.string())
-        arrivals = pa.array([arrival_ms(r["ApproximateArrivalTimestamp"]) for r in records], pa.int64())
-        self._dead.extend(to_dead_letters(decoded.failures, records, self._shard))
+        batch, dead = self._source.rows(records, self._shard)
+        self._dead.extend(dead)
         self._position = KinesisShardPosition(sequence_number=records[-1]["SequenceNumber"])
         self._lag_ms = fetched.behind_ms
-        if decoded.batch.num_rows == 0:
-            return None
-        columns = list(decoded.batch.columns) + [
-            decoded.take(keys), decoded.take(sequence_numbers),
-            decoded.take(arrivals).cast(pa.timestamp("ms", tz="UTC")),
-        ]
-        return pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        return batch
 
     def _failure(self, error: BaseException) -> SourceError:
         code = error_code(error)

@@ -222,6 +222,13 @@ def test_bad_records_become_dead_letters(kinesis_endpoint: str, make_stream) -> 
         assert row["partition"].startswith("shardId-") and row["event_time"] is not None
     assert result.steps["clicks"].dead_letters == 5
 
+    # replayed by a source that accepts larger records: the oversize one arrives, with its metadata; others stay dead
+    fixed = _source(kinesis_endpoint, stream, max_record_bytes=10_000)
+    rows, still_dead = fixed.replay_dead_letters(letters.to_batches()[0])
+    assert rows is not None and rows.column("partition_key").to_pylist() == ["k-big"]
+    assert rows.column("sequence_number").to_pylist() == [sequence_numbers[by_key[b"k-big"]["payload"]]]
+    assert sorted(d.reason.value for d in still_dead) == ["bad_encoding", "bad_format", "not_a_record", "wrong_type"]
+
 
 def test_end_to_end_on_both_executors(runner, kinesis_endpoint: str, make_stream, tmp_path: Path) -> None:
     stream = make_stream(2)
