@@ -3,5 +3,7 @@
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
 from headwater.sources.nexmark import NexmarkSource
+from headwater.sources.sql import SqlPosition, SqlSource
 
-__all__ = ["CsvSource", "JsonLinesSource", "NexmarkSource", "ParquetSource", "Source", "SourcePartition"]
+__all__ = ["CsvSource", "JsonLinesSource", "NexmarkSource", "ParquetSource", "Source", "SourcePartition",
+           "SqlPosition", "SqlSource"]
