@@ -81,6 +81,8 @@ TAGS = (SINK, SUBTASK, WRITER, CHECKPOINT, SEQ)
 #: Arrow type families PostgreSQL's COPY reads from pyarrow's CSV without loss; others go through executemany
 _COPYABLE = (pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_string,
              pa.types.is_large_string, pa.types.is_date, pa.types.is_timestamp, pa.types.is_time)
+#: dialects whose ``INSERT ... ON CONFLICT DO UPDATE`` the upsert uses; others delete the keys, then insert
+ON_CONFLICT_DIALECTS = ("postgresql", "sqlite")
 _MAX_NAME = 63  # PostgreSQL's identifier limit; the tightest of the tested dialects
 
 
@@ -268,7 +270,7 @@ def _check_target(sink: SqlSink, target: sa.Table, schema: pa.Schema, dialect: s
                 and not (c.primary_key and c.autoincrement is True)]
     if required:
         raise ConfigError(f"{owner}: table column(s) {required} are NOT NULL without a default and not in the input")
-    if dialect in ("postgresql", "sqlite") and not _has_unique(target, sink.key):
+    if dialect in ON_CONFLICT_DIALECTS and not _has_unique(target, sink.key):
         raise ConfigError(f"{owner}: the upsert needs a primary key or unique constraint on {list(sink.key)} in table "
                           f"{sink.table!r}; add one (e.g. CREATE UNIQUE INDEX ... ON {sink.table} "
                           f"({', '.join(sink.key)}))")
@@ -524,7 +526,7 @@ class SqlSinkPartition(SinkPartition[SqlCommitToken]):
                   .where(staged).subquery("hw_ranked"))
         latest = sa.select(*[ranked.c[n] for n in names]).where(ranked.c["_hw_rank"] == 1)
         dialect = conn.dialect.name
-        if dialect in ("postgresql", "sqlite"):
+        if dialect in ON_CONFLICT_DIALECTS:
             from sqlalchemy.dialects import postgresql, sqlite
 
             insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(target).from_select(names, latest)

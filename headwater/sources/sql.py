@@ -25,8 +25,10 @@ batch boundary inside a run of equal values would skip the rest. For a table, th
 cursor is the primary key or unique, else the primary key; a table without either needs ``tie_breaker=``. A
 query (``query=``) must say ``tie_breaker=[...]``, or ``tie_breaker=()`` when its cursor is unique.
 
-**Bounded** (``bounded=True``): the first poll reads ``max(cursor)``, which goes into the position, so a restored
-run stops at the same row; the partition ends after reading every row up to it.
+**Bounded** (``bounded=True``): the first poll reads ``max(cursor)``, which goes into the position, so a run
+restored in the middle stops at the same row; the partition ends after reading every row up to it. A run that
+resumes from a position at that bound (the previous run read its increment to the end) takes a new bound: runs
+of a bounded job on one checkpoint directory read the table in increments, each row once.
 
 **Types** come from the table's reflected columns (``headwater.clients.sql.arrow_type_of``; ``types=`` overrides
 single columns), or from ``schema=`` for a query. Rows convert to Arrow column by column (``pyarrow.array`` over a
@@ -260,7 +262,15 @@ class SqlSource(Source):
         if resume_state is not None and not isinstance(resume_state, SqlPosition):
             raise SourceError(f"SqlSource: resume state of {part!r} must be a SqlPosition, got {resume_state!r}",
                               transient=False)
-        return SqlSourcePartition(self, part, resume_state or SqlPosition())
+        position = resume_state or SqlPosition()
+        if self.bounded and position.upper is not None and position.cursor is not None:
+            try:
+                finished = decode_value(position.cursor) >= decode_value(position.upper)
+            except TypeError:
+                finished = False
+            if finished:  # the last run read its increment to the end: this one reads up to the current max
+                position = SqlPosition(position.cursor, position.tie, None)
+        return SqlSourcePartition(self, part, position)
 
     def __repr__(self) -> str:
         what = f"table={self.table!r}" if self.table is not None else "query=..."
