@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -158,15 +157,26 @@ def arrow_type_of(column_type: sa.types.TypeEngine[Any]) -> pa.DataType | None:
     return None
 
 
-def python_converter(column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], Any] | None:
-    """A per-value conversion the driver's values need before ``pyarrow.array`` takes them (UUID objects, JSON
-    values, ``memoryview`` bytes), or ``None`` when the values go in as they are (the common, fast case)."""
-    if isinstance(column_type, sa.JSON):
-        return lambda v: v if v is None or isinstance(v, str) else json.dumps(v, default=str)
-    if isinstance(column_type, sa.Uuid):
-        return lambda v: str(v) if isinstance(v, uuid.UUID) else v
-    if isinstance(column_type, sa.LargeBinary | sa.types._Binary):
-        return lambda v: bytes(v) if isinstance(v, memoryview | bytearray) else v
+def _as_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)  # JSON columns: the driver parsed the document
+    return str(value)  # UUID objects, enum members, ...
+
+
+def _as_bytes(value: Any) -> Any:
+    return bytes(value) if isinstance(value, memoryview | bytearray) else value
+
+
+def python_converter(arrow_type: pa.DataType) -> Callable[[Any], Any] | None:
+    """The per-value conversion a driver's values of a string or binary column may need before ``pyarrow.array``
+    takes them (JSON documents, UUID objects, ``memoryview`` bytes), or ``None``. Readers apply it only after
+    ``pyarrow.array`` refused the column's values as they are, so the common case stays free of Python per row."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return _as_text
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return _as_bytes
     return None
 
 

@@ -419,25 +419,30 @@ class SqlSourcePartition(SourcePartition):
     def _convert(self, rows: Sequence[Any]) -> pa.RecordBatch | None:
         """Rows → one batch, column by column; rows whose values do not convert become dead letters."""
         schema = self._source.schema()
-        relation = self._columns()
         self._position = self._position_of(rows[-1])
         values_by_column = [list(col) for col in zip(*rows)]
         arrays: list[pa.Array | None] = []
         bad: dict[int, str] = {}
         for field, values in zip(schema, values_by_column):
-            converter = python_converter(relation[field.name].type)
-            if converter is not None:
-                values[:] = [converter(v) for v in values]
             try:
                 arrays.append(pa.array(values, field.type))
+                continue
             except _CONVERT_ERRORS:
-                arrays.append(None)
-                for i, value in enumerate(values):
-                    try:
-                        pa.array([value], field.type)
-                    except _CONVERT_ERRORS as exc:
-                        bad.setdefault(i, f"column {field.name!r}: {type(value).__name__} value does not convert to "
-                                          f"{field.type}: {exc}")
+                converter = python_converter(field.type)
+            if converter is not None:
+                values[:] = [converter(v) for v in values]
+                try:
+                    arrays.append(pa.array(values, field.type))
+                    continue
+                except _CONVERT_ERRORS:
+                    pass
+            arrays.append(None)
+            for i, value in enumerate(values):
+                try:
+                    pa.array([value], field.type)
+                except _CONVERT_ERRORS as exc:
+                    bad.setdefault(i, f"column {field.name!r}: {type(value).__name__} value does not convert to "
+                                      f"{field.type}: {exc}")
         if bad:
             keep = [i for i in range(len(rows)) if i not in bad]
             indices = pa.array(keep, pa.int64())
