@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import NoReturn
+from typing import Callable, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -40,6 +40,12 @@ def require_port(name: str, host: str, port: int) -> None:
             return
     except OSError as exc:
         service_unavailable(f"{name} is not reachable at {host}:{port} ({exc})")
+
+
+@pytest.fixture(scope="session")
+def unavailable() -> Callable[[str], NoReturn]:
+    """:func:`service_unavailable`, for a test that finds a missing prerequisite itself (a client binary)."""
+    return service_unavailable
 
 
 @pytest.fixture(scope="session")

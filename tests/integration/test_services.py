@@ -1,8 +1,7 @@
 """The real services started by ``scripts/services.sh start``, checked the way Headwater's code uses them.
 
-Connection settings come from ``scripts/services.env`` (``HEADWATER_PG_DSN``, ``HEADWATER_KAFKA_BOOTSTRAP``,
-``HEADWATER_PROMETHEUS_URL``), defaulting to the script's ports. A service that is not reachable skips its
-test with a loud reason, except under CI (``CI=true``), where it fails: CI must start the services.
+Connection settings and the skip-loudly / fail-under-CI rule come from the fixtures of
+``tests/integration/conftest.py`` (``pg_dsn``, ``kafka_bootstrap``, ``prometheus_url``).
 """
 
 from __future__ import annotations
@@ -11,40 +10,12 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
-from typing import NoReturn
-from urllib.parse import urlsplit
+from typing import Callable, NoReturn
 
 import pytest
-
-PG_DSN = os.environ.get("HEADWATER_PG_DSN", "postgresql://postgres@127.0.0.1:54329/headwater")
-KAFKA_BOOTSTRAP = os.environ.get("HEADWATER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-PROMETHEUS_URL = os.environ.get("HEADWATER_PROMETHEUS_URL", "http://127.0.0.1:19090").rstrip("/")
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-
-def _unavailable(what: str) -> NoReturn:
-    message = (
-        f"!!! {what} — SERVICE NOT AVAILABLE: run `scripts/services.sh start` "
-        f"(and `source scripts/services.env`) to run this test !!!"
-    )
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: services are required)", pytrace=False)
-    pytest.skip(message)
-
-
-def _require_port(name: str, host: str, port: int) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return
-    except OSError as exc:
-        _unavailable(f"{name} is not reachable at {host}:{port} ({exc})")
-
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
 
@@ -79,13 +50,11 @@ class _Psql:
 
 
 @pytest.mark.postgres
-def test_postgres_logical_replication_with_wal2json() -> None:
-    url = urlsplit(PG_DSN)
-    _require_port("PostgreSQL", url.hostname or "127.0.0.1", url.port or 5432)
+def test_postgres_logical_replication_with_wal2json(pg_dsn: str, unavailable: Callable[[str], NoReturn]) -> None:
     binary = _psql_binary()
     if binary is None:
-        _unavailable("the psql client is not installed")
-    psql = _Psql(binary, PG_DSN)
+        unavailable("the psql client is not installed")
+    psql = _Psql(binary, pg_dsn)
 
     assert psql("SHOW wal_level") == ["logical"]
     assert int(psql("SHOW max_replication_slots")[0]) >= 2
@@ -124,20 +93,18 @@ def test_postgres_logical_replication_with_wal2json() -> None:
 
 
 @pytest.mark.kafka
-def test_kafka_two_partition_topic_round_trip() -> None:
+def test_kafka_two_partition_topic_round_trip(kafka_bootstrap: str) -> None:
     """With confluent-kafka, the one Kafka client Headwater uses (docs/connectors/kafka.md)."""
-    host, _, port = KAFKA_BOOTSTRAP.split(",")[0].rpartition(":")
-    _require_port("Kafka", host, int(port))
 
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"hw-services-probe-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(timeout=30)
     try:
         delivered: list[tuple[int, int]] = []
-        producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP, "acks": "all"})
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
         for i in range(10):
             producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=i % 2,
                              on_delivery=lambda err, msg: delivered.append((msg.partition(), msg.offset()))
@@ -145,7 +112,7 @@ def test_kafka_two_partition_topic_round_trip() -> None:
         assert producer.flush(15) == 0
         assert {p for p, _ in delivered} == {0, 1} and len(delivered) == 10
 
-        consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": f"{topic}-group",
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"{topic}-group",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
         received: list[tuple[int, int, bytes, bytes]] = []
         try:
@@ -176,13 +143,11 @@ def test_kafka_two_partition_topic_round_trip() -> None:
 
 
 @pytest.mark.prometheus
-def test_prometheus_ready_and_buildinfo() -> None:
-    url = urlsplit(PROMETHEUS_URL)
-    _require_port("Prometheus", url.hostname or "127.0.0.1", url.port or 9090)
+def test_prometheus_ready_and_buildinfo(prometheus_url: str) -> None:
 
     import httpx
 
-    with httpx.Client(base_url=PROMETHEUS_URL, timeout=10) as client:
+    with httpx.Client(base_url=prometheus_url, timeout=10) as client:
         ready = client.get("/-/ready")
         assert ready.status_code == 200, ready.text
 
