@@ -68,17 +68,21 @@ class PayloadDecoder(ABC):
         """Decode ``payloads`` (see the module docstring for the invariant)."""
 
 
-def _checked_size(payloads: Sequence[bytes], max_record_bytes: int) -> tuple[list[int], list[DecodeFailure]]:
+def _checked_size(
+    payloads: Sequence[bytes], max_record_bytes: int,
+) -> tuple[pa.BinaryArray, np.ndarray, list[DecodeFailure]]:
+    """The payloads within ``max_record_bytes`` as one Arrow array, their indices, and the oversize failures."""
     array = pa.array(payloads, pa.binary())
     sizes = pc.binary_length(array).to_numpy(zero_copy_only=False)
-    too_big = np.flatnonzero(sizes > max_record_bytes)
+    fits = sizes <= max_record_bytes
     failures = [
         DecodeFailure(int(i), DeadLetterReason.OVERSIZE, f"payload of {int(sizes[i]):,} bytes exceeds max_record_bytes "
                       f"({max_record_bytes:,})")
-        for i in too_big
+        for i in np.flatnonzero(~fits)
     ]
-    keep = np.flatnonzero(sizes <= max_record_bytes).tolist() if len(too_big) else list(range(len(payloads)))
-    return keep, failures
+    if not failures:
+        return array, np.arange(len(payloads), dtype=np.int64), failures
+    return array.filter(pa.array(fits)), np.flatnonzero(fits).astype(np.int64), failures
 
 
 class RawDecoder(PayloadDecoder):
@@ -89,10 +93,8 @@ class RawDecoder(PayloadDecoder):
         self.max_record_bytes = max_record_bytes
 
     def decode(self, payloads: Sequence[bytes]) -> Decoded:
-        keep, failures = _checked_size(payloads, self.max_record_bytes)
-        kept = payloads if not failures else [payloads[i] for i in keep]
-        batch = pa.record_batch([pa.array(kept, pa.binary())], schema=self.schema)
-        return Decoded(batch, np.asarray(keep, dtype=np.int64), failures)
+        kept, keep, failures = _checked_size(payloads, self.max_record_bytes)
+        return Decoded(pa.record_batch([kept], schema=self.schema), keep, failures)
 
 
 class JsonDecoder(PayloadDecoder):
@@ -111,21 +113,20 @@ class JsonDecoder(PayloadDecoder):
         self._required = [f.name for f in schema if not f.nullable]
 
     def decode(self, payloads: Sequence[bytes]) -> Decoded:
-        keep, failures = _checked_size(payloads, self.max_record_bytes)
-        array = pa.array(payloads if not failures else [payloads[i] for i in keep], pa.binary())
+        array, keep, failures = _checked_size(payloads, self.max_record_bytes)
         texts, bad_utf8 = self._as_text(array)
-        failures += [DecodeFailure(keep[i], DeadLetterReason.BAD_ENCODING, "payload is not valid UTF-8")
+        failures += [DecodeFailure(int(keep[i]), DeadLetterReason.BAD_ENCODING, "payload is not valid UTF-8")
                      for i in bad_utf8]
         if bad_utf8:
-            keep = [k for i, k in enumerate(keep) if i not in set(bad_utf8)]
+            keep = np.delete(keep, bad_utf8)
         texts = pc.replace_substring(pc.replace_substring(texts, "\n", " "), "\r", " ")
         # An empty payload parses to no row at all; refused up front, every payload yields at least one row, so a
         # parse with one row per payload proves each payload held exactly one object.
         blank = np.flatnonzero(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False))
         if len(blank):
-            failures += [DecodeFailure(keep[i], DeadLetterReason.BAD_FORMAT, "empty payload") for i in blank]
+            failures += [DecodeFailure(int(keep[i]), DeadLetterReason.BAD_FORMAT, "empty payload") for i in blank]
             ok = np.setdiff1d(np.arange(len(keep)), blank)
-            keep = [keep[i] for i in ok]
+            keep = keep[ok]
             texts = texts.take(pa.array(ok, pa.int64()))
         tables: list[pa.Table] = []
         good: list[int] = []
@@ -162,7 +163,7 @@ class JsonDecoder(PayloadDecoder):
             ok = np.setdiff1d(np.arange(len(array)), np.asarray(bad, dtype=np.int64))
             return array.take(pa.array(ok, pa.int64())).cast(pa.string()), bad
 
-    def _parse_range(self, texts: pa.Array, keep: list[int], lo: int, hi: int, tables: list[pa.Table],
+    def _parse_range(self, texts: pa.Array, keep: np.ndarray, lo: int, hi: int, tables: list[pa.Table],
                      good: list[int], failures: list[DecodeFailure]) -> None:
         if lo >= hi:
             return
@@ -175,10 +176,10 @@ class JsonDecoder(PayloadDecoder):
             table, error = None, str(exc)
         if error is None and table is not None:
             tables.append(table)
-            good.extend(keep[lo:hi])
+            good.extend(keep[lo:hi].tolist())
             return
         if count == 1:
-            failures.append(self._classify(keep[lo], texts[lo].as_py(), error or "unparseable"))
+            failures.append(self._classify(int(keep[lo]), texts[lo].as_py(), error or "unparseable"))
             return
         mid = lo + count // 2
         self._parse_range(texts, keep, lo, mid, tables, good, failures)
@@ -221,10 +222,10 @@ class AvroDecoder(PayloadDecoder):
     def decode(self, payloads: Sequence[bytes]) -> Decoded:
         import fastavro
 
-        keep, failures = _checked_size(payloads, self.max_record_bytes)
+        _, keep, failures = _checked_size(payloads, self.max_record_bytes)
         rows: list[dict[str, Any]] = []
         good: list[int] = []
-        for i in keep:
+        for i in keep.tolist():
             try:
                 stream = io.BytesIO(payloads[i])
                 row = fastavro.schemaless_reader(stream, self._parsed, None)
