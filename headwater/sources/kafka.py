@@ -163,12 +163,13 @@ class KafkaSource(Source):
         offsets = [decode_position(p) for p in letters.column("position").to_pylist()]
         times = letters.column("event_time").cast(pa.int64()).to_pylist()
         keys = letters.column("key").to_pylist()
-        return self._rows(payloads, keys, [_part_number(p) for p in partitions], offsets, times, None, partitions)
+        return self.rows(payloads, keys, [_part_number(p) for p in partitions], offsets, times, None, partitions)
 
-    def _rows(
+    def rows(
         self, values: list[bytes], keys: list[bytes | None], partitions: list[int], offsets: list[Any],
         times: list[int | None], headers: list[Any] | None, part_names: list[str],
     ) -> tuple[pa.RecordBatch | None, list[DeadLetter]]:
+        """Records' values decoded into rows of :meth:`schema` with their Kafka columns, and the dead letters."""
         decoded: Decoded = self.decoder.decode(values)
         dead = [
             DeadLetter(values[f.index], f.reason, f.error, part_names[f.index], offsets[f.index], keys[f.index],
@@ -177,20 +178,10 @@ class KafkaSource(Source):
         ]
         if decoded.batch.num_rows == 0:
             return None, dead
+        by_name: dict[str, list[Any]] = {"key": keys, "partition": partitions, "offset": offsets, "timestamp": times,
+                                         "headers": headers if headers is not None else [None] * len(values)}
         columns = list(decoded.batch.columns)
-        values_: list[Any]
-        for name in self.metadata:
-            if name == "key":
-                values_ = keys
-            elif name == "partition":
-                values_ = partitions
-            elif name == "offset":
-                values_ = offsets
-            elif name == "timestamp":
-                values_ = times
-            else:
-                values_ = headers if headers is not None else [None] * len(values)
-            columns.append(decoded.take(pa.array(values_, METADATA_COLUMNS[name])))
+        columns += [decoded.take(pa.array(by_name[name], METADATA_COLUMNS[name])) for name in self.metadata]
         return pa.RecordBatch.from_arrays(columns, schema=self._schema), dead
 
     def _consumer_config(self) -> dict[str, Any]:
@@ -242,7 +233,7 @@ class KafkaPartition(SourcePartition):
         if not messages:
             self._wake = time.monotonic() + self.source.poll_interval
             return None
-        records: list[Any] = []  # confluent_kafka.Message (its stubs type every field as optional)
+        records: list[Any] = []  # of confluent_kafka.Message, typed Any: its stubs make every field optional
         for message in messages:
             error = message.error()
             if error is None:
@@ -278,7 +269,7 @@ class KafkaPartition(SourcePartition):
         if "headers" in self.source.metadata:
             headers = [[{"key": k, "value": v} for k, v in (m.headers() or [])] for m in records]
         names = [self.part] * len(records)
-        batch, dead = self.source._rows(values, keys, [self.number] * len(records), offsets, times, headers, names)
+        batch, dead = self.source.rows(values, keys, [self.number] * len(records), offsets, times, headers, names)
         self._dead.extend(dead)
         return batch
 
