@@ -133,18 +133,23 @@ class CheckpointCoordinator:
 
     def report_finished(self, ack: SubtaskAck) -> CheckpointMetadata | None:
         """A subtask's input ended; ``ack`` is its final snapshot. Completes checkpoints that waited for it,
-        and, once every subtask finished, the final checkpoint."""
+        and, once every subtask finished, the final checkpoint.
+
+        Invariant: once every subtask finished, the final checkpoint is made here — nothing else would begin it
+        (:meth:`due` is false from then on, and no report is left to come). That holds also when this report
+        completed a pending checkpoint that another subtask had acknowledged with a regular snapshot (a plain
+        checkpoint, not the final one): the final one follows at once, and its metadata is returned (telling
+        the subtasks that it completed commits everything prepared at or before it, the other one included)."""
         key = (ack.stage_id, ack.subtask)
         self.finished[key] = ack
+        completed = None
         if self.pending is not None and key not in self.pending.acks:
             self.pending.acks[key] = replace(ack, checkpoint_id=self.pending.checkpoint_id)
             completed = self._maybe_complete()
-            if completed is not None:
-                return completed
-        if self.all_finished and self.pending is None:
+        if self.all_finished and self.pending is None and not self.final_completed:
             self.begin(self.final_kind)
-            return self._maybe_complete()
-        return None
+            return self._maybe_complete() or completed
+        return completed
 
     def _maybe_complete(self) -> CheckpointMetadata | None:
         pending = self.pending

@@ -291,6 +291,23 @@ def test_pending_checkpoint_completed_by_the_last_finish_is_the_final_one(tmp_pa
     assert core.final_completed
 
 
+def test_the_last_finish_completing_a_mixed_checkpoint_still_makes_the_final_one(tmp_path: Path) -> None:
+    """The last subtask finishes while a checkpoint waits for it and another subtask acknowledged that checkpoint
+    with a regular snapshot (before it finished): the pending checkpoint completes as a plain checkpoint, and the
+    final checkpoint must follow at once. (It used to be never begun: the timer begins no checkpoint once every
+    subtask finished, and no report was left to come, so the subtasks waited for their commit forever.)"""
+    core = coordinator(tmp_path, subtasks=[(0, 0), (0, 1)])
+    checkpoint_id = core.begin()
+    assert core.ack(ack(core, checkpoint_id, 0, 0)) is None  # a regular snapshot for the pending checkpoint
+    assert core.report_finished(ack(core, checkpoint_id + 1, 0, 0, finished=True)) is None
+    metadata = core.report_finished(ack(core, checkpoint_id + 1, 0, 1, finished=True))
+
+    assert core.final_completed, "every subtask finished: the job's final checkpoint exists"
+    assert metadata is not None and metadata.kind == "final" and metadata.checkpoint_id == checkpoint_id + 1
+    assert [i for i, _ in core.storage.completed()] == [checkpoint_id, checkpoint_id + 1]
+    assert core.pending is None and core.stats.completed == 2
+
+
 def test_retention_keeps_the_newest_checkpoints_and_every_directory_they_reference(tmp_path: Path) -> None:
     core = coordinator(tmp_path, retain=2)
     complete(core)  # 1
