@@ -284,6 +284,11 @@ class SinkStep(Step):
         self.kind = "sink"
 
     def derive_schema(self, input_schemas: list[pa.Schema | None]) -> pa.Schema | None:
+        if input_schemas and input_schemas[0] is not None:
+            try:
+                self.sink.check_input_schema(input_schemas[0])
+            except ConfigError as exc:
+                raise ConfigError(f"{self.where}: {exc}") from exc.__cause__
         return None
 
     def describe(self) -> str:

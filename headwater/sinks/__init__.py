@@ -4,5 +4,7 @@ from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 from headwater.sinks.console import ConsoleSink
 from headwater.sinks.files import CsvSink, JsonLinesSink, ParquetSink
 from headwater.sinks.null import NullSink
+from headwater.sinks.sql import SqlCommitToken, SqlSink
 
-__all__ = ["ConsoleSink", "CsvSink", "JsonLinesSink", "NullSink", "ParquetSink", "Sink", "SinkOwner", "SinkPartition"]
+__all__ = ["ConsoleSink", "CsvSink", "JsonLinesSink", "NullSink", "ParquetSink", "Sink", "SinkOwner", "SinkPartition",
+           "SqlCommitToken", "SqlSink"]

@@ -90,6 +90,11 @@ class Sink(ABC):
     def build_part(self, index: int, count: int) -> SinkPartition[Any]:  # each sink has its own token type
         """Build the writer of subtask ``index`` out of ``count``."""
 
+    def check_input_schema(self, schema: pa.Schema) -> None:
+        """Build time: raise :class:`~headwater.errors.ConfigError` saying what to fix when the sink cannot take
+        batches of ``schema`` (the input's schema, when the planner knows it): e.g. a database sink whose table
+        lacks a column. Called while the dataflow is built, in the driver. Default: any schema."""
+
     def owned_locations(self) -> tuple[str, ...]:
         """The directories (absolute local paths or ``pyarrow.fs`` URIs) this sink writes and no one else may.
 
