@@ -158,7 +158,9 @@ class BatchBuilder:
         self._commit_lsn: list[int] = []
         self._commit_time: list[int | None] = []
         self._sources: list[tuple[bytes, bytes | None, dict[str, str]]] = []  # payload, key, position
-        self._dead: list[DeadLetter] = []
+        self._row_seq: list[int] = []
+        self._dead: list[tuple[int, DeadLetter]] = []
+        self._seq = getattr(self, "_seq", 0)
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -174,6 +176,7 @@ class BatchBuilder:
         plan = self.plan(relation)
         if plan is None:
             return
+        self._seq += 1
         position: dict[str, str] = {"lsn": format_lsn(lsn), "commit_lsn": format_lsn(commit_lsn)}
         source = (payload, relation.raw, position)
         if plan.problem is not None:
@@ -228,16 +231,22 @@ class BatchBuilder:
         self._commit_lsn.append(commit_lsn)
         self._commit_time.append(commit_time_us)
         self._sources.append(source)
+        self._row_seq.append(self._seq)
 
     def dead(self, source: tuple[bytes, bytes | None, dict[str, str]], reason: DeadLetterReason, error: str,
-             commit_time_us: int | None) -> None:
+             commit_time_us: int | None, order: int | None = None) -> None:
+        """Keep a change as a dead letter; ``order`` places it among the others (default: after them)."""
+        if order is None:
+            self._seq += 1
+            order = self._seq
         payload, key, position = source
-        self._dead.append(DeadLetter(payload, reason, error, self.partition, position, key,
-                                     None if commit_time_us is None else commit_time_us // 1000))
+        self._dead.append((order, DeadLetter(payload, reason, error, self.partition, position, key,
+                                             None if commit_time_us is None else commit_time_us // 1000)))
 
     def take_dead(self) -> list[DeadLetter]:
+        """The dead letters since the last call, in the order of their changes."""
         dead, self._dead = self._dead, []
-        return dead
+        return [letter for _, letter in sorted(dead, key=lambda pair: pair[0])]
 
     def build(self) -> pa.RecordBatch | None:
         """The batch of the rows added since the last call (``None`` if none survived conversion)."""
@@ -288,7 +297,7 @@ class BatchBuilder:
             if id(source) in seen:  # both rows of a key-changing update: one dead letter
                 continue
             seen.add(id(source))
-            self.dead(source, DeadLetterReason.WRONG_TYPE, error, self._commit_time[row])
+            self.dead(source, DeadLetterReason.WRONG_TYPE, error, self._commit_time[row], self._row_seq[row])
         # the other row of a key-changing update goes with its partner
         for row in range(batch.num_rows):
             if keep[row] and id(self._sources[row]) in seen:
@@ -330,8 +339,7 @@ class BatchBuilder:
             payload = json.dumps({"table": table.qualified_name, "row": {n: _text(v) for n, v in values.items()}},
                                  sort_keys=True).encode()
             position = {"snapshot_lsn": format_lsn(lsn), "table": table.qualified_name}
-            self._dead.append(DeadLetter(payload, DeadLetterReason.WRONG_TYPE, error, self.partition, position,
-                                         None, time_us // 1000))
+            self.dead((payload, None, position), DeadLetterReason.WRONG_TYPE, error, time_us)
         filtered = batch.filter(pa.array(keep))
         return filtered if filtered.num_rows else None
 

@@ -110,7 +110,7 @@ class PostgresCdcPartition(SourcePartition):
         self._retry_at: float | None = None
         self._failing_since: float | None = None
         self._attempt = 0
-        self._wait = tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.2)
+        self._wait = tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2)
 
     # -- the protocol -----------------------------------------------------------------------------------------------
     def next_batch(self) -> pa.RecordBatch | None:
