@@ -150,8 +150,13 @@ def test_snapshot_then_stream_on_both_executors(db: Db, tmp_path: Path, runner: 
     db.sql(f"INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 30) g")
     source = db.source([table], snapshot_chunk_rows=7)
     executor = "ray" if runner.__name__ == "run_on_ray" else "local"
+
+    def during(out: TestingSink) -> None:
+        wait_for(lambda: len(changes(out)) >= 30, what="the snapshot")  # see crash_run
+        workload(db, table, 100, 12)
+
     out, dead, _ = run_capture(db, source, tmp_path, 30 + len(workload_expectation(100, 12)), executor=executor,
-                               during=lambda _: workload(db, table, 100, 12))
+                               during=during)
     got = changes(out)
     assert got[:30] == [("r", i, f"v{i}") for i in range(1, 31)]
     assert got[30:] == workload_expectation(100, 12)

@@ -72,9 +72,14 @@ class PostgresCdcPosition:
 
 
 def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone (or the server is not ready): worth a reconnect. Besides
+    libpq's connection errors, psycopg2 reports a replication stream broken by a server restart as a
+    ``DatabaseError`` without an SQLSTATE ("no COPY in progress"); errors the server reports carry one."""
     import psycopg2
 
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return True
+    return isinstance(exc, psycopg2.DatabaseError) and getattr(exc, "pgcode", None) is None
 
 
 class PostgresCdcPartition(SourcePartition):
