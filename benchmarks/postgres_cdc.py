@@ -65,7 +65,7 @@ def stream_bench(conn, changes: int, work: str) -> dict:
     out = os.path.join(work, "stream-out")
     flow = hw.Dataflow(f"bench_cdc_{suffix}")
     flow.source("cdc", source).sink("out", ParquetSink(out))
-    checkpoint = hw.CheckpointConfig(dir=os.path.join(work, "stream-ckpt"), interval=timedelta(seconds=1))
+    checkpoint = hw.CheckpointConfig(dir=os.path.join(work, "stream-ckpt"), interval=timedelta(milliseconds=250))
     try:
         # 1. create the slot (an empty run), and the reference slot at the same point
         job = hw.start(flow, executor="local", checkpoint=checkpoint)
@@ -132,7 +132,7 @@ def snapshot_bench(conn, rows: int, work: str) -> dict:
     out = os.path.join(work, "snapshot-out")
     flow = hw.Dataflow(f"bench_snap_{suffix}")
     flow.source("cdc", source).sink("out", ParquetSink(out))
-    checkpoint = hw.CheckpointConfig(dir=os.path.join(work, "snapshot-ckpt"), interval=timedelta(seconds=1))
+    checkpoint = hw.CheckpointConfig(dir=os.path.join(work, "snapshot-ckpt"), interval=timedelta(milliseconds=250))
     try:
         snapshot_s = run_until(flow, checkpoint, out, rows)
         started = time.perf_counter()
