@@ -8,6 +8,7 @@ behind keeps WAL on a server other engineers share.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -30,6 +31,39 @@ from headwater.sources import PostgresCdcSource
 from headwater.testing import TestingSource
 
 pytestmark = pytest.mark.postgres
+
+
+@dataclass(frozen=True)
+class ServerControl:
+    """Restarts the very PostgreSQL server the tests' DSN reaches (whichever checkout's services started it):
+    ``pg_ctl`` from the server's own ``BINDIR`` on its own ``data_directory``, as the data directory's owner."""
+
+    bindir: str
+    data_dir: str
+
+    @classmethod
+    def of(cls, conn: Any) -> ServerControl:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'")
+            bindir = cursor.fetchone()[0]
+            cursor.execute("SHOW data_directory")
+            data_dir = cursor.fetchone()[0]
+        return cls(bindir, data_dir)
+
+    def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        command = [f"{self.bindir}/pg_ctl", "-D", self.data_dir, *args]
+        if os.geteuid() == 0:
+            owner = Path(self.data_dir).owner()
+            command = ["runuser", "-u", owner, "--", *command]
+        # -l: the server's output goes to a file, so it does not hold this process's pipes open
+        return subprocess.run(command, check=check, capture_output=True, timeout=180, cwd="/")
+
+    def restart(self) -> None:
+        self.pg_ctl("-l", f"{self.data_dir}/restart-test.log", "-m", "fast", "-w", "-t", "120", "restart")
+
+    def ensure_running(self) -> None:
+        if self.pg_ctl("status", check=False).returncode != 0:
+            self.pg_ctl("-l", f"{self.data_dir}/restart-test.log", "-w", "-t", "120", "start")
 
 
 @dataclass
@@ -333,16 +367,13 @@ def test_a_postgres_restart_mid_run_reconnects_and_resumes_from_its_own_lsn(db: 
     """The one test that restarts the shared server (briefly); it is started again even when the test fails."""
     table = db.table("restart", "id int PRIMARY KEY, v text")
     source = db.source([table], reconnect_timeout=120)
-    script = "/work/main/scripts/services.sh"
+    server = ServerControl.of(db.conn)
     writer_error: list[BaseException] = []
 
     def during() -> None:
         workload(db, table, 1, 10)
         time.sleep(0.5)
-        try:
-            subprocess.run([script, "stop", "postgres"], check=True, capture_output=True, timeout=120)
-        finally:
-            subprocess.run([script, "start", "postgres"], check=True, capture_output=True, timeout=180)
+        server.restart()
         conn = None
         deadline = time.monotonic() + 60
         while conn is None:
@@ -368,7 +399,7 @@ def test_a_postgres_restart_mid_run_reconnects_and_resumes_from_its_own_lsn(db: 
                                      during=lambda _: thread.start())
     finally:
         thread.join(240)
-        subprocess.run([script, "start", "postgres"], check=False, capture_output=True, timeout=180)
+        server.ensure_running()
     assert not writer_error, writer_error
     assert changes(out) == workload_expectation(1, 20)
     assert result.restarts == 0  # the source reconnected by itself
