@@ -2,14 +2,14 @@
 
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
-from headwater.sources.kafka import KafkaSource
+from headwater.sources.kafka import KafkaPosition, KafkaSource
 from headwater.sources.kinesis import KinesisShardPosition, KinesisSource
 from headwater.sources.nexmark import NexmarkSource
 from headwater.sources.postgres_cdc import PostgresCdcPosition, PostgresCdcSource
 from headwater.sources.sql import SqlPosition, SqlSource
 
 __all__ = [
-    "CsvSource", "JsonLinesSource", "KafkaSource", "KinesisShardPosition", "KinesisSource", "NexmarkSource",
+    "CsvSource", "JsonLinesSource", "KafkaPosition", "KafkaSource", "KinesisShardPosition", "KinesisSource", "NexmarkSource",
     "ParquetSource", "PostgresCdcPosition", "PostgresCdcSource", "Source", "SourcePartition", "SqlPosition",
     "SqlSource",
 ]

@@ -11,8 +11,12 @@ Invariants:
   partition ``<topic>/<n>`` of :meth:`KafkaSource.list_parts` is read by exactly one subtask.
 * :meth:`KafkaPartition.next_batch` never blocks: ``consume(timeout=0)`` returns what librdkafka has fetched in
   the background; nothing fetched means ``None`` and a short back-off (:meth:`KafkaPartition.next_awake`).
-* Everything emitted (good rows and dead letters) lies below :meth:`KafkaPartition.snapshot`; nothing at or
-  above it was emitted. Control records of transactions (offsets never delivered) are skipped by moving the
+* Everything emitted (good rows and dead letters) lies below the position's ``offset``
+  (:meth:`KafkaPartition.snapshot`, a :class:`KafkaPosition` as plain data); nothing at or above it was emitted.
+  A bounded source's position also carries its ``end``, fixed when the job first planned it, so a backfill resumed
+  from a checkpoint (by another run, after more records arrived) ends where the uninterrupted run would have.
+* A checkpointed offset that the broker no longer holds (retention deleted it while the job was down) is an error
+  naming the partition and the offsets, never a silent jump (``auto.offset.reset=error``): records would be lost. Control records of transactions (offsets never delivered) are skipped by moving the
   position to the end offset the client reports at end of partition.
 * Consumer-group offsets are committed only in :meth:`KafkaPartition.on_checkpoint_complete` (monitoring: Kafka
   tools show the group's lag); the engine never reads them back — positions live in checkpoints.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import pyarrow as pa
@@ -55,6 +60,29 @@ METADATA_COLUMNS: dict[str, pa.DataType] = {
     "headers": pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())])),
 }
 DEFAULT_METADATA = ("key", "partition", "offset", "timestamp")
+
+
+@dataclass(frozen=True)
+class KafkaPosition:
+    """Where a partition resumes: ``offset``, the next offset to read (everything below it was emitted), and for a
+    bounded source ``end``, the offset it stops before. Stored in checkpoints as ``{"offset": n[, "end": e]}``."""
+
+    offset: int
+    end: int | None = None
+
+    def to_plain(self) -> dict[str, int]:
+        return {"offset": self.offset} if self.end is None else {"offset": self.offset, "end": self.end}
+
+    @classmethod
+    def from_plain(cls, state: PlainData, where: str) -> KafkaPosition:
+        """The position ``state`` stores; a bare int is an offset (checkpoints of earlier versions)."""
+        if isinstance(state, int) and not isinstance(state, bool) and state >= 0:
+            return cls(state)
+        if isinstance(state, dict) and set(state) <= {"offset", "end"} and "offset" in state:
+            offset, end = state["offset"], state.get("end")
+            if (isinstance(offset, int) and offset >= 0 and (end is None or (isinstance(end, int) and end >= 0))):
+                return cls(offset, end)
+        raise SourceError(f"{where} has an invalid position {state!r} (expected {{'offset': n[, 'end': e]}})")
 
 
 class KafkaSource(Source):
@@ -152,9 +180,10 @@ class KafkaSource(Source):
         return list(self._parts)
 
     def build_part(self, part: str, resume_state: PlainData) -> KafkaPartition:
-        if resume_state is not None and (not isinstance(resume_state, int) or resume_state < 0):
-            raise SourceError(f"KafkaSource {self.topic!r}: partition {part!r} has an invalid position {resume_state!r}")
-        return KafkaPartition(self, part, resume_state)
+        position = None
+        if resume_state is not None:
+            position = KafkaPosition.from_plain(resume_state, f"KafkaSource {self.topic!r}: partition {part!r}")
+        return KafkaPartition(self, part, position)
 
     def replay_dead_letters(self, letters: pa.RecordBatch) -> tuple[pa.RecordBatch | None, list[DeadLetter]]:
         """Decode dead-lettered values again, with their key, partition, offset and timestamp."""
@@ -191,8 +220,13 @@ class KafkaSource(Source):
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-            "auto.offset.reset": self.start,
+            # every partition is assigned at an explicit offset; only one the broker no longer holds would make
+            # librdkafka "reset", and that would silently skip (or repeat) records: fail instead
+            "auto.offset.reset": "error",
             "fetch.wait.max.ms": 50,
+            # librdkafka waits this long before fetching again once its local queue is over its thresholds
+            # (default 1000 ms): with the engine draining the queue every few ms, that pause was pure latency
+            "fetch.queue.backoff.ms": 5,
             "queued.max.messages.kbytes": 32768,
         })
 
@@ -200,19 +234,23 @@ class KafkaSource(Source):
 class KafkaPartition(SourcePartition):
     """One topic partition, read by one consumer assigned to it (see the module docstring)."""
 
-    def __init__(self, source: KafkaSource, part: str, position: int | None) -> None:
+    def __init__(self, source: KafkaSource, part: str, resume: KafkaPosition | None) -> None:
         from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
         self.source = source
         self.part = part
         self.number = _part_number(part)
-        self.end = source.end_offsets.get(part) if source.bounded else None
+        self.end: int | None = None
+        if source.bounded:
+            self.end = resume.end if resume is not None and resume.end is not None else source.end_offsets.get(part)
         self._dead: list[DeadLetter] = []
         self._wake = 0.0
         self._committed: int | None = None
         self._tp = TopicPartition
         self._eof_code = KafkaError._PARTITION_EOF
+        self._reset_code = KafkaError._AUTO_OFFSET_RESET
         self.consumer = Consumer(source._consumer_config())
+        position = resume.offset if resume is not None else None
         if position is None:
             # A fresh partition pins its start offset now, so that a restore before any record resumes here too.
             try:
@@ -222,6 +260,8 @@ class KafkaPartition(SourcePartition):
                 raise SourceError(f"KafkaSource {source.topic!r} partition {self.number}: cannot read its offsets: "
                                   f"{exc}") from None
             position = int(low) if source.start == "earliest" else int(high)
+        if self.end is not None and position > self.end:
+            position = self.end
         #: the next offset to read: everything below it was emitted (or was a control record)
         self.position: int = position
         self.consumer.assign([TopicPartition(source.topic, self.number, position)])
@@ -245,6 +285,12 @@ class KafkaPartition(SourcePartition):
                 if eof is not None and eof > self.position:
                     self.position = eof if self.end is None else min(eof, self.end)
                 continue
+            if error.code() == self._reset_code:
+                raise SourceError(
+                    f"KafkaSource {self.source.topic!r} partition {self.number}: offset {self.position} is no longer "
+                    f"on the broker ({error.str()}); the records between it and the partition's earliest offset were "
+                    "deleted (retention) before this job read them. To go on from what is left, start the job "
+                    "without its checkpoint (a new checkpoint directory) or with a longer topic retention next time")
             if error.fatal() or not error.retriable():
                 raise SourceError(f"KafkaSource {self.source.topic!r} partition {self.number}: {error.str()}")
             log.warning("Kafka %s partition %s: %s (retrying)", self.source.topic, self.number, error.str())
@@ -281,17 +327,23 @@ class KafkaPartition(SourcePartition):
         return taken
 
     def snapshot(self) -> PlainData:
-        return self.position
+        return KafkaPosition(self.position, self.end).to_plain()
 
     def on_checkpoint_complete(self, checkpoint_id: int, position: PlainData) -> None:
-        if not self.source.group_id or not isinstance(position, int) or position == self._committed:
+        if not self.source.group_id or position is None:
             return
         try:
-            self.consumer.commit(offsets=[self._tp(self.source.topic, self.number, position)], asynchronous=True)
-            self._committed = position
+            offset = KafkaPosition.from_plain(position, self.part).offset
+        except SourceError:
+            return
+        if offset == self._committed:
+            return
+        try:
+            self.consumer.commit(offsets=[self._tp(self.source.topic, self.number, offset)], asynchronous=True)
+            self._committed = offset
         except Exception as exc:  # noqa: BLE001 - monitoring only: positions live in checkpoints
             log.info("Kafka %s partition %s: committing offset %s for monitoring failed: %s",
-                     self.source.topic, self.number, position, exc)
+                     self.source.topic, self.number, offset, exc)
 
     def lag(self) -> SourceLag | None:
         try:

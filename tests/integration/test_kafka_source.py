@@ -222,3 +222,58 @@ def test_bad_configuration_fails_at_build_time(kafka_bootstrap: str) -> None:
                                  bounded=True)).sink("out", TestingSink())
     with pytest.raises(ConfigError, match="create it first"):
         hw.run(flow, executor="local")
+
+
+def _read_all(partition: Any) -> list[int]:
+    from headwater.sources.base import drain
+
+    offsets: list[int] = []
+    deadline = time.monotonic() + 30
+    for batch in drain(partition):
+        if batch is not None:
+            offsets += batch.column("offset").to_pylist()
+        assert time.monotonic() < deadline, "the bounded partition did not end"
+    return offsets
+
+
+def test_a_resumed_backfill_ends_at_the_end_its_first_run_fixed(kafka_bootstrap: str) -> None:
+    """The end offset travels in the position: records produced after the first run planned the job are not read
+    by a resumed run either (it ends where the uninterrupted run would have)."""
+    topic = Topic(kafka_bootstrap, 1)
+    try:
+        topic.produce([(0, None, _good(i)) for i in range(20)])
+        first = KafkaSource(topic.bootstrap, topic.name, schema=SCHEMA, bounded=True)
+        part = first.list_parts()[0]
+        reader = first.build_part(part, None)
+        assert reader.snapshot() == {"offset": 0, "end": 20}
+        topic.produce([(0, None, _good(i)) for i in range(20, 50)])  # 30 more, after the job was planned
+        resumed = KafkaSource(topic.bootstrap, topic.name, schema=SCHEMA, bounded=True)
+        resumed.list_parts()  # a new run lists the partitions again and sees 50 records
+        assert _read_all(resumed.build_part(part, {"offset": 15, "end": 20})) == list(range(15, 20))
+        assert _read_all(resumed.build_part(part, 15)) == list(range(15, 50))  # an earlier version's bare offset
+        reader.close()
+    finally:
+        topic.delete()
+
+
+def test_a_checkpointed_offset_deleted_by_retention_is_an_error_not_a_silent_skip(kafka_bootstrap: str) -> None:
+    from confluent_kafka import TopicPartition
+
+    from headwater.errors import SourceError
+
+    topic = Topic(kafka_bootstrap, 1)
+    try:
+        topic.produce([(0, None, _good(i)) for i in range(100)])
+        topic.admin.delete_records([TopicPartition(topic.name, 0, 60)])[TopicPartition(topic.name, 0, 60)].result(30)
+        source = KafkaSource(topic.bootstrap, topic.name, schema=SCHEMA)
+        partition = source.build_part(source.list_parts()[0], {"offset": 10})
+        try:
+            with pytest.raises(SourceError, match="offset 10 is no longer on the broker"):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    assert partition.next_batch() is None  # nothing may be read past the gap
+                    time.sleep(0.05)
+        finally:
+            partition.close()
+    finally:
+        topic.delete()
