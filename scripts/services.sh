@@ -13,6 +13,14 @@
 #   moto       moto's server mode (AWS API emulator; Headwater uses its Kinesis), in its own venv .services/moto/venv
 #              from scripts/moto-requirements.lock (every transitive dependency pinned)
 set -euo pipefail
+# Close every file descriptor the caller left open (but the standard three, and 255: bash reading this script),
+# so that the long-running services started below inherit none: a broker holding, say, the caller's
+# `flock /tmp/headwater-ray.lock` descriptor would keep that lock taken for as long as it runs.
+for _fd in /proc/$$/fd/*; do
+    _fd=${_fd##*/}
+    case $_fd in 0|1|2|255) ;; *) eval "exec $_fd>&-" 2>/dev/null || true ;; esac
+done
+unset _fd
 umask 022
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
