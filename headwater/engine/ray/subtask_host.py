@@ -235,4 +235,9 @@ class SubtaskHost:
         return self.runtime.metrics(backlog=len(self.inbox))
 
     def activity(self, now: float) -> SubtaskActivity:
-        return self.runtime.activity("finished" if self.runtime.finished else self.waiting, now)
+        runtime = self.runtime
+        if not runtime.finished:
+            return runtime.activity(self.waiting, now)
+        if runtime.has_uncommitted:  # words for a hang's report: what it still waits for
+            return runtime.activity("finished, waiting for the checkpoint that commits its sink output", now)
+        return runtime.activity("finished", now)
