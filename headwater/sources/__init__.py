@@ -2,12 +2,23 @@
 
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
+from headwater.sources.http import HttpPosition, HttpSource
 from headwater.sources.kafka import KafkaSource
 from headwater.sources.kinesis import KinesisShardPosition, KinesisSource
 from headwater.sources.nexmark import NexmarkSource
+from headwater.sources.pagination import (
+    CursorPagination,
+    GraphQLPagination,
+    LinkPagination,
+    NoPagination,
+    PagePagination,
+)
 from headwater.sources.sql import SqlPosition, SqlSource
+from headwater.sources.webhook import WebhookPosition, WebhookSource
 
 __all__ = [
-    "CsvSource", "JsonLinesSource", "KafkaSource", "KinesisShardPosition", "KinesisSource", "NexmarkSource",
-    "ParquetSource", "Source", "SourcePartition", "SqlPosition", "SqlSource",
+    "CsvSource", "CursorPagination", "GraphQLPagination", "HttpPosition", "HttpSource", "JsonLinesSource",
+    "KafkaSource", "KinesisShardPosition", "KinesisSource", "LinkPagination", "NexmarkSource", "NoPagination",
+    "PagePagination", "ParquetSource", "Source", "SourcePartition", "SqlPosition", "SqlSource", "WebhookPosition",
+    "WebhookSource",
 ]
