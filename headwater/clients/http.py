@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator, model_validator
 
 from headwater.errors import ConfigError
 
@@ -195,8 +195,10 @@ class HttpClientSettings(BaseModel):
         environment variable or secrets file named for the credential can be read."""
         try:
             made = cls(base_url=base_url, **settings)
-        except ValueError as exc:  # pydantic.ValidationError is a ValueError
-            raise ConfigError(f"HTTP client settings: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in exc.errors())
+            raise ConfigError(f"HTTP client settings: {problems}") from None
         made.secret()
         return made
 
