@@ -37,7 +37,7 @@ class WarmTier:
         self._db = lancedb.connect(self.uri)
 
     def exists(self) -> bool:
-        return TABLE in self._db.table_names()
+        return TABLE in self._db.list_tables().tables
 
     def create(self, schema: pa.Schema) -> int:
         """Create the (empty) Lance table, replacing one a crash left unnamed; returns its version."""
@@ -58,7 +58,7 @@ class WarmTier:
 
     def append(self, data: pa.Table) -> int:
         table = self._open()
-        table.add(data.cast(table.schema))
+        table.add(data.select(table.schema.names).cast(table.schema))
         return int(table.version)
 
     def add_columns(self, fields: Sequence[pa.Field]) -> int:
