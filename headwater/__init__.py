@@ -28,12 +28,13 @@ from headwater.engine.job import JobResult
 from headwater.errors import HeadwaterError
 from headwater.expressions import Expr, col, fn, lit, when
 from headwater.runner import plan_flow, run, start
+from headwater.sinks.table import TableSink
 from headwater.sources.lookup_table import LookupTable
 from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream",
+    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream", "TableSink",
     "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "top_k", "udaf", "when",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         if command in ("run", "plan"):
             sub.add_argument("--parallelism", type=int, default=None)
             sub.add_argument("--executor", choices=["ray", "local"], default="ray")
+            sub.add_argument("--store", default=None,
+                             help="Headwater's table store for TableSinks without store= (sets $HEADWATER_STORE)")
         if command == "run":
             sub.add_argument("--timeout", type=float, default=None, help="stop gracefully after S seconds")
             sub.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -129,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dlq":
             return _dlq(args)
+        if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
+            os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)
         if args.command == "graph":
             print(flow.to_mermaid())

@@ -230,3 +230,16 @@ def unknown_column_message(name: str, available: Sequence[str]) -> str:
     hint = difflib.get_close_matches(name, available, n=1)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
     return f"unknown column {name!r}{suggestion} (available: {', '.join(available)})"
+
+
+class SchemaEvolutionError(ConfigError):
+    """A table in Headwater's store cannot take a schema: only added (nullable) columns are accepted; a removed
+    column, a changed type, or another key or time column is refused (see docs/storage.md)."""
+
+
+class StoreError(HeadwaterError):
+    """Headwater's store could not be read or written (a missing table, a damaged metadata file, an I/O error)."""
+
+
+class TableNotFoundError(StoreError):
+    """The store holds no table of that name."""

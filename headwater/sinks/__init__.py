@@ -5,6 +5,7 @@ from headwater.sinks.console import ConsoleSink
 from headwater.sinks.files import CsvSink, JsonLinesSink, ParquetSink
 from headwater.sinks.null import NullSink
 from headwater.sinks.sql import SqlCommitToken, SqlSink
+from headwater.sinks.table import TableCommitToken, TableSink
 
 __all__ = ["ConsoleSink", "CsvSink", "JsonLinesSink", "NullSink", "ParquetSink", "Sink", "SinkOwner", "SinkPartition",
-           "SqlCommitToken", "SqlSink"]
+           "SqlCommitToken", "SqlSink", "TableCommitToken", "TableSink"]

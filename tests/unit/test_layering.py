@@ -59,6 +59,9 @@ def _copy_with(tmp_path: Path, module: str, line: str) -> Path:
     ("operators/stateless.py", "import headwater.planner.rules  # wrong way", "headwater.planner"),
     # connectors depend on nothing above them
     ("sinks/null.py", "from headwater.engine import plan  # wrong way", "headwater.engine"),
+    # the store sits below the connectors: it must not import a sink (nor the serve layer above)
+    ("store/warm.py", "from headwater.sinks import base  # wrong way", "headwater.sinks"),
+    ("sinks/table.py", "import headwater.serve  # wrong way", "headwater.serve"),
     # logical steps must not build operators
     ("logical/basic.py", "from headwater.operators import udf  # wrong way", "headwater.operators"),
 ])
