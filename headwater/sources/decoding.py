@@ -128,6 +128,15 @@ class JsonDecoder(PayloadDecoder):
             ok = np.setdiff1d(np.arange(len(keep)), blank)
             keep = keep[ok]
             texts = texts.take(pa.array(ok, pa.int64()))
+        # Only a payload that opens an object goes to Arrow's reader: pyarrow 26 crashes the process (SIGSEGV) on a
+        # batch whose first value is a bare ``null``, and reads a later bare ``null`` as an all-null row. Anything
+        # else is classified on its own (not valid JSON, or JSON but not an object).
+        opens_object = pc.starts_with(pc.utf8_ltrim(texts, characters=" \t"), "{").to_numpy(zero_copy_only=False)
+        if not opens_object.all():
+            for i in np.flatnonzero(~opens_object):
+                failures.append(self._classify(int(keep[i]), texts[int(i)].as_py(), "not a JSON object"))
+            keep = keep[opens_object]
+            texts = texts.filter(pa.array(opens_object))
         tables: list[pa.Table] = []
         good: list[int] = []
         self._parse_range(texts, keep, 0, len(keep), tables, good, failures)
@@ -192,8 +201,9 @@ class JsonDecoder(PayloadDecoder):
         except ValueError as exc:
             return DecodeFailure(index, DeadLetterReason.BAD_FORMAT, f"not valid JSON: {exc}")
         if not isinstance(value, dict):
-            return DecodeFailure(index, DeadLetterReason.NOT_A_RECORD,
-                                 f"a JSON {type(value).__name__}, not an object")
+            kind = ("null" if value is None else "boolean" if isinstance(value, bool) else "array"
+                    if isinstance(value, list) else "string" if isinstance(value, str) else "number")
+            return DecodeFailure(index, DeadLetterReason.NOT_A_RECORD, f"a JSON {kind}, not an object")
         message = arrow_error.removeprefix("JSON parse error: ")
         if "required field" in message:
             return DecodeFailure(index, DeadLetterReason.MISSING_FIELD, message)

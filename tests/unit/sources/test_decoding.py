@@ -29,6 +29,11 @@ BAD = {
     b'{"id": null}': DeadLetterReason.MISSING_FIELD,
     b"[1, 2]": DeadLetterReason.NOT_A_RECORD,
     b"42": DeadLetterReason.NOT_A_RECORD,
+    b"null": DeadLetterReason.NOT_A_RECORD,
+    b"  null": DeadLetterReason.NOT_A_RECORD,
+    b"true": DeadLetterReason.NOT_A_RECORD,
+    b'"text"': DeadLetterReason.NOT_A_RECORD,
+    b'{"id": 1} null': DeadLetterReason.BAD_FORMAT,
     b'{"id": 1, "name": "\xff\xfe"}': DeadLetterReason.BAD_ENCODING,
     b'{"id": 1}' + b" " * 5000: DeadLetterReason.OVERSIZE,
     b"": DeadLetterReason.BAD_FORMAT,
@@ -87,6 +92,19 @@ def test_take_aligns_connector_columns_with_the_good_rows() -> None:
     offsets = decoded.take(pa.array([10, 11, 12], pa.int64()))
     assert offsets.to_pylist() == [10, 12]
     assert decoded.batch.column("id").to_pylist() == [1, 3]
+
+
+@pytest.mark.parametrize("order", ["null first", "null later"])
+def test_a_bare_null_is_not_a_record_even_when_every_field_is_nullable(order: str) -> None:
+    # pyarrow 26's JSON reader kills the process on a batch that starts with a bare null, and reads a later one
+    # as a row of nulls: neither may reach it.
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string())])
+    payloads = [b"null", b'{"id": 1}'] if order == "null first" else [b'{"id": 1}', b"null", b" null"]
+    decoded = JsonDecoder(schema).decode(payloads)
+    assert decoded.batch.to_pylist() == [{"id": 1, "name": None}]
+    assert {f.reason for f in decoded.failures} == {DeadLetterReason.NOT_A_RECORD}
+    assert all(f.error == "a JSON null, not an object" for f in decoded.failures)
+    assert len(decoded.failures) == len(payloads) - 1
 
 
 def test_pretty_printed_json_is_one_record() -> None:
