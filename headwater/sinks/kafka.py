@@ -55,6 +55,7 @@ import copy
 import logging
 import re
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -155,6 +156,8 @@ class KafkaSink(Sink):
         self.max_record_bytes = max_record_bytes
         self.transactional_id_prefix = transactional_id_prefix
         self.transaction_timeout, self.commit_timeout, self.linger_ms = transaction_timeout, commit_timeout, linger_ms
+        #: the topic's ``max.message.bytes``, read at build time (:meth:`check_topic`)
+        self.topic_max_message_bytes: int | None = None
         self.owner = SinkOwner()  # bound per run by staging_as
 
     def __repr__(self) -> str:
@@ -200,14 +203,21 @@ class KafkaSink(Sink):
         check_key_column(schema, self.key, f"KafkaSink({self.topic!r})")
         self.encoder.check(schema, self.key)
 
+    @property
+    def record_limit(self) -> int:
+        """The largest key + value written: ``max_record_bytes``, or less when the topic allows less."""
+        if self.topic_max_message_bytes is None:
+            return self.max_record_bytes
+        return min(self.max_record_bytes, self.topic_max_message_bytes - _RECORD_OVERHEAD)
+
     def check_topic(self) -> None:
-        """Raise :class:`ConfigError` unless the topic exists (asks the cluster)."""
+        """Raise :class:`ConfigError` unless the topic exists; note its ``max.message.bytes`` (asks the cluster)."""
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.admin import AdminClient, ConfigResource
 
         admin = AdminClient(self.settings.client_config())
         try:
-            metadata = admin.list_topics(self.topic, timeout=15)
+            metadata = admin.list_topics(timeout=15)  # naming the topic would create it on auto-creating brokers
         except KafkaException as exc:
             raise ConfigError(f"KafkaSink: cannot read the metadata of topic {self.topic!r} at "
                               f"{self.settings.bootstrap_servers}: {exc}") from None
@@ -216,6 +226,14 @@ class KafkaSink(Sink):
             reason = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
             raise ConfigError(f"KafkaSink: topic {self.topic!r} does not exist at {self.settings.bootstrap_servers} "
                               f"({reason}); create it first")
+        try:
+            resource = ConfigResource("topic", self.topic)
+            entries = admin.describe_configs([resource])[resource].result(timeout=15)
+            limit = entries.get("max.message.bytes")
+            self.topic_max_message_bytes = int(limit.value) if limit is not None and limit.value else None
+        except (KafkaException, ValueError) as exc:
+            log.info("KafkaSink %s: cannot read the topic's max.message.bytes (%s); using max_record_bytes", self.topic,
+                     exc)
 
     def clean_up(self, tokens: Sequence[PlainData]) -> None:
         """Delete this owner's (and ended unchecked runs') staged files that no token names."""
@@ -241,6 +259,14 @@ def _encoder(format: str, avro_schema: dict[str, Any] | None, value_column: str)
             raise ConfigError("KafkaSink: format='avro' needs avro_schema={...} (the record schema to write)")
         return AvroEncoder(avro_schema)
     raise ConfigError(f"KafkaSink: format must be 'json', 'avro' or 'raw', not {format!r}")
+
+
+def _capture(call: Any) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - handed back to the calling thread
+        return exc
+    return None
 
 
 def _join(root: str, *parts: str) -> str:
@@ -287,12 +313,15 @@ class KafkaSinkPartition(SinkPartition[KafkaCommitToken]):
         keys = encode_keys(batch, sink.key) if sink.key is not None else pa.nulls(batch.num_rows, pa.binary())
         sizes = pc.add(pc.binary_length(values), pc.fill_null(pc.binary_length(keys), 0))
         largest = pc.max(sizes).as_py()
-        if largest is not None and largest > sink.max_record_bytes:
+        if largest is not None and largest > sink.record_limit:
             row = pc.index(sizes, largest).as_py()
+            topic_limit = (f", less the topic's max.message.bytes={sink.topic_max_message_bytes:,} minus "
+                           f"{_RECORD_OVERHEAD} bytes of framing" if sink.record_limit < sink.max_record_bytes else "")
             raise SinkError(f"KafkaSink({sink.topic!r}): a record of {largest:,} bytes (key + value, row {row} of a "
-                            f"batch) exceeds max_record_bytes={sink.max_record_bytes:,}. Raise max_record_bytes "
-                            "together with the topic's max.message.bytes (and the broker's message.max.bytes), or "
-                            "make the record smaller before the sink", transient=False)
+                            f"batch) exceeds the limit of {sink.record_limit:,} bytes (max_record_bytes="
+                            f"{sink.max_record_bytes:,}{topic_limit}). Raise max_record_bytes together with the "
+                            "topic's max.message.bytes (and the broker's message.max.bytes), or make the record "
+                            "smaller before the sink", transient=False)
         staged = pa.record_batch([keys, values], schema=STAGED_SCHEMA)
         try:
             if self._current is None:
@@ -368,18 +397,40 @@ class KafkaSinkPartition(SinkPartition[KafkaCommitToken]):
                             producer.poll(0.05)
                 producer.poll(0)
             marker = TopicPartition(token.topic, 0, token.checkpoint_id, metadata=token.writer)
-            self._retrying(lambda: producer.send_offsets_to_transaction(
-                [marker], self._marker_consumer(tid).consumer_group_metadata(), self._remaining(deadline)),
-                deadline, "write the marker")
+            metadata = self._marker_consumer(tid).consumer_group_metadata()
+            self._bounded(lambda: self._retrying(lambda: producer.send_offsets_to_transaction(
+                [marker], metadata, self._remaining(deadline)), deadline, "write the marker"), deadline, token, tid)
             self._retrying(lambda: producer.commit_transaction(self._remaining(deadline)), deadline,
                            "commit the transaction")
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
+            try:
+                producer.poll(0)  # serve the delivery reports: they hold the records' own errors
+            except KafkaException:
+                pass  # a fatal error (fenced) is raised again by poll: the error at hand says it
             self._after_failed_transaction(producer, error)
             raise self._commit_error(token, tid, error) from None
         except OSError as exc:
             self._after_failed_transaction(producer, None)
             raise self._staging_error(f"read {token.staged!r} in", exc) from exc
+
+    def _bounded(self, call: Any, deadline: float, token: KafkaCommitToken, tid: str) -> None:
+        """Run ``call`` in a helper thread, giving up at ``deadline``: after a broker restart librdkafka 2.16's
+        ``send_offsets_to_transaction`` was seen to block past its own timeout. Giving up drops the producer (the
+        next ``init_transactions``, here or in recovery, fences it and aborts its transaction)."""
+        outcome: list[BaseException | None] = []
+        thread = threading.Thread(target=lambda: outcome.append(_capture(call)), daemon=True,
+                                  name=f"kafka-sink-{token.subtask}")
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()) + 5.0)
+        if not outcome:
+            self._drop_producer()
+            raise SinkError(f"KafkaSink({token.topic!r}): writing the marker of checkpoint {token.checkpoint_id} "
+                            f"(transactional id {tid!r}) did not finish within commit_timeout="
+                            f"{self._sink.commit_timeout} s; nothing of it is visible, and recovery commits it again",
+                            transient=True)
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def _retrying(self, call: Any, deadline: float, what: str) -> None:
         from confluent_kafka import KafkaException
@@ -450,7 +501,7 @@ class KafkaSinkPartition(SinkPartition[KafkaCommitToken]):
             "transactional.id": tid, "enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random",
             "linger.ms": sink.linger_ms, "transaction.timeout.ms": timeout_ms, "message.timeout.ms": timeout_ms,
             "message.max.bytes": sink.max_record_bytes + _RECORD_OVERHEAD,
-            "on_delivery": self._on_delivery, "delivery.report.only.error": True, "logger": log,
+            "on_delivery": self._on_delivery, "delivery.report.only.error": True,
         }))
         deadline = time.monotonic() + sink.commit_timeout
         try:
