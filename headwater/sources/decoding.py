@@ -14,6 +14,8 @@ position.
 * :class:`RawDecoder` keeps the bytes (a ``value`` binary column).
 * :class:`AvroDecoder` reads schemaless Avro records of a given writer schema (fastavro, one record at a time).
 
+The Avro → Arrow schema mapping lives in :mod:`headwater.core.avro` (the Kafka sink encodes with it too).
+
 Invariant: ``len(decoded.good) + len(decoded.failures) == len(payloads)``, each index in exactly one of them.
 """
 
@@ -30,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from headwater.core.avro import arrow_schema_of_avro
 from headwater.core.dead_letters import DeadLetterReason
 from headwater.errors import ConfigError
 
@@ -261,32 +264,3 @@ class AvroDecoder(PayloadDecoder):
             batch, good = pa.RecordBatch.from_pylist(batch_rows, schema=self.schema), kept
         failures.sort(key=lambda f: f.index)
         return Decoded(batch, np.asarray(good, dtype=np.int64), failures)
-
-
-_AVRO_PRIMITIVES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(), "double": pa.float64(),
-    "bytes": pa.binary(), "string": pa.string(),
-}
-
-
-def arrow_schema_of_avro(avro_schema: dict[str, Any]) -> pa.Schema:
-    """The Arrow schema of a flat Avro record: primitive fields, ``["null", T]`` unions as nullable ``T``, the
-    ``timestamp-millis``/``timestamp-micros`` logical types as timestamps. Anything else: pass ``schema=``."""
-    fields = []
-    for field_ in avro_schema.get("fields", []):
-        kind = field_["type"]
-        nullable = False
-        if isinstance(kind, list):
-            others = [k for k in kind if k != "null"]
-            nullable = len(others) < len(kind)
-            if len(others) != 1:
-                raise ConfigError(f"Avro field {field_['name']!r}: union {kind} has no Arrow equivalent; pass schema=")
-            kind = others[0]
-        if isinstance(kind, dict) and kind.get("logicalType") in ("timestamp-millis", "timestamp-micros"):
-            unit = "ms" if kind["logicalType"] == "timestamp-millis" else "us"
-            fields.append(pa.field(field_["name"], pa.timestamp(unit, tz="UTC"), nullable=nullable))
-            continue
-        if not isinstance(kind, str) or kind not in _AVRO_PRIMITIVES:
-            raise ConfigError(f"Avro field {field_['name']!r} of type {kind!r} has no automatic Arrow type; pass schema=")
-        fields.append(pa.field(field_["name"], _AVRO_PRIMITIVES[kind], nullable=nullable))
-    return pa.schema(fields)

@@ -9,8 +9,12 @@ services. Each fixture checks reachability once per session and then hands out t
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-from typing import Callable, NoReturn
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,3 +81,124 @@ def kinesis_endpoint() -> str:
     parts = urlsplit(KINESIS_ENDPOINT)
     require_port("Kinesis (moto server)", parts.hostname or "127.0.0.1", parts.port or 80)
     return KINESIS_ENDPOINT
+
+
+class PrivateKafka:
+    """A Kafka broker of our own (KRaft, broker + controller) on free 127.0.0.1 ports with its own data directory,
+    from the jars ``scripts/services.sh`` installs; for tests that stop and restart a broker without touching the
+    shared one. ``stop()`` ends it (SIGTERM, SIGKILL after 30 s) keeping its data; ``start()`` brings it back on the
+    same ports and data, as a broker restart does."""
+
+    def __init__(self, libs: str, base: str) -> None:
+        import base64
+
+        self.libs, self.base = libs, base
+        self.port, self.controller_port = _free_port(), _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.config = os.path.join(base, "server.properties")
+        self.log_path = os.path.join(base, "kafka.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        with open(self.config, "w") as f:
+            f.write("\n".join([
+                "process.roles=broker,controller", "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}", "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={os.path.join(base, 'data')}", "num.partitions=1", "default.replication.factor=1",
+                "min.insync.replicas=1", "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=2",
+                "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=2", "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1", "group.initial.rebalance.delay.ms=0",
+                "num.network.threads=1", "num.io.threads=2", "auto.create.topics.enable=false", ""]))
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=").replace("-", "A")
+        subprocess.run([*self._java(), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c",
+                        self.config], check=True, capture_output=True, timeout=120)
+
+    def _java(self) -> list[str]:
+        return ["java", "-Xmx256m", "-Xms128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true", "-Dlog4j2.level=WARN", "-cp", os.path.join(self.libs, "*")]
+
+    def start(self, timeout: float = 90) -> None:
+        log = open(self.log_path, "ab")
+        # close_fds (the default): the broker never inherits a lock the test run holds
+        self.process = subprocess.Popen([*self._java(), "kafka.Kafka", self.config], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"private Kafka exited with {self.process.returncode}; see {self.log_path}")
+            if _port_open(self.port) and _broker_answers(self.bootstrap):
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"private Kafka not ready after {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _broker_answers(bootstrap: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+        return True
+    except Exception:  # noqa: BLE001 - not ready yet
+        return False
+
+
+def _kafka_libs() -> str | None:
+    """The broker jars: ``$HEADWATER_KAFKA_LIBS``, this checkout's ``.services/kafka/libs``, or the machine-wide
+    copy ``scripts/services.sh`` keeps under ``~/.cache/headwater``."""
+    repo = Path(__file__).resolve().parents[2]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "headwater"
+    candidates = [os.environ.get("HEADWATER_KAFKA_LIBS"), str(repo / ".services" / "kafka" / "libs"),
+                  *sorted((str(p) for p in cache.glob("kafka_*")), reverse=True)]
+    for candidate in candidates:
+        if candidate and any(Path(candidate).glob("kafka_*.jar")):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], PrivateKafka]]:
+    """``private_kafka()`` starts a broker of the test's own (see :class:`PrivateKafka`); stopped at teardown."""
+    started: list[PrivateKafka] = []
+
+    def start() -> PrivateKafka:
+        libs = _kafka_libs()
+        if libs is None or shutil.which("java") is None:
+            service_unavailable("a private Kafka broker needs java and the broker jars of scripts/services.sh "
+                                f"(found jars: {libs}, java: {shutil.which('java')})")
+        broker = PrivateKafka(libs, str(tmp_path_factory.mktemp("kafka")))
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
