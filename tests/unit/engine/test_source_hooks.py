@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,10 +25,13 @@ class _Partition(SourcePartition):
     def __init__(self, source: _PayloadSource, part: str, index: int) -> None:
         self.source, self.part, self.index = source, part, index
         self._dead: list[DeadLetter] = []
+        self._live_since: float | None = None
 
     def next_batch(self) -> pa.RecordBatch | None:
         items = self.source.items
         if self.index >= len(items):
+            if self.source.end_after_a_complete_checkpoint and not self._heard_of_a_complete_checkpoint():
+                return None  # stay live (an ended partition hears of no checkpoint) until one completed
             raise StopIteration
         good: list[int] = []
         end = min(self.index + 3, len(items))
@@ -43,6 +47,11 @@ class _Partition(SourcePartition):
                     self._dead.append(DeadLetter(payload, DeadLetterReason.BAD_FORMAT, str(exc), self.part, position))
         self.index = end
         return pa.record_batch([pa.array(good, pa.int64())], schema=SCHEMA) if good else None
+
+    def _heard_of_a_complete_checkpoint(self) -> bool:
+        if self._live_since is None:
+            self._live_since = time.monotonic()
+        return Path(self.source.marker_dir, f"complete-{self.part}").exists() or time.monotonic() - self._live_since > 60
 
     def take_dead_letters(self) -> list[DeadLetter]:
         taken, self._dead = self._dead, []
@@ -62,9 +71,10 @@ class _Partition(SourcePartition):
 class _PayloadSource(Source):
     """JSON payloads, 3 per batch; bad ones become dead letters; b"CRASH" fails once."""
 
-    def __init__(self, items: list[bytes], parts: int = 1) -> None:
+    def __init__(self, items: list[bytes], parts: int = 1, end_after_a_complete_checkpoint: bool = False) -> None:
         self.items = items
         self.parts = parts
+        self.end_after_a_complete_checkpoint = end_after_a_complete_checkpoint
         self.marker_dir = tempfile.mkdtemp(prefix="hw-hooks-")
 
     def schema(self) -> pa.Schema:
@@ -118,10 +128,14 @@ def test_dead_letters_reach_their_stream_exactly_once_across_a_crash(runner, tmp
 
 
 def test_checkpoint_complete_hook_gets_the_checkpointed_position(runner, tmp_path: Path) -> None:
-    source = _PayloadSource([b'{"n": %d}' % i for i in range(300)])
+    # The partition stays live until it heard of a complete checkpoint (or 60 s passed): on a fast run the
+    # input could otherwise end before any checkpoint completed, and an ended partition hears of none.
+    source = _PayloadSource([b'{"n": %d}' % i for i in range(300)], end_after_a_complete_checkpoint=True)
     good, dead = TestingSink(), TestingSink()
     runner(_flow(source, good, dead), checkpoint=_checkpointing(tmp_path), batch_size=2)
-    lines = Path(source.marker_dir, "complete-p0").read_text().split()
+    marker = Path(source.marker_dir, "complete-p0")
+    assert marker.exists(), "on_checkpoint_complete was never called while the partition was live (60 s)"
+    lines = marker.read_text().split()
     ids = [int(x) for x in lines[0::2]]
     positions = [int(x) for x in lines[1::2]]
     assert ids == sorted(ids) and positions == sorted(positions)
