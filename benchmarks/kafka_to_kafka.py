@@ -14,6 +14,7 @@ What is measured (one invocation, same machine, same records):
   the warm-up (job start-up, first checkpoints) are left out.
 * ``reference_latency_*``: in the same run, a plain ``read_committed`` consumer of the *input* topic: the same
   records' produce → consume latency without the engine (what Kafka alone costs here).
+* ``checkpoint_duration_*``: trigger to completion of the job's checkpoints (the sink's commit comes after).
 * ``missing`` / ``duplicates``: measured records never seen / seen more than once on the output topic (must be 0).
 """
 
@@ -162,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             for watcher in watchers:
                 watcher.join()
             job.stop()
-            job.wait(120)
+            result = job.wait(120)
+        if result.checkpoints is not None and result.checkpoints.durations_ms:
+            durations = np.asarray(result.checkpoints.durations_ms)
+            report["checkpoints_completed"] = result.checkpoints.completed
+            report["checkpoint_duration_p50_ms"] = float(np.percentile(durations, 50))
+            report["checkpoint_duration_p99_ms"] = float(np.percentile(durations, 99))
         first = int(args.rate * args.warmup)
         measured = range(first, sent[0])
         report["records_produced"] = sent[0]
