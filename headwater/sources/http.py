@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -46,6 +45,7 @@ from headwater.errors import ConfigError, SourceError
 from headwater.sources.base import Source, SourceLag, SourcePartition
 from headwater.sources.decoding import DEFAULT_MAX_RECORD_BYTES, JsonDecoder
 from headwater.sources.pagination import MISSING, GraphQLPagination, NoPagination, Pagination, Request, json_path
+from headwater.sources.prefetch import FetchFailed, PrefetchThread
 
 __all__ = ["HttpPosition", "HttpSource", "HttpSourcePartition"]
 
@@ -310,46 +310,17 @@ class _End:
     pass
 
 
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-class _Fetcher:
+class _Fetcher(PrefetchThread[_Page | _End]):
     """The fetch thread: requests pages from ``position`` on, with retries, into a bounded queue; in unbounded
     mode it polls the last page every ``poll_interval``. It owns the httpx client."""
 
     def __init__(self, source: HttpSource, position: HttpPosition) -> None:
         self.source = source
         self.position = position
-        self.queue: queue.Queue[_Page | _End | _Failed] = queue.Queue(maxsize=source.prefetch)
+        super().__init__("http-source", source.prefetch)
         self.wake_at = time.monotonic()
         self.last_success: float | None = None  # wall-clock time of the last good response
         self.requests = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="http-source", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # noqa: BLE001 - handed to the partition, which raises it in next_batch
-            self._put(_Failed(exc))
-
-    def _put(self, item: _Page | _End | _Failed) -> None:
-        while not self._stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     def _before_sleep(self, state: Any) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
@@ -358,30 +329,30 @@ class _Fetcher:
         log.warning("HttpSource %s: %s; retrying in %.2f s (attempt %d)", self.source.settings.base_url,
                     error if isinstance(error, RetryableHttpError) else type(error).__name__, wait, state.attempt_number)
 
-    def _loop(self) -> None:
+    def fetch(self) -> None:
         source = self.source
         client = source.settings.client()
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 self.wake_at = time.monotonic() + 0.05
                 page: _Page | None = None
-                for attempt in source.settings.retrying(stop_event=self._stop, before_sleep=self._before_sleep):
+                for attempt in source.settings.retrying(stop_event=self.stopping, before_sleep=self._before_sleep):
                     with attempt:
                         self.requests += 1
                         page = source.fetch(client, self.position)
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     return
                 self.last_success = time.time()
                 if page is not None:
-                    self._put(page)
+                    self.put(page)
                     self.position = page.after
                     if page.more:
                         continue
                 if source.bounded:
-                    self._put(_End())
+                    self.put(_End())
                     return
                 self.wake_at = time.monotonic() + source.poll_interval
-                if self._stop.wait(source.poll_interval):
+                if self.stopping.wait(source.poll_interval):
                     return
         finally:
             client.close()
@@ -410,7 +381,7 @@ class HttpSourcePartition(SourcePartition):
                 item = self._fetcher.queue.get_nowait()
             except queue.Empty:
                 return None
-            if isinstance(item, _Failed):
+            if isinstance(item, FetchFailed):
                 raise self._failure(item.error)
             if isinstance(item, _End):
                 self._ended = True

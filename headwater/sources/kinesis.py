@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SourceError
 from headwater.sources.base import Source, SourceLag, SourcePartition
 from headwater.sources.decoding import DEFAULT_MAX_RECORD_BYTES, JsonDecoder, PayloadDecoder, RawDecoder
+from headwater.sources.prefetch import FetchFailed, PrefetchThread
 
 __all__ = ["KinesisShardPosition", "KinesisSource", "METADATA_COLUMNS"]
 
@@ -341,12 +341,7 @@ class _End:
     children: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-class _ShardReader:
+class _ShardReader(PrefetchThread[_Fetched | _End]):
     """The fetch thread of one shard: GetRecords at most once per ``poll_interval`` into a bounded queue.
 
     It owns the shard iterator and the client; the partition only reads :attr:`queue`, :attr:`next_fetch_at`
@@ -357,35 +352,11 @@ class _ShardReader:
         self.source = source
         self.shard = shard
         self.position = position
-        self.queue: queue.Queue[_Fetched | _End | _Failed] = queue.Queue(maxsize=source.prefetch)
+        super().__init__(f"kinesis-{source.stream}-{shard}", source.prefetch)
         self.next_fetch_at = time.monotonic()
         self.behind_ms: int | None = None
         self.last_fetched: str | None = None
         self.calls = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"kinesis-{source.stream}-{shard}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            self._read()
-        except BaseException as exc:  # noqa: BLE001 - handed to the partition, which raises it in next_batch
-            self._put(_Failed(exc))
-
-    def _put(self, item: _Fetched | _End | _Failed) -> None:
-        while not self._stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     def _call(self, method: Any, **kwargs: Any) -> Any:
         """``method(**kwargs)``, retried (after botocore's own retries) while the error is retriable."""
@@ -407,7 +378,7 @@ class _ShardReader:
         retrying = Retrying(
             retry=retry_if_exception(_is_retriable),
             wait=wait_exponential_jitter(multiplier=MIN_POLL_INTERVAL, max=10.0, jitter=MIN_POLL_INTERVAL),
-            stop=stop_after_delay(self.source.max_retry_seconds) | stop_when_event_set(self._stop),
+            stop=stop_after_delay(self.source.max_retry_seconds) | stop_when_event_set(self.stopping),
             sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -416,7 +387,7 @@ class _ShardReader:
         return retrying(method, **kwargs)
 
     def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)  # a stop ends the wait (and then the retries)
+        self.stopping.wait(seconds)  # a stop ends the wait (and then the retries)
 
     def _iterator(self, client: Any) -> str:
         args: dict[str, Any] = {"StreamName": self.source.stream, "ShardId": self.shard}
@@ -439,14 +410,14 @@ class _ShardReader:
                                 if self.shard in (s.get("ParentShardId"), s.get("AdjacentParentShardId"))))
         return closed, children
 
-    def _read(self) -> None:
+    def fetch(self) -> None:
         source = self.source
         client = source.settings.client()
         closed, _ = self._listing(client)
         iterator = self._iterator(client)
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             delay = self.next_fetch_at - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
+            if delay > 0 and self.stopping.wait(delay):
                 return
             try:
                 response = self._call(client.get_records, ShardIterator=iterator, Limit=source.max_records_per_call)
@@ -468,7 +439,7 @@ class _ShardReader:
                     records, done = records[:late], _End(closed=False)
             if records:
                 self.last_fetched = records[-1]["SequenceNumber"]
-                self._put(_Fetched(records, behind))
+                self.put(_Fetched(records, behind))
             else:
                 self.behind_ms = behind
             if done is None and (response.get("NextShardIterator") is None or (closed and caught_up)):
@@ -476,7 +447,7 @@ class _ShardReader:
             elif done is None and source.bounded and caught_up:
                 done = _End(closed=False)
             if done is not None:
-                self._put(done)
+                self.put(done)
                 return
             iterator = response["NextShardIterator"]
 
@@ -506,7 +477,7 @@ class KinesisShardPartition(SourcePartition):
             if self._reader.behind_ms is not None:
                 self._lag_ms = self._reader.behind_ms
             return None
-        if isinstance(item, _Failed):
+        if isinstance(item, FetchFailed):
             raise self._failure(item.error)
         if isinstance(item, _End):
             self._ended = True
