@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from headwater.dataflow import Dataflow
-from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.checkpoints.recovery import run_with_recovery, settle_sinks
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
 from headwater.engine.checkpoints.storage import CheckpointStorage
@@ -25,6 +25,7 @@ from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.errors import ConfigError
 from headwater.logical import SinkStep
+from headwater.observability import EXPORTER, JobSnapshot
 from headwater.planner import plan
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class RunningJob:
     With a :class:`CheckpointConfig` the job is supervised: it restores from the latest checkpoint and is
     restarted after recoverable failures (see :mod:`headwater.engine.checkpoints.recovery`).
 
+    Its metrics are served while it runs, and its final figures after it ended, at :attr:`metrics_url`
+    (``RunConfig.metrics_port``; :mod:`headwater.observability.exporter`).
+
     The driver leases the checkpoint directory and every sink's directory (:mod:`headwater.engine.leases`)
     when the job is made, before Ray is started or joined and before anything is settled, and releases them
     when the run ends (after every restart attempt, also on failure, and when Ray fails to start);
@@ -89,6 +93,10 @@ class RunningJob:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None  # time.monotonic() at which a run with a timeout stops
+        self._started_at = time.time()
+        self._final: JobResult | None = None
+        #: where this job's Prometheus metrics are served (None: RunConfig.metrics_port is None)
+        self.metrics_url: str | None = None
         checkpoint_dir = checkpoint.uri if checkpoint is not None else None
         # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
         # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
@@ -105,6 +113,10 @@ class RunningJob:
                 parallelism = config.parallelism or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
                 self.plan = plan(flow, config, parallelism, checkpoint_dir)
                 ship_user_code(_user_objects(self.plan))
+            if config.metrics_port is not None:
+                self.metrics_url = EXPORTER.serve(config.metrics_host, config.metrics_port)
+                label = EXPORTER.register(self.plan.flow_name, self.metrics_snapshot)
+                self._exit.callback(lambda: EXPORTER.finish(label, self._final_snapshot()))
         except BaseException:
             self._exit.close()
             raise
@@ -136,8 +148,11 @@ class RunningJob:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if self.checkpoint is not None:
-                return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
-            return self._run_once(timeout)
+                result = run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
+            else:
+                result = self._run_once(timeout)
+            self._final = result
+            return result
         finally:
             if isinstance(self._attempt, LocalJob):
                 self._attempt.after_exit(self._exit.close)  # an abandoned job's thread may still write
@@ -185,10 +200,37 @@ class RunningJob:
     def metrics(self) -> list[SubtaskMetrics]:
         return self._attempt.metrics() if self._attempt is not None else []
 
+    def checkpoint_stats(self) -> CheckpointStats | None:
+        """A copy of the current attempt's checkpoint statistics (``None`` without checkpointing)."""
+        return self._attempt.checkpoint_stats() if self._attempt is not None else None
+
+    def metrics_snapshot(self) -> JobSnapshot:
+        """The job's figures now, for the metrics exporter (a Ray job asks its workers, waiting at most 2 s)."""
+        attempt = self._attempt
+        subtasks: list[SubtaskMetrics] = []
+        stats = None
+        if attempt is not None:
+            subtasks = attempt.metrics() if isinstance(attempt, LocalJob) else attempt.metrics(timeout=2.0)
+            stats = attempt.checkpoint_stats() if isinstance(attempt, LocalJob) else attempt.checkpoint_stats(2.0)
+        return JobSnapshot(self.plan.flow_name, self.plan, subtasks, stats, self.restarts, True, self._started_at)
+
+    def _final_snapshot(self) -> JobSnapshot | None:
+        """The exact figures of the ended run (``None`` after a failure: the last scraped ones stand)."""
+        result = self._final
+        if result is None:
+            return None
+        return JobSnapshot(self.plan.flow_name, self.plan, result.subtasks, result.checkpoints, result.restarts,
+                           False, self._started_at)
+
     @property
     def attempt(self) -> int:
         """How many attempts have started (1 + automatic restarts so far)."""
         return self._attempts
+
+    @property
+    def restarts(self) -> int:
+        """Automatic restarts from a checkpoint so far."""
+        return max(0, self._attempts - 1)
 
     def actors(self) -> dict[tuple[int, int], ActorHandle]:
         """Ray actor handles of the current attempt's subtasks by (stage id, subtask) — for operations and

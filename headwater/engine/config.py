@@ -8,7 +8,7 @@ that names the field and says what to fix.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,33 @@ from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
 from headwater.errors import ConfigError
 
 Executor = Literal["ray", "local"]
+
+
+#: the port a job's metrics are served on when neither ``RunConfig.metrics_port`` nor ``HEADWATER_METRICS_PORT`` says
+#: otherwise; when it is taken (another driver on this machine has it), an ephemeral port is used instead
+DEFAULT_METRICS_PORT = 9249
+_METRICS_OFF = ("off", "none", "false", "no", "disabled")
+
+
+def default_metrics_port() -> int | None:
+    """``$HEADWATER_METRICS_PORT`` (a port, ``0`` for an ephemeral one, ``off`` for none), else
+    :data:`DEFAULT_METRICS_PORT`."""
+    text = os.environ.get("HEADWATER_METRICS_PORT", "").strip().lower()
+    if not text:
+        return DEFAULT_METRICS_PORT
+    if text in _METRICS_OFF:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"HEADWATER_METRICS_PORT must be a port number, 0 (an ephemeral port) or 'off', got {text!r}"
+        ) from None
+
+
+def default_metrics_host() -> str:
+    """``$HEADWATER_METRICS_HOST`` or ``127.0.0.1``."""
+    return os.environ.get("HEADWATER_METRICS_HOST", "").strip() or "127.0.0.1"
 
 
 def default_state_dir() -> Path:
@@ -62,6 +89,12 @@ class RunConfig:
             commit and end; after it, its workers are killed and the run raises
             :class:`~headwater.errors.StopTimeoutError` naming the busy steps. The in-process executor cannot
             kill a thread: it returns control (raising the same error) and leaves the hung thread behind.
+        metrics_port: serve the job's Prometheus metrics on ``http://<metrics_host>:<port>/metrics`` (one
+            server per driver process, shared by its jobs; see :mod:`headwater.observability`). Default
+            ``$HEADWATER_METRICS_PORT``, else 9249 (taken already: an ephemeral port); ``0`` picks an
+            ephemeral port (the job's ``metrics_url`` tells which); ``None`` serves none.
+        metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
+            (set ``0.0.0.0`` only where the network in front of it is trusted).
     """
 
     parallelism: int | None = None
@@ -81,6 +114,8 @@ class RunConfig:
     reuse_workers: bool = True
     stall_timeout: timedelta | None = timedelta(minutes=5)
     stop_grace: timedelta = timedelta(seconds=10)
+    metrics_port: int | None = field(default_factory=default_metrics_port)
+    metrics_host: str = field(default_factory=default_metrics_host)
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -118,6 +153,16 @@ class RunConfig:
             raise ConfigError(f"executor must be 'ray' or 'local', got {self.executor!r}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"num_cpus must be at least 1, got {self.num_cpus!r}")
+        if self.metrics_port is not None and (
+            not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
+            or not 0 <= self.metrics_port <= 65_535
+        ):
+            raise ConfigError(
+                f"metrics_port must be a port number (0: an ephemeral one) or None (no metrics server), got "
+                f"{self.metrics_port!r}"
+            )
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise ConfigError(f"metrics_host must be an address such as '127.0.0.1', got {self.metrics_host!r}")
         if self.object_store_memory < 78 * 1024 * 1024:
             raise ConfigError("object_store_memory must be at least 78 MiB (Ray's minimum)")
 

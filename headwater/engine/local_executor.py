@@ -32,7 +32,7 @@ from collections import deque
 from typing import Any, Callable
 
 from headwater.engine.channels import Message
-from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.checkpoints.orchestrator import CheckpointOrchestrator, SubtaskCheckpoints
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
 from headwater.engine.checkpoints.storage import CheckpointMetadata, SubtaskAck
@@ -91,7 +91,16 @@ class LocalJob:
         return [rt.activity("idle (between rounds)", now) for rt in self.runtimes.values()]
 
     def metrics(self) -> list[SubtaskMetrics]:
-        return [rt.metrics(backlog=len(self._queue)) for rt in self.runtimes.values()]
+        """Every subtask's figures; callable from any thread (the exporter's, while the loop runs)."""
+        queued: dict[tuple[int, int], dict[int, int]] = {}
+        for runtime, edge_id, _, _ in list(self._queue):
+            by_edge = queued.setdefault((runtime.stage.stage_id, runtime.subtask), {})
+            by_edge[edge_id] = by_edge.get(edge_id, 0) + 1
+        return [rt.metrics(sum(queued.get(key, {}).values()), queued.get(key)) for key, rt in self.runtimes.items()]
+
+    def checkpoint_stats(self) -> CheckpointStats | None:
+        """A copy of the checkpoint statistics so far (``None`` without checkpointing)."""
+        return self.checkpoints.stats() if self.checkpoints is not None else None
 
     def after_exit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the job's thread has ended: now, if it has (or never started); otherwise from

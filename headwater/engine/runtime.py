@@ -31,7 +31,7 @@ from headwater.core.dead_letters import dead_letter_batch
 from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWatermarks
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.plain_data import PlainData
-from headwater.core.ports import DEAD_LETTER_PORT, MAIN_PORT
+from headwater.core.ports import DEAD_LETTER_PORT, LATE_PORT, MAIN_PORT
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
@@ -278,9 +278,12 @@ class SubtaskRuntime:
             for b in batches:
                 counters.rows_in += b.num_rows
                 counters.batches_in += 1
+                counters.bytes_in += b.nbytes
+                started = time.perf_counter()
                 produced.extend(self._guard(step_id, operator.process, b, input_index if position == 0 else 0))
+                counters.processing.observe(time.perf_counter() - started)
             for b in produced:
-                counters.rows_out += b.num_rows
+                counters.count_out(b.num_rows, b.nbytes)
             side.extend(self._side_output(position, ingest_ns))
             batches = produced
             if not batches:
@@ -293,6 +296,8 @@ class SubtaskRuntime:
         have no reader and are discarded, as are ports nobody reads."""
         step_id, operator = self.operators[position]
         taken = operator.take_side_outputs()
+        if LATE_PORT in taken:
+            self.counters[step_id].late += sum(b.num_rows for b in taken[LATE_PORT])
         if not taken or position != len(self.operators) - 1:
             return []
         out: list[Outgoing] = []
@@ -314,7 +319,7 @@ class SubtaskRuntime:
         origin_ns = origin_ns or time.time_ns()
         for position, (step_id, operator) in enumerate(self.operators):
             for b in self._guard(step_id, operator.on_watermark, watermark):
-                self.counters[step_id].rows_out += b.num_rows
+                self.counters[step_id].count_out(b.num_rows, b.nbytes)
                 out.extend(self._continue_from(position + 1, b, origin_ns))
             out.extend(self._side_output(position, origin_ns))
         for writer in self.writers:
@@ -363,7 +368,7 @@ class SubtaskRuntime:
                 continue
             held = self._guard(step_id, operator.finish) if drain_operators else []
             for b in held:
-                self.counters[step_id].rows_out += b.num_rows
+                self.counters[step_id].count_out(b.num_rows, b.nbytes)
                 out.extend(self._continue_from(position + 1, b, now_ns))
             out.extend(self._side_output(position, now_ns))
         final_id = self.last_checkpoint_id + 1
@@ -466,6 +471,7 @@ class SubtaskRuntime:
             self._next_partition = index + 1
             part, partition = self.partitions[index]
             self.call = (step_id, partition.next_batch, (part,), time.monotonic())
+            started = time.perf_counter()
             try:
                 batch = partition.next_batch()
             except StopIteration:
@@ -490,7 +496,9 @@ class SubtaskRuntime:
             if self._source_columns is not None:
                 batch = self._select_source_columns(batch, part)
             self._check_source_schema(batch, part)
-            self.counters[step_id].rows_out += batch.num_rows
+            counters = self.counters[step_id]
+            counters.processing.observe(time.perf_counter() - started)
+            counters.count_out(batch.num_rows, batch.nbytes)
             if self.source_watermarks is not None:
                 self._guard(step_id, self.source_watermarks.observe, part, batch)
             return dead + self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
@@ -552,7 +560,7 @@ class SubtaskRuntime:
                 due = operator.next_timer()
                 if due is not None and due <= now:
                     for b in self._guard(step_id, operator.on_processing_time, now):
-                        self.counters[step_id].rows_out += b.num_rows
+                        self.counters[step_id].count_out(b.num_rows, b.nbytes)
                         out.extend(self._continue_from(position + 1, b, now_ns))
         for writer in self.writers:
             out.extend((writer.edge.edge_id, r, m) for r, m in writer.flush_due(now))
@@ -565,27 +573,35 @@ class SubtaskRuntime:
         return min(deadlines) if deadlines else None
 
     # -- figures --------------------------------------------------------------------------------------------
-    def metrics(self, backlog: int = 0) -> SubtaskMetrics:
+    def metrics(self, backlog: int = 0, backlog_by_edge: dict[int, int] | None = None) -> SubtaskMetrics:
+        """A copy of this subtask's figures (safe to call from another thread: it only reads)."""
+        buffered = {w.edge.edge_id: w.buffered_rows() for w in self.writers}
         return SubtaskMetrics(
             stage_id=self.stage.stage_id,
             subtask=self.subtask,
-            steps={k: StepCounters(v.rows_in, v.rows_out, v.batches_in, v.dead_letters)
-                   for k, v in self.counters.items()},
+            steps={k: v.copy() for k, v in self.counters.items()},
             backlog=backlog,
-            buffered_rows=sum(w.buffered_rows() for w in self.writers),
-            latency=self.latency,
+            buffered_rows=sum(buffered.values()),
+            latency=self.latency.copy() if self.latency is not None else None,
             operator={step_id: op.metrics() for step_id, op in self.operators},
             peak_rss_mb=peak_rss_mb(),
             pid=os.getpid(),
             source_lag=self._source_lag(),
+            backlog_by_edge=dict(backlog_by_edge or {}),
+            buffered_by_edge=buffered,
+            watermark_ms=None if self.watermark == MIN_WATERMARK else self.watermark,
+            alignment=self.aligner.alignment.copy() if self.input_index else None,
         )
 
     def _source_lag(self) -> dict[str, SourceLag]:
         if self.source_step is None:
             return {}
         lags: dict[str, SourceLag] = {}
-        for part, partition in self.partitions:
-            lag = self._guard(self.source_step.step_id, partition.lag)
+        for part, partition in list(self.partitions):
+            try:  # not through _guard: metrics may be read from another thread, and a figure never fails a job
+                lag = partition.lag()
+            except Exception:  # noqa: BLE001 - a partition that cannot tell reports no lag
+                lag = None
             if lag is not None:
                 lags[part] = lag
         return lags

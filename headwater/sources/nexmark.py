@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 
 from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError
-from headwater.sources.base import Source, SourcePartition
+from headwater.sources.base import Source, SourceLag, SourcePartition
 
 Table = Literal["bid", "auction", "person"]
 
@@ -492,6 +492,24 @@ class NexmarkPartition(SourcePartition):
         n = self._np_residues[j - cycle * c] + cycle * self._period
         self._j += count
         return src.generate(n)
+
+    def lag(self) -> SourceLag | None:
+        """Paced: how far the partition is behind its rate schedule (events due by now and not emitted yet, and
+        how long the oldest of them has been due). Unpaced: the events left when bounded (all are available at
+        once), ``None`` when unbounded."""
+        src = self._src
+        if self._exhausted():
+            return SourceLag(0, 0.0)
+        left = None if self._end is None else self._end - self._j
+        if src.rate is None:
+            return None if left is None else SourceLag(records=left)
+        if self._start is None:
+            return SourceLag(0, 0.0)  # the schedule starts at the first poll
+        now = _now()
+        due = self._index_of(self._resume_event + math.floor((now - self._start) * src.rate + 1e-6) + 1) - self._j
+        due = max(0, due if left is None else min(due, left))
+        oldest_due_at = self._start + (self._event_at(self._j) - self._resume_event) / src.rate
+        return SourceLag(records=due, seconds=max(0.0, now - oldest_due_at) if due else 0.0)
 
     def next_awake(self) -> float | None:
         """When the next event falls due (paced partitions that polled already); ``None`` otherwise."""

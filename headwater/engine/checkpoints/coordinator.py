@@ -34,6 +34,7 @@ from headwater.engine.checkpoints.key import CheckpointKey
 from headwater.engine.checkpoints.kinds import CheckpointKind
 from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
 from headwater.engine.config import CheckpointConfig
+from headwater.engine.metrics import CHECKPOINT_BOUNDS, BucketHistogram
 from headwater.errors import CheckpointCorruptError, CheckpointError
 
 log = logging.getLogger("headwater.checkpoint")
@@ -57,6 +58,9 @@ class Expired(NamedTuple):
 
 @dataclass
 class CheckpointStats:
+    """Checkpoints of one attempt: how many ended how (``completed``, ``aborted`` on timeout, ``failed``
+    verification), the last completed one's duration, size and wall-clock time, and every duration."""
+
     completed: int = 0
     aborted: int = 0
     failed: int = 0  # written but failed verification (deleted; sinks not committed for it)
@@ -64,6 +68,14 @@ class CheckpointStats:
     last_bytes: int = 0
     durations_ms: list[float] = field(default_factory=list)
     sync_ms_max: list[float] = field(default_factory=list)
+    #: the durations again, in the exported buckets (seconds; ``headwater_checkpoint_duration_seconds``)
+    durations: BucketHistogram = field(default_factory=lambda: BucketHistogram(CHECKPOINT_BOUNDS))
+    last_completed_at: float | None = None  # time.time() when the last checkpoint completed
+
+    def copy(self) -> CheckpointStats:
+        """A copy that another thread may read while the coordinator goes on (lists and histogram copied)."""
+        return replace(self, durations_ms=list(self.durations_ms), sync_ms_max=list(self.sync_ms_max),
+                       durations=self.durations.copy())
 
 
 class CheckpointCoordinator:
@@ -179,6 +191,8 @@ class CheckpointCoordinator:
         self.stats.last_duration_ms = duration
         self.stats.last_bytes = metadata.bytes_written
         self.stats.durations_ms.append(duration)
+        self.stats.durations.observe(duration / 1000)
+        self.stats.last_completed_at = metadata.created_at
         self.stats.sync_ms_max.append(max((a.sync_ms for a in acks), default=0.0))
         self.pending = None
         self.last_end = time.monotonic()

@@ -135,6 +135,11 @@ class CheckpointOrchestrator:
         """The job's last checkpoint exists (one attribute read, without the lock)."""
         return self.core.final_completed
 
+    def stats(self) -> CheckpointStats:
+        """A copy of the statistics so far, without the lock (a completion holding it may be missed until the
+        next call): for metrics, which must not wait behind a metadata write."""
+        return self.core.stats.copy()
+
     def result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
         """Statistics, the last completed checkpoint, and whether it is the job's final one."""
         with self.lock:

@@ -23,16 +23,20 @@ from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.metadata import NotPlainDataError, check_plain
 from headwater.engine.checkpoints.storage import CheckpointMetadata, CheckpointStorage, SubtaskAck
+from headwater.engine.metrics import LATENCY_BOUNDS, BucketHistogram
 from headwater.errors import CheckpointValueError
 
 
 class BarrierAligner:
-    """Tracks barrier arrival per input channel ``(edge_id, sender)`` and holds blocked channels' messages."""
+    """Tracks barrier arrival per input channel ``(edge_id, sender)`` and holds blocked channels' messages.
+    :attr:`alignment` records, per checkpoint, the time from its first barrier to the end of the alignment."""
 
     def __init__(self) -> None:
         self.checkpoint_id: int | None = None
         self.arrived: set[tuple[int, int]] = set()
         self.held: dict[tuple[int, int], deque[Message]] = {}
+        self.alignment = BucketHistogram(LATENCY_BOUNDS)
+        self._started = 0.0
 
     def is_blocked(self, channel: tuple[int, int]) -> bool:
         return channel in self.arrived
@@ -43,6 +47,7 @@ class BarrierAligner:
     def barrier(self, channel: tuple[int, int], checkpoint_id: int) -> None:
         if self.checkpoint_id is None:
             self.checkpoint_id = checkpoint_id
+            self._started = time.perf_counter()
         elif checkpoint_id != self.checkpoint_id:
             raise RuntimeError(
                 f"barrier {checkpoint_id} arrived while aligning checkpoint {self.checkpoint_id} on {channel}"
@@ -55,6 +60,7 @@ class BarrierAligner:
     def release(self) -> list[tuple[tuple[int, int], Message]]:
         """End the alignment; returns the held messages in per-channel order, to be handled now."""
         released = [(channel, m) for channel, queue in self.held.items() for m in queue]
+        self.alignment.observe(time.perf_counter() - self._started)
         self.checkpoint_id = None
         self.arrived = set()
         self.held = {}

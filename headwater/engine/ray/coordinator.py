@@ -132,6 +132,10 @@ class CoordinatorEndpoints:
         """(watch group)"""
         self._service().prepare_stop(savepoint)
 
+    async def coordinator_stats(self) -> CheckpointStats | None:
+        """(watch group) A copy of the checkpoint statistics so far, for metrics; never waits for the lock."""
+        return self.service.checkpoints.stats() if self.service is not None else None
+
     async def coordinator_result(self) -> tuple[CheckpointStats, CheckpointMetadata | None, bool]:
         return self._service().result()
 

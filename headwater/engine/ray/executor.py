@@ -19,7 +19,7 @@ import time
 from types import ModuleType
 from typing import Any, Callable
 
-from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
+from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
 from headwater.engine.config import RunConfig
 from headwater.engine.job import JobResult
@@ -167,9 +167,22 @@ class RayJob:
             raise stop_timeout(self.watch.activities(), self.grace_s, self._stop_reason, killed=True)
 
     def metrics(self, timeout: float = 5.0) -> list[SubtaskMetrics]:
+        """The figures of every subtask whose worker answered within ``timeout`` (those of a worker that did
+        not are left out, not waited for)."""
         refs = [w.metrics.remote() for w in self.workers]
         ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
         return [m for r in ready for m in self.ray.get(r)]
+
+    def checkpoint_stats(self, timeout: float = 5.0) -> CheckpointStats | None:
+        """A copy of the coordinator's statistics so far (``None`` without checkpointing or without an answer
+        within ``timeout``); answered in worker 0's watch group, so a blocked main loop does not delay it."""
+        if not self.checkpointing or self._released:
+            return None
+        ref = self.workers[0].coordinator_stats.options(concurrency_group=WATCH).remote()
+        try:
+            return self.ray.get(ref, timeout=timeout)
+        except (self.ray.exceptions.GetTimeoutError, self.ray.exceptions.RayActorError):
+            return None
 
     def wait(self, timeout: float | None = None) -> JobResult:
         ray = self.ray

@@ -232,7 +232,10 @@ class SubtaskHost:
         self.space.set()
 
     def metrics(self) -> SubtaskMetrics:
-        return self.runtime.metrics(backlog=len(self.inbox))
+        by_edge: dict[int, int] = defaultdict(int)
+        for edge_id, _, _ in list(self.inbox):
+            by_edge[edge_id] += 1
+        return self.runtime.metrics(backlog=sum(by_edge.values()), backlog_by_edge=by_edge)
 
     def activity(self, now: float) -> SubtaskActivity:
         runtime = self.runtime

@@ -25,8 +25,8 @@ SubtaskId = tuple[int, int]
 
 #: the worker actors' concurrency group for calls that must not wait for the main event loop
 WATCH = "watch"
-#: calls that may run in the watch group at once (activity, stop, prepare-stop, the coordinator's timer)
-WATCH_CONCURRENCY = 4
+#: calls that may run in the watch group at once (activity, stop, prepare-stop, the coordinator's timer, checkpoint statistics for metrics)
+WATCH_CONCURRENCY = 6
 
 
 class WorkerWatch:
