@@ -574,12 +574,33 @@ kafka_status() {
 }
 
 # ---- prometheus -----------------------------------------------------------------------------------------
-prom_config() {
-    if [[ -f $REPO_ROOT/cluster/prometheus/prometheus.yml ]]; then
-        echo "$REPO_ROOT/cluster/prometheus/prometheus.yml"
+# Prometheus always runs with $PROM_HOME/prometheus.yml. Each `start` writes it (and alerts.yml beside it) from
+# cluster/prometheus/ when the repo has that directory, with the self-scrape target set to our port, so relative
+# paths (alerts.yml, targets/*.json for file_sd) resolve under $PROM_HOME; a running instance is then reloaded
+# (POST /-/reload, --web.enable-lifecycle), so it picks up changed rules and scrape jobs without a restart.
+PROM_TARGETS="$PROM_HOME/targets"   # file_sd: tests write one JSON file per metrics endpoint to scrape here
+PROM_CONFIG="$PROM_HOME/prometheus.yml"
+prom_config() { echo "$PROM_CONFIG"; }
+
+prom_write_config() {
+    local repo_config=$REPO_ROOT/cluster/prometheus
+    mkdir -p "$PROM_HOME/data" "$PROM_TARGETS"
+    if [[ -f $repo_config/prometheus.yml ]]; then
+        sed "s/127\.0\.0\.1:19090/$HOST:$PROM_PORT/" "$repo_config/prometheus.yml" >"$PROM_CONFIG.tmp"
+        [[ ! -f $repo_config/alerts.yml ]] || cp "$repo_config/alerts.yml" "$PROM_HOME/alerts.yml"
     else
-        echo "$PROM_HOME/prometheus.yml"
+        cat >"$PROM_CONFIG.tmp" <<EOF
+# written by scripts/services.sh (no cluster/prometheus/prometheus.yml in the repo)
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ['$HOST:$PROM_PORT']
+EOF
     fi
+    mv -f "$PROM_CONFIG.tmp" "$PROM_CONFIG"
 }
 
 prom_running() { pid_alive "$PROM_PID" "$PROM_HOME/data"; }
@@ -591,26 +612,19 @@ prom_start() {
     if prom_running; then
         pid_alive "$PROM_PID" "--web.listen-address=$HOST:$PROM_PORT " ||
             fail_service prometheus "$PROM_LOG" "our instance is running but not on $HOST:$PROM_PORT (port changed? run 'stop' first)"
-        say "prometheus: already running (pid $(cat "$PROM_PID"))"
+        pid_alive "$PROM_PID" "--config.file=$PROM_CONFIG " ||
+            fail_service prometheus "$PROM_LOG" "our instance runs with another config file than $(rel "$PROM_CONFIG") (run 'stop' first)"
+        prom_write_config
+        curl -fsS -m 10 -X POST "http://$HOST:$PROM_PORT/-/reload" >/dev/null ||
+            fail_service prometheus "$PROM_LOG" "reloading $(rel "$PROM_CONFIG") failed (see the log)"
+        say "prometheus: already running (pid $(cat "$PROM_PID")); reloaded $(rel "$PROM_CONFIG")"
         return 0
     fi
     rm -f "$PROM_PID"
     ! port_open "$HOST" "$PROM_PORT" ||
         fail_service prometheus "$PROM_LOG" "port $HOST:$PROM_PORT is already in use by another process"
-    local config
-    config=$(prom_config)
-    if [[ $config == "$PROM_HOME/prometheus.yml" ]]; then
-        cat >"$config" <<EOF
-# written by scripts/services.sh (no cluster/prometheus/prometheus.yml in the repo)
-global:
-  scrape_interval: 5s
-  evaluation_interval: 5s
-scrape_configs:
-  - job_name: prometheus
-    static_configs:
-      - targets: ['$HOST:$PROM_PORT']
-EOF
-    fi
+    prom_write_config
+    local config=$PROM_CONFIG
     rotate "$PROM_LOG"
     setsid "$PROM_BIN" --config.file="$config" --web.listen-address="$HOST:$PROM_PORT" \
         --storage.tsdb.path="$PROM_HOME/data" --storage.tsdb.retention.time=2d --web.enable-lifecycle \
