@@ -46,6 +46,11 @@ def default_metrics_host() -> str:
     return os.environ.get("HEADWATER_METRICS_HOST", "").strip() or "127.0.0.1"
 
 
+def default_ray_dashboard() -> bool:
+    """``$HEADWATER_RAY_DASHBOARD`` (``0``/``off`` turns it off), else on."""
+    return os.environ.get("HEADWATER_RAY_DASHBOARD", "").strip().lower() not in ("0", *_METRICS_OFF)
+
+
 def default_state_dir() -> Path:
     """``$HEADWATER_STATE_DIR`` or ``.headwater/`` under the current directory."""
     return Path(os.environ.get("HEADWATER_STATE_DIR", ".headwater")).resolve()
@@ -93,6 +98,9 @@ class RunConfig:
             server per driver process, shared by its jobs; see :mod:`headwater.observability`). Default
             ``$HEADWATER_METRICS_PORT``, else 9249 (taken already: an ephemeral port); ``0`` picks an
             ephemeral port (the job's ``metrics_url`` tells which); ``None`` serves none.
+        ray_dashboard: a local Ray started by Headwater runs Ray's dashboard on ``127.0.0.1`` (its URL is
+            printed at start; it costs a few seconds of start-up and ~200 MiB). Default
+            ``$HEADWATER_RAY_DASHBOARD`` (``0``/``off``), else on. A joined cluster's dashboard is its operator's.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
     """
@@ -116,6 +124,7 @@ class RunConfig:
     stop_grace: timedelta = timedelta(seconds=10)
     metrics_port: int | None = field(default_factory=default_metrics_port)
     metrics_host: str = field(default_factory=default_metrics_host)
+    ray_dashboard: bool = field(default_factory=default_ray_dashboard)
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -142,7 +151,7 @@ class RunConfig:
             )
         if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
             raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
-        for flag in ("tune_allocator", "reuse_workers"):
+        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:

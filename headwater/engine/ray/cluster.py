@@ -6,7 +6,7 @@
   ``$RAY_AUTH_TOKEN_PATH``).
 * Else start a local Ray (:func:`start_local_ray`): explicit CPUs, a capped object store, its temp dir under the
   state dir, token authentication on (:mod:`headwater.engine.ray.auth`), the dashboard (when on) bound to
-  127.0.0.1, and a reaper (:mod:`headwater.engine.ray.reaper`) that stops every Ray process it started within
+  127.0.0.1 (on by default, ``RunConfig.ray_dashboard``; its URL is printed), and a reaper (:mod:`headwater.engine.ray.reaper`) that stops every Ray process it started within
   seconds of the driver's end, even a SIGKILL. It is shut down when the run ends.
 """
 
@@ -37,6 +37,8 @@ class LocalRay:
     def __init__(self, reaper: Reaper, saved_auth: dict[str, str | None]) -> None:
         self.reaper = reaper
         self.saved_auth = saved_auth
+        #: the dashboard's URL when it runs (``http://127.0.0.1:<port>``)
+        self.dashboard_url: str | None = None
 
     def shutdown(self) -> None:
         import ray
@@ -71,10 +73,13 @@ def start_local_ray(
     local = LocalRay(Reaper(), saved_auth)
     local.reaper.start()
     try:
-        ray.init(  # address="local": always a new cluster, never one named by $RAY_ADDRESS (the reaper stops it)
+        context = ray.init(  # address="local": always a new cluster, never one named by $RAY_ADDRESS (the reaper stops it)
             address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
             include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **init_options,
         )
+        url = getattr(context, "dashboard_url", None) if include_dashboard else None
+        if url:
+            local.dashboard_url = url if "://" in url else f"http://{url}"
     except BaseException:
         local.release()
         raise
@@ -116,9 +121,13 @@ def ray_session(config: RunConfig) -> Iterator[ModuleType]:
         num_cpus=config.num_cpus or os.cpu_count() or 1,
         object_store_memory=config.object_store_memory,
         temp_dir=config.resolved_state_dir() / "ray",
+        include_dashboard=config.ray_dashboard,
         log_to_driver=True,
         configure_logging=False,
     )
+    if local.dashboard_url:
+        print(f"headwater: Ray dashboard at {local.dashboard_url} (jobs, actors, logs; token in "
+              f"{os.environ.get('RAY_AUTH_TOKEN_PATH', 'the Ray token file')})", file=sys.stderr)
     try:
         yield ray
     finally:

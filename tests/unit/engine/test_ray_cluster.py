@@ -86,3 +86,31 @@ def test_the_auth_environment_is_restored_after_a_local_ray(fake_ray: list[dict[
     with ray_session(RunConfig(ray_address="10.0.0.5:6379")):
         pass
     assert fake_ray[1]["mode"] is None and fake_ray[1]["token_path"] is None
+
+
+def test_a_local_ray_runs_its_dashboard_on_loopback_and_prints_its_url(
+        fake_ray: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("HEADWATER_RAY_DASHBOARD", raising=False)
+
+    def init(**kwargs: Any) -> Any:
+        fake_ray.append({"kwargs": kwargs})
+        return type("Context", (), {"dashboard_url": "127.0.0.1:8265"})()
+
+    monkeypatch.setattr(ray, "init", init)
+    with ray_session(RunConfig(state_dir=tmp_path / "state", num_cpus=1)):
+        pass
+    assert fake_ray[0]["kwargs"]["include_dashboard"] is True
+    assert fake_ray[0]["kwargs"]["dashboard_host"] == "127.0.0.1"
+    assert "Ray dashboard at http://127.0.0.1:8265" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["0", "off"])
+def test_the_dashboard_can_be_turned_off(fake_ray: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path, setting: str) -> None:
+    monkeypatch.setenv("HEADWATER_RAY_DASHBOARD", setting)
+    with ray_session(RunConfig(state_dir=tmp_path / "state", num_cpus=1)):
+        pass
+    with ray_session(RunConfig(state_dir=tmp_path / "state", num_cpus=1, ray_dashboard=True)):
+        pass
+    assert [c["kwargs"]["include_dashboard"] for c in fake_ray] == [False, True]
