@@ -14,6 +14,7 @@ import pytest
 
 from headwater.errors import ConfigError
 from headwater.sources import nexmark
+from headwater.sources.base import SourceLag
 from headwater.sources.base import drain as drain_partition
 from headwater.sources.nexmark import HOT_CHANNELS, NexmarkPartition, NexmarkSource
 
@@ -317,3 +318,24 @@ def test_a_projection_yields_the_same_values_of_fewer_columns_and_resumes_alike(
 def test_a_projection_of_an_unknown_column_is_refused() -> None:
     with pytest.raises(ConfigError, match="no column"):
         NexmarkSource("bid").project(["auction", "nope"])
+
+
+def test_a_paced_partition_reports_how_far_it_is_behind_its_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(nexmark, "_now", clock.monotonic)
+    part = NexmarkSource("bid", events=None, rate=100.0).build_part("nexmark-bid-0-of-1", None)
+    assert part.lag() == SourceLag(0, 0.0)  # its schedule starts at the first poll
+    assert part.next_batch() is None
+    clock.now = 1_001.0  # bids 4..100 are due (92 of them, less persons/auctions), none emitted
+    lag = part.lag()
+    assert lag is not None and lag.records == 92 and lag.seconds == pytest.approx(0.96)  # bid 4 was due at +40 ms
+    assert part.next_batch().num_rows == 92  # type: ignore[union-attr]
+    assert part.lag() == SourceLag(0, 0.0)  # caught up
+
+
+def test_an_unpaced_partition_reports_the_events_left_or_nothing_when_unbounded() -> None:
+    bounded = NexmarkSource("bid", events=1_000, batch_size=100).build_part("nexmark-bid-0-of-1", None)
+    assert bounded.lag() == SourceLag(records=920)
+    bounded.next_batch()
+    assert bounded.lag() == SourceLag(records=820)
+    assert NexmarkSource("bid", events=None).build_part("nexmark-bid-0-of-1", None).lag() is None
