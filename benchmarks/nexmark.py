@@ -14,6 +14,11 @@ What is measured:
   workers as any driver's next job does (``RunConfig.reuse_workers``), unless ``--fresh-workers``.
 * ``latency_*_ms``: source-to-sink latency of each batch's oldest row, weighted by rows (2.5 % buckets).
 * ``peak_rss_mb``: sum over the actor processes of each one's peak RSS, plus the driver's.
+* ``--metrics ab``: the cost of Prometheus metrics, runs alternating in the same invocation: ``off`` (no metrics
+  server: ``metrics_port=None``) and ``on`` (a server on an ephemeral port, scraped every ``--scrape-interval``
+  seconds by a thread of the driver for the whole run, as Prometheus would, only harder); the report has both
+  medians and ``metrics_cost`` = 1 - on/off. The counting inside the subtasks is always on: compare it across
+  commits with separate invocations.
 * ``--reference``: the same query as a plain-Python per-row loop in ``parallelism`` processes over the same
   generated events (generation included, as for Headwater), timed in the same invocation.
 """
@@ -28,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,12 +96,35 @@ def build(query: str, sources: dict[str, NexmarkSource]) -> hw.Dataflow:
     return flow
 
 
+def _scrape_until(url: str, every: float, done: threading.Event, scrapes: list[int]) -> None:
+    import urllib.request
+
+    while not done.wait(every):
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+        scrapes[0] += 1
+
+
 def run_headwater(query: str, events: int, parallelism: int, rate: float | None, batch_size: int,
-                  fresh_workers: bool = False) -> dict[str, Any]:
+                  fresh_workers: bool = False, metrics: bool = False, scrape_interval: float = 1.0) -> dict[str, Any]:
+    """One run; with ``metrics``, its metrics server is scraped every ``scrape_interval`` s while it runs."""
     sources = sources_for(query, events, parallelism, rate, batch_size)
     flow = build(query, sources)
+    scrapes = [0]
     started = time.perf_counter()
-    result = hw.run(flow, parallelism=parallelism, batch_size=batch_size, reuse_workers=not fresh_workers)
+    job = hw.start(flow, parallelism=parallelism, batch_size=batch_size, reuse_workers=not fresh_workers,
+                   metrics_port=0 if metrics else None)
+    done = threading.Event()
+    scraper = None
+    if job.metrics_url is not None:
+        scraper = threading.Thread(target=_scrape_until, args=(job.metrics_url, scrape_interval, done, scrapes))
+        scraper.start()
+    try:
+        result = job.wait()
+    finally:
+        done.set()
+        if scraper is not None:
+            scraper.join()
     elapsed = time.perf_counter() - started
     read = sum(result.rows_out(step) for step in sources)
     if read != events:
@@ -109,6 +138,8 @@ def run_headwater(query: str, events: int, parallelism: int, rate: float | None,
         "latency_p99_ms": latency["p99_ms"],
         "latency_max_ms": latency["max_ms"],
         "peak_rss_mb": result.peak_rss_mb() + peak_rss_mb(),
+        "metrics": metrics,
+        "scrapes": scrapes[0],
     }
 
 
@@ -226,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true", help="also time the plain-Python reference loop")
     parser.add_argument("--fresh-workers", action="store_true",
                         help="start new worker processes for every run (default: runs after the first reuse them)")
+    parser.add_argument("--metrics", choices=["off", "on", "ab"], default="off",
+                        help="no metrics server, a scraped one, or both alternating (the cost of metrics)")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between scrapes (--metrics on/ab)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
@@ -237,10 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1024 * 1024 * 1024,  # token auth, reaper
                  configure_logging=False, log_to_driver=False)
     try:
+        modes = {"off": [False], "on": [True], "ab": [False, True]}[args.metrics]
+        if args.metrics == "ab" and not args.fresh_workers:  # a first run starts the workers: not compared
+            run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size)
         runs = [run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size,
-                              args.fresh_workers) for _ in range(args.repeat)]
+                              args.fresh_workers, metrics, args.scrape_interval)
+                for _ in range(args.repeat) for metrics in modes]
     finally:
         ray.shutdown()
+    by_mode = {m: [r for r in runs if r["metrics"] == m] for m in set(modes)}
+    medians = {m: statistics.median(r["events_per_second"] for r in rs) for m, rs in by_mode.items()}
+    runs = by_mode[modes[-1]]  # the figures below are of the last mode (metrics on, for ab)
     median = statistics.median(r["events_per_second"] for r in runs)
     best = min(runs, key=lambda r: abs(r["events_per_second"] - median))
     report: dict[str, Any] = {
@@ -257,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         **{k: v for k, v in best.items() if k != "events_per_second"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
+    if args.metrics == "ab":
+        report["metrics_off_events_per_second"] = medians[False]
+        report["metrics_on_events_per_second"] = medians[True]
+        report["metrics_off_runs"] = [r["events_per_second"] for r in by_mode[False]]
+        report["metrics_cost"] = 1 - medians[True] / medians[False]
+        report["scrape_interval_s"] = args.scrape_interval
     if args.reference:
         reference = [run_reference(args.query, args.events, args.parallelism, args.batch_size)
                      for _ in range(args.repeat)]
