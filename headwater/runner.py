@@ -115,7 +115,8 @@ class RunningJob:
                 ship_user_code(_user_objects(self.plan))
             if config.metrics_port is not None:
                 self.metrics_url = EXPORTER.serve(config.metrics_host, config.metrics_port)
-                label = EXPORTER.register(self.plan.flow_name, self.metrics_snapshot)
+                endpoint = (config.metrics_host, config.metrics_port)
+                label = EXPORTER.register(self.plan.flow_name, self.metrics_snapshot, endpoint)
                 self._exit.callback(lambda: EXPORTER.finish(label, self._final_snapshot()))
         except BaseException:
             self._exit.close()

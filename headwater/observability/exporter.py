@@ -12,7 +12,8 @@ How it works:
 * A job that ended leaves its final snapshot (exact: the subtasks' final figures) with ``headwater_job_up 0``,
   until a job of the same name replaces it; at most :data:`RETAINED` ended jobs are kept.
 * :meth:`MetricsExporter.serve` starts an HTTP server (a daemon thread, for the life of the process) per
-  address asked for; later jobs asking for the same address share it. The default port, when taken by another
+  address asked for; later jobs asking for the same address share it. A server shows the jobs registered for
+  it only, so a process serving on two ports never shows a job twice. The default port, when taken by another
   process, falls back to an ephemeral one (logged); an explicitly configured port that is taken fails the job
   before it starts (:class:`~headwater.errors.ConfigError`).
 
@@ -44,11 +45,25 @@ RETAINED = 32
 SnapshotFn = Callable[[], JobSnapshot]
 
 
+Endpoint = tuple[str, int]  # (host, port asked for)
+
+
 class _Job:
-    def __init__(self, label: str, snapshot: SnapshotFn) -> None:
+    def __init__(self, label: str, snapshot: SnapshotFn, endpoint: Endpoint | None) -> None:
         self.label = label
         self.snapshot_fn: SnapshotFn | None = snapshot
+        self.endpoint = endpoint
         self.last: JobSnapshot | None = None
+
+
+class _EndpointCollector:
+    """prometheus_client's collector protocol for one server: the jobs registered for its endpoint."""
+
+    def __init__(self, exporter: MetricsExporter, endpoint: Endpoint | None) -> None:
+        self.exporter, self.endpoint = exporter, endpoint
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.exporter.snapshots(self.endpoint))
 
 
 class MetricsExporter:
@@ -57,21 +72,23 @@ class MetricsExporter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, _Job] = {}
-        self._ended: OrderedDict[str, JobSnapshot] = OrderedDict()
-        self._servers: dict[tuple[str, int], tuple[object, str]] = {}  # (host, port asked) -> (server, url)
+        self._ended: OrderedDict[str, tuple[Endpoint | None, JobSnapshot]] = OrderedDict()
+        self._servers: dict[Endpoint, tuple[object, str]] = {}  # endpoint -> (server, url)
+        #: every job, whatever its endpoint (for tests and embedding)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        self.registry.register(_EndpointCollector(self, None))
 
     # -- jobs -----------------------------------------------------------------------------------------------
-    def register(self, name: str, snapshot: SnapshotFn) -> str:
-        """Expose a running job; returns its ``job`` label (``name``, or ``name#2``... while another running job
-        of this process has that name)."""
+    def register(self, name: str, snapshot: SnapshotFn, endpoint: Endpoint | None = None) -> str:
+        """Expose a running job on the server of ``endpoint`` (``(host, port)`` as given to :meth:`serve`);
+        returns its ``job`` label (``name``, or ``name#2``... while another running job of this process has that
+        name)."""
         with self._lock:
             label, n = name, 1
             while label in self._running:
                 n += 1
                 label = f"{name}#{n}"
-            self._running[label] = _Job(label, snapshot)
+            self._running[label] = _Job(label, snapshot, endpoint)
             self._ended.pop(label, None)
             return label
 
@@ -80,19 +97,19 @@ class MetricsExporter:
         with self._lock:
             job = self._running.pop(label, None)
             last = final if final is not None else job.last if job is not None else None
-            if last is None:
+            if job is None or last is None:
                 return
-            self._ended[label] = replace(last, job=label, running=False)
+            self._ended[label] = (job.endpoint, replace(last, job=label, running=False))
             self._ended.move_to_end(label)
             while len(self._ended) > RETAINED:
                 self._ended.popitem(last=False)
 
-    def snapshots(self) -> list[JobSnapshot]:
+    def snapshots(self, endpoint: Endpoint | None = None) -> list[JobSnapshot]:
         """Fresh figures of the running jobs (a job that cannot answer keeps its previous ones) and the last
-        figures of ended ones."""
+        figures of ended ones: those registered for ``endpoint``, or all of them."""
         with self._lock:
-            running = list(self._running.values())
-            ended = list(self._ended.values())
+            running = [j for j in self._running.values() if endpoint is None or j.endpoint == endpoint]
+            ended = [s for e, s in self._ended.values() if endpoint is None or e == endpoint]
         out = []
         for job in running:
             fn = job.snapshot_fn
@@ -108,10 +125,6 @@ class MetricsExporter:
                 out.append(job.last)
         return out + ended
 
-    def collect(self) -> Iterable[Metric]:
-        """prometheus_client's collector protocol: called at every scrape."""
-        return families(self.snapshots())
-
     # -- servers --------------------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> str:
         """Serve this process's metrics on ``host:port`` (``0``: an ephemeral port) and return the URL; a server
@@ -120,15 +133,17 @@ class MetricsExporter:
             known = self._servers.get((host, port))
             if known is not None:
                 return known[1]
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_EndpointCollector(self, (host, port)))
             try:
-                server, _ = start_http_server(port, addr=host, registry=self.registry)
+                server, _ = start_http_server(port, addr=host, registry=registry)
             except OSError as exc:
                 if port != DEFAULT_METRICS_PORT:
                     raise ConfigError(
                         f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); choose another "
                         f"metrics_port (0: an ephemeral one) or None for no metrics server"
                     ) from exc
-                server, _ = start_http_server(0, addr=host, registry=self.registry)
+                server, _ = start_http_server(0, addr=host, registry=registry)
                 log.warning("metrics port %d on %s is taken (%s); serving on port %d instead", port, host,
                             exc.strerror or exc, server.server_port)
             shown = f"[{host}]" if ":" in host else host

@@ -99,7 +99,8 @@ def test_prometheus_scrapes_a_running_pipeline(ray_cluster: Any, prometheus_url:
                    checkpoint=hw.CheckpointConfig(dir=tmp_path / "checkpoints", interval=timedelta(seconds=1)))
     assert job.metrics_url is not None and job.metrics_url.startswith("http://127.0.0.1:")
     scrape(job.metrics_url)
-    selector = f'job="{name}"'
+    # this endpoint's series only (the same process may serve other jobs on the default port too)
+    selector = f'job="{name}",instance="{urlsplit(job.metrics_url).netloc}"'
     deadline = time.monotonic() + 60
     while not query(prometheus_url, f"headwater_records_out_total{{{selector},step=\"bids\"}} > 0"):
         assert time.monotonic() < deadline, "no scrape saw the job's first rows"

@@ -210,3 +210,16 @@ def test_families_carry_the_definitions_labels() -> None:
     checkpoints = next(f for f in families([_snapshot("labels", 4)]) if f.name == "headwater_checkpoints")
     assert {s.labels["outcome"]: s.value for s in checkpoints.samples if s.name.endswith("_total")} == \
         {"completed": 2, "aborted": 1, "failed": 0}
+
+
+def test_each_server_shows_only_the_jobs_registered_for_it() -> None:
+    exporter = MetricsExporter()
+    first = exporter.serve("127.0.0.1", 0)
+    with _taken_port() as taken:  # a second endpoint needs a fixed port (every port-0 job shares one server)
+        free = taken.getsockname()[1]
+    second = exporter.serve("127.0.0.1", free)
+    exporter.register("on_first", lambda: _snapshot("on_first", 1), ("127.0.0.1", 0))
+    exporter.register("on_second", lambda: _snapshot("on_second", 1), ("127.0.0.1", free))
+    assert {dict(k)["job"] for k in scrape(first)["headwater_job_up"]} == {"on_first"}
+    assert {dict(k)["job"] for k in scrape(second)["headwater_job_up"]} == {"on_second"}
+    assert {s.job for s in exporter.snapshots()} == {"on_first", "on_second"}
