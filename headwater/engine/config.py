@@ -94,8 +94,8 @@ class RunConfig:
             commit and end; after it, its workers are killed and the run raises
             :class:`~headwater.errors.StopTimeoutError` naming the busy steps. The in-process executor cannot
             kill a thread: it returns control (raising the same error) and leaves the hung thread behind.
-        metrics_port: serve the job's Prometheus metrics on ``http://<metrics_host>:<port>/metrics`` (one
-            server per driver process, shared by its jobs; see :mod:`headwater.observability`). Default
+        metrics_port: serve the job's Prometheus metrics on ``http://<metrics_host>:<port>/metrics`` (jobs of
+            one driver process asking for the same address share a server; see :mod:`headwater.observability`). Default
             ``$HEADWATER_METRICS_PORT``, else 9249 (taken already: an ephemeral port); ``0`` picks an
             ephemeral port (the job's ``metrics_url`` tells which); ``None`` serves none.
         ray_dashboard: a local Ray started by Headwater runs Ray's dashboard on ``127.0.0.1`` (its URL is
