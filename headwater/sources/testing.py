@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from headwater.core.plain_data import PlainData
 from headwater.errors import ConfigError, SimulatedCrashError
-from headwater.sources.base import Source, SourcePartition
+from headwater.sources.base import Source, SourceLag, SourcePartition
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,15 @@ class _TestingPartition(SourcePartition):
 
     def next_awake(self) -> float | None:
         return self.paused_until if self.paused_until > time.monotonic() else None
+
+    def lag(self) -> SourceLag:
+        """The rows still to come before the end (or the next EOF marker): all of them are available at once."""
+        left = 0
+        for item in self.items[self.position:]:
+            if isinstance(item, _Eof):
+                break
+            left += item.num_rows if isinstance(item, pa.RecordBatch) else 1 if isinstance(item, dict) else 0
+        return SourceLag(records=left)
 
     def snapshot(self) -> int:
         return self.position

@@ -65,7 +65,7 @@ def test_a_scrape_shows_exact_counters_of_an_ended_job() -> None:
     assert total(samples, "headwater_latency_seconds_count", step="out", **j) == result.latency.total > 0
     assert total(samples, "headwater_step_processing_seconds_count", step="win", **j) == result.steps["win"].batches_in
     assert total(samples, "headwater_bytes_in_total", step="win", **j) > 0
-    assert "headwater_source_lag_records" not in samples  # TestingSource cannot tell its lag: no series
+    assert "headwater_source_lag_records" not in samples  # ended partitions report no lag: no series
     # a histogram's buckets are cumulative and end in +Inf with the count
     buckets = {dict(k)["le"]: v for k, v in samples["headwater_step_processing_seconds_bucket"].items()
                if dict(k)["step"] == "win" and dict(k)["subtask"] == "0"}

@@ -292,3 +292,15 @@ def test_read_source_reads_every_partition_of_a_bounded_source_and_refuses_an_en
     assert bids.num_rows == 460 and bids.schema == NexmarkSource("bid").schema()  # 46 of every 50 events
     with pytest.raises(ConfigError, match="bounded"):
         read_source(NexmarkSource("bid", events=None))
+
+
+def test_a_testing_partition_reports_the_rows_still_to_come_as_its_lag() -> None:
+    from headwater.sources.base import SourceLag
+
+    batch = pa.RecordBatch.from_pydict({"v": [1, 2, 3]})
+    source = TestingSource([{"v": 0}, {"v": 1}, TestingSource.PAUSE(0), batch, TestingSource.EOF(), {"v": 9}],
+                           batch_size=10)
+    part = source.build_part(source.list_parts()[0], None)
+    assert part.lag() == SourceLag(records=5)  # 2 rows + a 3-row batch, up to the EOF marker
+    part.next_batch()
+    assert part.lag() == SourceLag(records=3)
