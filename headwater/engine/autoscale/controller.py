@@ -84,12 +84,14 @@ class Signals:
 
 @dataclass(frozen=True)
 class Decision:
-    """Rescale from ``previous`` to ``parallelism`` subtasks, because of ``reason`` (logged and exported)."""
+    """Rescale from ``previous`` to ``parallelism`` subtasks, because of ``reason`` (logged and exported);
+    ``at`` is the wall-clock time (``time.time()``) the supervisor acted on it."""
 
     previous: int
     parallelism: int
     reason: str
     lag_seconds: float
+    at: float | None = None
 
     @property
     def direction(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from headwater.engine.autoscale.config import AutoscaleConfig
@@ -86,6 +87,7 @@ class RescalingSupervisor:
             decision = self.controller.observe(signals)
             if decision is None:
                 continue
+            decision = replace(decision, at=time.time())
             self.decisions.append(decision)
             log.warning("autoscale: parallelism %d -> %d: %s", decision.previous, decision.parallelism, decision.reason)
             if self._request_cpus is not None:
