@@ -32,6 +32,7 @@ from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWate
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.plain_data import PlainData
 from headwater.core.ports import DEAD_LETTER_PORT, MAIN_PORT
+from headwater.core.quality import QualityCounts
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
@@ -578,6 +579,8 @@ class SubtaskRuntime:
             peak_rss_mb=peak_rss_mb(),
             pid=os.getpid(),
             source_lag=self._source_lag(),
+            quality={step_id: {name: QualityCounts(c.checked, c.passed, c.failed) for name, c in counts.items()}
+                     for step_id, op in self.operators if (counts := op.quality())},
         )
 
     def _source_lag(self) -> dict[str, SourceLag]:
