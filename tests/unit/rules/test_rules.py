@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -22,7 +22,7 @@ SCHEMA = pa.schema([("id", pa.int64()), ("price", pa.float64()), ("ch", pa.strin
 
 def batch(**columns: list) -> pa.RecordBatch:
     n = len(next(iter(columns.values())))
-    data = {"id": list(range(n)), "price": [1.0] * n, "ch": ["web"] * n, "ts": [datetime.now(timezone.utc)] * n}
+    data = {"id": list(range(n)), "price": [1.0] * n, "ch": ["web"] * n, "ts": [datetime.now(UTC)] * n}
     data.update(columns)
     return pa.RecordBatch.from_pydict(data, schema=SCHEMA)
 
@@ -46,7 +46,7 @@ def test_between_is_inclusive_open_ended_and_passes_nulls() -> None:
 
 
 def test_between_on_timestamps() -> None:
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     b = batch(ts=[start - timedelta(days=1), start, start + timedelta(days=1)])
     assert failing(hw.rules.between("ts", start, start + timedelta(hours=1)), b) == [True, False, True]
 
@@ -63,7 +63,7 @@ def test_matches_searches_unless_anchored() -> None:
 
 
 def test_fresh_within_uses_the_processing_clock() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     b = batch(ts=[now, now - timedelta(seconds=59), now - timedelta(seconds=61), None])
     now_ms = int(now.timestamp() * 1000)
     assert failing(hw.rules.fresh_within("ts", timedelta(minutes=1)), b, now_ms) == [False, False, True, False]
