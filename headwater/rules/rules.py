@@ -174,7 +174,32 @@ class Matches(Rule):
 
     def failures(self, batch: pa.RecordBatch, now_ms: int) -> pa.BooleanArray:
         values = batch.column(self.column)
-        return _false_for_null(pc.invert(pc.match_substring_regex(values, self.pattern)), batch.num_rows)
+        prefix = _literal_prefix(self.pattern)
+        found = (pc.match_substring_regex(values, self.pattern) if prefix is None
+                 else pc.starts_with(values, pattern=prefix))  # ^literal: no regex engine needed (~10x faster)
+        return _false_for_null(pc.invert(found), batch.num_rows)
+
+
+_META = set(".^$*+?()[]{}|\\")
+
+
+def _literal_prefix(pattern: str) -> str | None:
+    """The literal of a pattern ``^literal`` (escapes such as ``\\.`` allowed), or ``None`` for any other."""
+    if not pattern.startswith("^") or len(pattern) < 2:
+        return None
+    out: list[str] = []
+    chars = iter(pattern[1:])
+    for c in chars:
+        if c == "\\":
+            escaped = next(chars, None)
+            if escaped is None or escaped.isalnum() or escaped == "_":
+                return None  # \d, \w, \b ...: classes, not literals
+            out.append(escaped)
+        elif c in _META:
+            return None
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import headwater as hw
 from headwater.errors import ConfigError, ExpressionTypeError, UnknownColumnError
@@ -177,3 +180,14 @@ def test_side_outputs_only_of_a_validation() -> None:
         stream.select("price").invalid_records()
     invalid = stream.invalid_records()
     assert invalid.schema is not None and invalid.schema.names == [*SCHEMA.names, "rule", "reason"]
+
+
+@given(values=st.lists(st.one_of(st.none(), st.text(alphabet="ab.\\/:é", max_size=6)), max_size=30),
+       prefix=st.text(alphabet="ab./:é", min_size=1, max_size=3))
+@settings(max_examples=100, deadline=None)
+def test_an_anchored_literal_is_matched_as_by_the_regex_engine(values: list, prefix: str) -> None:
+    pattern = "^" + re.escape(prefix)
+    b = pa.RecordBatch.from_pydict({"s": pa.array(values, pa.string())})
+    fast = hw.rules.matches("s", pattern).failures(b, 0)
+    regex = pc.fill_null(pc.invert(pc.match_substring_regex(b.column("s"), pattern)), False)
+    assert fast.to_pylist() == regex.to_pylist()
