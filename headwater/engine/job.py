@@ -79,6 +79,10 @@ class JobResult:
         lines = [f"{self.flow_name}: finished in {self.elapsed_s:.2f}s" + (" (stopped)" if self.stopped else "")]
         for step_id, c in self.steps.items():
             lines.append(f"  {step_id:<24} in {c.rows_in:>12,}  out {c.rows_out:>12,}")
+        for step_id, rules in self.quality.items():
+            dataset = rules["*"]
+            lines.append(f"  quality of {step_id}: {dataset.score:.2%} of {dataset.checked:,} rows passed "
+                         f"({dataset.failed:,} quarantined)")
         summary = self.latency.summary()
         if summary["p50_ms"] is not None:
             lines.append(

@@ -157,3 +157,16 @@ def test_no_alert_before_enough_rows(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="headwater.quality"):
         op.process(pa.RecordBatch.from_pydict({"x": [50] * 10}))
     assert not caplog.records
+
+
+def test_the_job_result_reports_the_quality_score() -> None:
+    from headwater.testing import TestingSink, TestingSource, run_local
+
+    flow = hw.Dataflow("q")
+    valid = flow.source("in", TestingSource([{"x": i} for i in range(10)])).validate(
+        hw.rules.between("x", 0, 7), step_id="v")
+    valid.sink("good", TestingSink())
+    valid.invalid_records().sink("bad", TestingSink())
+    result = run_local(flow)
+    assert result.quality_score("v") == 0.8 and result.quality["v"]["between(x, 0, 7)"].failed == 2
+    assert "quality of v: 80.00% of 10 rows passed (2 quarantined)" in str(result)
