@@ -7,6 +7,7 @@
     hw.run(flow)
 """
 
+from headwater import rules
 from headwater.aggregations import (
     Aggregation,
     Aggregator,
@@ -37,5 +38,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregation", "Aggregator", "AutoscaleConfig", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream", "TableSink",
-    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "top_k", "udaf", "when",
+    "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "rules", "run", "start", "sum", "top_k", "udaf", "when",
 ]

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from headwater.core.quality import QualityCounts
 from headwater.sources.base import SourceLag
+
+QUALITY_SCORE = "headwater_quality_score"
+"""Gauge name of a validation step's quality score (share of rows passing), labels ``job, step, rule``; the rule
+``"*"`` (:data:`headwater.core.quality.DATASET`) is the whole dataset. See docs/governance.md."""
+
+QUALITY_ROWS = "headwater_quality_rows_total"
+"""Counter name of rows a validation step checked, labels ``job, step, rule, outcome`` with outcome ``passed`` or
+``failed`` (for a ``drift(...)`` check the unit is a window). See docs/governance.md."""
 
 # Log-spaced latency buckets from 10 µs to ~170 min with 2.5 % resolution: cheap to merge across subtasks.
 _RATIO = 1.025
@@ -84,6 +93,19 @@ class SubtaskMetrics:
     pid: int = 0
     #: per source partition of this subtask, how far it is behind its system's head (see SourcePartition.lag)
     source_lag: dict[str, SourceLag] = field(default_factory=dict)
+    #: per validation step, its data-quality counters by rule name (see headwater.core.quality)
+    quality: dict[str, dict[str, QualityCounts]] = field(default_factory=dict)
+
+
+def merge_quality(subtasks: list[SubtaskMetrics]) -> dict[str, dict[str, QualityCounts]]:
+    """Quality counters of every validation step summed over subtasks: step -> rule name -> counts."""
+    merged: dict[str, dict[str, QualityCounts]] = {}
+    for m in subtasks:
+        for step_id, rules in m.quality.items():
+            step = merged.setdefault(step_id, {})
+            for name, counts in rules.items():
+                step.setdefault(name, QualityCounts()).merge(counts)
+    return merged
 
 
 def peak_rss_mb() -> float:
