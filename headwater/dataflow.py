@@ -46,19 +46,23 @@ from headwater.logical import (
     DeduplicateStep,
     FilterStep,
     IntervalJoinStep,
+    InvalidRecordsStep,
     LateRecordsStep,
     LookupJoinStep,
     MapBatchesStep,
     MapRowsStep,
     ProjectStep,
+    QualityFindingsStep,
     SessionWindowStep,
     SinkStep,
     SourceStep,
     Step,
     UnionStep,
+    ValidateStep,
     WindowAggregateStep,
     WindowJoinStep,
 )
+from headwater.rules import DriftCheck, Rule
 from headwater.sinks.base import Sink
 from headwater.sources.base import Source
 from headwater.sources.lookup_table import LookupTable
@@ -318,6 +322,32 @@ class Stream:
     def late_records(self, *, step_id: str | None = None) -> Stream:
         """The records a window aggregation dropped as too late, with ``late_reason`` and ``lateness_ms``."""
         return self.flow._add(LateRecordsStep(self._next_id("late_records", step_id), (self.step_id,)))
+
+    def validate(
+        self, *rules: Rule | DriftCheck, step_id: str | None = None, threshold: float = 0.99,
+        alert_webhook: str | None = None,
+    ) -> Stream:
+        """The rows that pass every rule of :mod:`hw.rules <headwater.rules>`; :meth:`invalid_records` of the
+        result are the rows that fail, with ``rule`` (the first rule failed) and ``reason``, and
+        :meth:`quality_findings` the drift of ``hw.rules.drift(...)`` checks. Counts per rule are in the job's
+        metrics (``JobResult.quality``); when a subtask's share of passing rows drops below ``threshold`` it
+        logs a warning and, with ``alert_webhook``, POSTs the figures there (see docs/governance.md)."""
+        step = ValidateStep(
+            self._next_id("validate", step_id), (self.step_id,),
+            rules=tuple(r for r in rules if not isinstance(r, DriftCheck)),
+            checks=tuple(r for r in rules if isinstance(r, DriftCheck)), threshold=threshold,
+            alert_webhook=alert_webhook,
+        )
+        return self.flow._add(step)
+
+    def invalid_records(self, *, step_id: str | None = None) -> Stream:
+        """The rows a :meth:`validate` step quarantined: its input rows plus ``rule`` and ``reason``."""
+        return self.flow._add(InvalidRecordsStep(self._next_id("invalid_records", step_id), (self.step_id,)))
+
+    def quality_findings(self, *, step_id: str | None = None) -> Stream:
+        """The statistical findings of a :meth:`validate` step's drift checks (:data:`hw.rules.FINDINGS_SCHEMA
+        <headwater.rules.FINDINGS_SCHEMA>`)."""
+        return self.flow._add(QualityFindingsStep(self._next_id("quality_findings", step_id), (self.step_id,)))
 
     def dead_letters(self, *, step_id: str | None = None) -> Stream:
         """The records this source could not decode or convert, one row each with the raw ``payload`` and

@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 
 import pyarrow as pa
 
+from headwater.core.quality import QualityCounts
 from headwater.core.state.key_groups import DEFAULT_MAX_KEY_GROUPS
 from headwater.core.state.store import OperatorStateStore
 
@@ -75,6 +76,10 @@ class Operator(ABC):
 
     def close(self) -> None:
         """Release resources; must not raise."""
+
+    def quality(self) -> Mapping[str, QualityCounts]:
+        """Data-quality counters by rule name (:mod:`headwater.core.quality`); empty for non-validating operators."""
+        return {}
 
     def metrics(self) -> dict[str, float]:
         """Operator-specific figures for progress displays and run results (e.g. state size)."""

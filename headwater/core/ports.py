@@ -16,6 +16,13 @@ DEAD_LETTER_PORT = "dead_letters"
 """A source's records that it could not decode or convert, as rows of
 :data:`headwater.core.dead_letters.DEAD_LETTER_SCHEMA` (not input rows: the raw payload with the reason)."""
 
-INPUT_ROW_PORTS = frozenset({LATE_PORT})
+INVALID_PORT = "invalid"
+"""A validation step's input rows that failed a rule, with the added columns ``rule`` and ``reason``."""
+
+FINDINGS_PORT = "findings"
+"""A validation step's statistical findings (drift of a column's shape), rows of
+:data:`headwater.rules.FINDINGS_SCHEMA` (not input rows)."""
+
+INPUT_ROW_PORTS = frozenset({LATE_PORT, INVALID_PORT})
 """Side ports whose rows are the step's *input* rows (so a step whose such port is read needs its whole input: no
 projection is pushed through it). Dead letters are not input rows: they carry the raw payload."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from headwater.core.quality import QualityCounts
 from headwater.engine.checkpoints.kinds import CheckpointKind
-from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics
+from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, merge_quality
 from headwater.engine.plan import PhysicalPlan
 
 if TYPE_CHECKING:
+    from headwater.engine.autoscale.controller import Decision
     from headwater.engine.checkpoints.coordinator import CheckpointStats
     from headwater.engine.checkpoints.metadata import CheckpointMetadata
 
@@ -28,6 +30,9 @@ class JobResult:
     checkpoints: CheckpointStats | None = None  # of the last attempt, when checkpointing
     last_checkpoint: CheckpointMetadata | None = None  # the last completed checkpoint (final/savepoint at the end)
     restarts: int = 0  # automatic restarts from a checkpoint during this run
+    #: rescales the autoscaler made, in order (``headwater.engine.autoscale.Decision``); the figures above are
+    #: those of the run since the last one
+    rescales: list[Decision] = field(default_factory=list)
 
     @property
     def savepoint_path(self) -> str | None:
@@ -64,10 +69,24 @@ class JobResult:
         """Sum of an operator metric (e.g. ``"keys"`` of an aggregate) over the step's subtasks."""
         return sum(m.operator.get(step_id, {}).get(name, 0.0) for m in self.subtasks)
 
+    @property
+    def quality(self) -> dict[str, dict[str, QualityCounts]]:
+        """Data-quality counters of every validation step (summed over subtasks): step -> rule -> counts, the rule
+        ``"*"`` being the whole dataset; ``counts.score`` is the share of rows passing."""
+        return merge_quality(self.subtasks)
+
+    def quality_score(self, step_id: str, rule: str = "*") -> float:
+        """Share of rows that passed validation step ``step_id`` (or one of its rules)."""
+        return self.quality[step_id][rule].score
+
     def __str__(self) -> str:
         lines = [f"{self.flow_name}: finished in {self.elapsed_s:.2f}s" + (" (stopped)" if self.stopped else "")]
         for step_id, c in self.steps.items():
             lines.append(f"  {step_id:<24} in {c.rows_in:>12,}  out {c.rows_out:>12,}")
+        for step_id, rules in self.quality.items():
+            dataset = rules["*"]
+            lines.append(f"  quality of {step_id}: {dataset.score:.2%} of {dataset.checked:,} rows passed "
+                         f"({dataset.failed:,} quarantined)")
         summary = self.latency.summary()
         if summary["p50_ms"] is not None:
             lines.append(

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from headwater.core.quality import QualityCounts
 from headwater.sources.base import SourceLag
+
+QUALITY_SCORE = "headwater_quality_score"
+"""Gauge name of a validation step's quality score (share of rows passing), labels ``job, step, rule``; the rule
+``"*"`` (:data:`headwater.core.quality.DATASET`) is the whole dataset. See docs/governance.md."""
+
+QUALITY_ROWS = "headwater_quality_rows_total"
+"""Counter name of rows a validation step checked, labels ``job, step, rule, outcome`` with outcome ``passed`` or
+``failed`` (for a ``drift(...)`` check the unit is a window). See docs/governance.md."""
 
 # Log-spaced latency buckets from 10 µs to ~170 min with 2.5 % resolution: cheap to merge across subtasks.
 _RATIO = 1.025
@@ -177,6 +186,19 @@ class SubtaskMetrics:
     watermark_ms: int | None = None
     #: time from the first barrier of a checkpoint reaching this subtask to its snapshot (non-source subtasks)
     alignment: BucketHistogram | None = None
+    #: per validation step, its data-quality counters by rule name (see headwater.core.quality)
+    quality: dict[str, dict[str, QualityCounts]] = field(default_factory=dict)
+
+
+def merge_quality(subtasks: list[SubtaskMetrics]) -> dict[str, dict[str, QualityCounts]]:
+    """Quality counters of every validation step summed over subtasks: step -> rule name -> counts."""
+    merged: dict[str, dict[str, QualityCounts]] = {}
+    for m in subtasks:
+        for step_id, rules in m.quality.items():
+            step = merged.setdefault(step_id, {})
+            for name, counts in rules.items():
+                step.setdefault(name, QualityCounts()).merge(counts)
+    return merged
 
 
 def peak_rss_mb() -> float:

@@ -26,8 +26,11 @@ class Edge:
     keys: tuple[str, ...] = ()
     input_index: int = 0
     columns: tuple[str, ...] | None = None  # projection applied by the sender (None: every column)
-    #: the output port of the source stage's last step this edge carries (see :mod:`headwater.core.ports`)
+    #: the output port this edge carries (see :mod:`headwater.core.ports`) of step ``src_step`` of the stage
     src_port: str = MAIN_PORT
+    #: the step of stage ``src`` whose output this is: the stage's last step for the main port, any step of the
+    #: chain for a side port ("" means the last step)
+    src_step: str = ""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from headwater.core.event_time import MIN_WATERMARK, InputWatermarks, SourceWate
 from headwater.core.operator import Operator, OperatorContext
 from headwater.core.plain_data import PlainData
 from headwater.core.ports import DEAD_LETTER_PORT, LATE_PORT, MAIN_PORT
+from headwater.core.quality import QualityCounts
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
@@ -103,11 +104,12 @@ class SubtaskRuntime:
             for edge in plan.outputs_of(stage_id)
         ]
         self.main_writers = [w for w in self.writers if w.edge.src_port == MAIN_PORT]
-        #: writers of the chain's last step's side outputs, by port (see headwater.core.ports)
-        self.side_writers: dict[str, list[EdgeWriter]] = {}
+        #: writers of side outputs by (step of the chain, port) (see headwater.core.ports)
+        self.side_writers: dict[tuple[str, str], list[EdgeWriter]] = {}
         for writer in self.writers:
             if writer.edge.src_port != MAIN_PORT:
-                self.side_writers.setdefault(writer.edge.src_port, []).append(writer)
+                key = (writer.edge.src_step or self.stage.tail, writer.edge.src_port)
+                self.side_writers.setdefault(key, []).append(writer)
         self.pending_ends: set[tuple[int, int]] = set()
         self.input_index: dict[int, int] = {}
         for edge in plan.inputs_of(stage_id):
@@ -291,18 +293,18 @@ class SubtaskRuntime:
         return side + self._emit(batches, ingest_ns)
 
     def _side_output(self, position: int, ingest_ns: int) -> list[Outgoing]:
-        """Route the side outputs of the chain's last operator to the edges of their ports. A step whose side
-        port is read always ends its chain (the planner never fuses past it), so other operators' side outputs
-        have no reader and are discarded, as are ports nobody reads."""
+        """Route the side outputs of the operator at ``position`` of the chain to the edges of their ports (any
+        step of a chain may have its side ports read, see the planner's fusion rule); ports nobody reads are
+        discarded."""
         step_id, operator = self.operators[position]
         taken = operator.take_side_outputs()
         if LATE_PORT in taken:
             self.counters[step_id].late += sum(b.num_rows for b in taken[LATE_PORT])
-        if not taken or position != len(self.operators) - 1:
+        if not taken:
             return []
         out: list[Outgoing] = []
         for port, batches in taken.items():
-            for writer in self.side_writers.get(port, ()):
+            for writer in self.side_writers.get((step_id, port), ()):
                 for b in batches:
                     out.extend((writer.edge.edge_id, r, m) for r, m in self._guard(step_id, writer.write, b, ingest_ns))
         return out
@@ -505,16 +507,15 @@ class SubtaskRuntime:
         return self._source_watermark(), False
 
     def _dead_letters(self, partition: SourcePartition) -> list[Outgoing]:
-        """The records ``partition`` could not convert, as rows of the source step's dead-letter port. Nobody
-        reads the port when the source has operators fused after it (the planner fuses only then): they are
-        counted (``StepCounters.dead_letters``) and dropped."""
+        """The records ``partition`` could not convert, as rows of the source step's dead-letter port; they are
+        counted (``StepCounters.dead_letters``), and dropped when nobody reads the port."""
         assert self.source_step is not None
         step_id = self.source_step.step_id
         letters = self._guard(step_id, partition.take_dead_letters)
         if not letters:
             return []
         self.counters[step_id].dead_letters += len(letters)
-        writers = self.side_writers.get(DEAD_LETTER_PORT, []) if not self.operators else []
+        writers = self.side_writers.get((step_id, DEAD_LETTER_PORT), [])
         if not writers:
             return []
         batch = dead_letter_batch(step_id, letters)
@@ -591,6 +592,8 @@ class SubtaskRuntime:
             buffered_by_edge=buffered,
             watermark_ms=None if self.watermark == MIN_WATERMARK else self.watermark,
             alignment=self.aligner.alignment.copy() if self.input_index else None,
+            quality={step_id: {name: QualityCounts(c.checked, c.passed, c.failed) for name, c in counts.items()}
+                     for step_id, op in self.operators if (counts := op.quality())},
         )
 
     def _source_lag(self) -> dict[str, SourceLag]:

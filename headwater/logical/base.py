@@ -128,8 +128,9 @@ def require_event_time(step: Step, inputs: list[Step]) -> tuple[str, int]:
 class SideOutputStep(Step):
     """Reads output ``port`` of its one input (a side output) and passes those rows on as its own main output.
 
-    A step whose side port is read is never fused with a consumer (it has two, or one that is not forward),
-    and it reads its whole input: side outputs such as late records carry input rows (see the planner)."""
+    A side-output step is never fused (it gets its own edge from the step whose port it reads, which may sit in
+    the middle of a chain), and the step whose port of input rows it reads gets its whole input: side outputs
+    such as late or quarantined records carry input rows (see the planner)."""
 
     port: str = MAIN_PORT
 

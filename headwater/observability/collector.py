@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from headwater.engine.checkpoints.coordinator import CheckpointStats
-from headwater.engine.metrics import BucketHistogram, SubtaskMetrics
+from headwater.engine.metrics import BucketHistogram, SubtaskMetrics, merge_quality
 from headwater.engine.plan import PhysicalPlan
 from headwater.observability import definitions as d
 
@@ -140,6 +140,16 @@ def _subtask(f: _Families, s: JobSnapshot, m: SubtaskMetrics) -> None:
               float(m.buffered_by_edge.get(edge.edge_id, 0)))
 
 
+def _quality(f: _Families, s: JobSnapshot) -> None:
+    """Validation steps' counts summed over the subtasks (the score is a job-wide share, labelled without a
+    subtask, as docs/governance.md defines it)."""
+    for step_id, rules in sorted(merge_quality(s.subtasks).items()):
+        for rule, counts in sorted(rules.items()):
+            f.add(d.QUALITY_SCORE, [s.job, step_id, rule], counts.score)
+            f.add(d.QUALITY_ROWS, [s.job, step_id, rule, "passed"], float(counts.passed))
+            f.add(d.QUALITY_ROWS, [s.job, step_id, rule, "failed"], float(counts.failed))
+
+
 def families(snapshots: Iterable[JobSnapshot]) -> list[Metric]:
     """The metric families of ``snapshots`` (one job label each), empty families left out."""
     f = _Families()
@@ -147,4 +157,5 @@ def families(snapshots: Iterable[JobSnapshot]) -> list[Metric]:
         _job(f, s)
         for m in sorted(s.subtasks, key=lambda m: (m.stage_id, m.subtask)):
             _subtask(f, s, m)
+        _quality(f, s)
     return [family for family in f.by_name.values() if family.samples]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from headwater.engine import metrics as engine_metrics
+
 Kind = Literal["counter", "gauge", "histogram"]
 
 STEP = ("job", "step", "subtask")
@@ -99,19 +101,22 @@ OPERATOR_VALUE = _m("headwater_operator_value", "gauge",
                     "A figure the step's operator reports (keys held, open windows, buffered rows, ...).",
                     ("job", "step", "subtask", "name"))
 
+QUALITY_SCORE = _m(engine_metrics.QUALITY_SCORE, "gauge",
+                   "Share (0..1) of the rows a validation step checked that passed a rule (rule=\"*\": the whole "
+                   "dataset), over the job's subtasks (see docs/governance.md).", ("job", "step", "rule"))
+QUALITY_ROWS = _m(engine_metrics.QUALITY_ROWS, "counter",
+                  "Rows a validation step checked, by rule and outcome (passed, failed); windows for drift checks.",
+                  ("job", "step", "rule", "outcome"))
+
 METRICS: tuple[MetricDef, ...] = (
     RECORDS_IN, RECORDS_OUT, BATCHES_IN, BATCHES_OUT, BYTES_IN, BYTES_OUT, PROCESSING, LATENCY, LAG_RECORDS,
     LAG_SECONDS, BACKLOG, BUFFERED, WATERMARK, WATERMARK_LAG, LATE, DEAD_LETTERS, CHECKPOINT_DURATION,
     CHECKPOINT_SIZE, CHECKPOINT_ALIGNMENT, CHECKPOINTS, LAST_CHECKPOINT, RESTARTS, JOB_UP, JOB_START, STEP_INFO,
-    OPERATOR_VALUE,
+    OPERATOR_VALUE, QUALITY_SCORE, QUALITY_ROWS,
 )
 
-#: exported into the same scrape by other packages, not by the engine (the alert rules use them)
-EXTERNAL: tuple[MetricDef, ...] = (
-    _m("headwater_quality_score", "gauge",
-       "Share (0..1) of a step's records that passed a data-quality rule (exported by headwater.governance).",
-       ("job", "step", "rule")),
-)
+#: exported into the same scrape by other packages, not by the engine (none yet)
+EXTERNAL: tuple[MetricDef, ...] = ()
 
 
 def exported_names() -> frozenset[str]:

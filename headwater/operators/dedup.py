@@ -8,7 +8,7 @@ so state stays proportional to the keys seen within the horizon.
 
 from __future__ import annotations
 
-import time
+import time as _time
 from typing import Sequence
 
 import numpy as np
@@ -22,34 +22,29 @@ from headwater.core.state.store import KeyedColumns, OperatorStateStore
 _LAST = "last_passed"
 
 
-class DeduplicateOperator(Operator):
-    def __init__(self, keys: Sequence[str], within_ms: int, time: tuple[str, int] | None) -> None:
+class FirstWithin:
+    """Keyed "first record within a horizon" state, shared by deduplication and ``unique_within`` rules.
+
+    :meth:`admit` decides, for rows with keys and times, which are the first of their key within ``within_ms``
+    (in time order within a batch; a row that is admitted records its time). Declared in the operator's state
+    store under ``name``, so it is checkpointed and restored like every keyed state.
+    """
+
+    def __init__(self, store: OperatorStateStore, name: str, keys: Sequence[str], within_ms: int) -> None:
         self.keys = tuple(keys)
         self.within = within_ms
-        self.time = time
-        self.watermark = MIN_WATERMARK
-        self.state: KeyedColumns | None = None
-        self._store: OperatorStateStore | None = None
-        self._compacted_at = MIN_WATERMARK
-        self.dropped = 0
-
-    def open(self, ctx: OperatorContext) -> None:
-        self._store = ctx.state
-        self.state = self._store.keyed_columns("seen", self.keys)
+        self.name = name
+        self._store = store
+        self.state = store.keyed_columns(name, self.keys)
         self.state.add_column(_LAST, np.int64, MIN_WATERMARK)
+        self.watermark = MIN_WATERMARK
+        self._compacted_at = MIN_WATERMARK
 
-    def _times(self, batch: pa.RecordBatch) -> np.ndarray:
-        if self.time is not None:
-            return event_times_ms(batch, *self.time)
-        now = time.time_ns() // 1_000_000
-        self.on_watermark(now)  # arrival time: the clock is the watermark (drives compaction)
-        return np.full(batch.num_rows, now, dtype=np.int64)
+    def __len__(self) -> int:
+        return len(self.state)
 
-    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
-        assert self.state is not None
-        if batch.num_rows == 0:
-            return []
-        times = self._times(batch)
+    def admit(self, batch: pa.RecordBatch, times: np.ndarray) -> np.ndarray:
+        """Boolean mask (in the batch's row order) of the rows that are the first of their key in the horizon."""
         order = np.argsort(times, kind="stable")  # decide in time order within the batch
         keys = [batch.column(k).take(pa.array(order)) for k in self.keys]
         slots = self._slots(keys)
@@ -65,13 +60,12 @@ class DeduplicateOperator(Operator):
                 if last[slot] == MIN_WATERMARK or t - last[slot] >= self.within:
                     passed[i] = True
                     last[slot] = t
-        self.dropped += int((~passed).sum())
-        kept = np.sort(order[passed])  # back to arrival order
-        return [batch.take(pa.array(kept))] if len(kept) else []
+        mask = np.zeros(len(order), dtype=bool)
+        mask[order[passed]] = True
+        return mask
 
     def _slots(self, keys: list[pa.Array]) -> np.ndarray:
         """Slot per row (keys repeat within a batch, so look up the distinct keys and map back)."""
-        assert self.state is not None
         table = pa.table({f"k{i}": k for i, k in enumerate(keys)})
         names = list(table.column_names)
         distinct = table.group_by(names, use_threads=False).aggregate([])
@@ -83,15 +77,14 @@ class DeduplicateOperator(Operator):
         result[np.asarray(joined.column("__row"))] = np.asarray(joined.column("__slot"))
         return result
 
-    def on_watermark(self, watermark_ms: int) -> list[pa.RecordBatch]:
+    def advance(self, watermark_ms: int) -> None:
+        """Event time reached ``watermark_ms``: now and then forget keys that left the horizon."""
         self.watermark = max(self.watermark, watermark_ms)
-        if self.state is not None and self.watermark - self._compacted_at >= self.within and len(self.state):
+        if self.watermark - self._compacted_at >= self.within and len(self.state):
             self._compact()
-        return []
 
     def _compact(self) -> None:
         """Forget keys whose last record left the horizon: no future record can be a duplicate of it."""
-        assert self.state is not None and self._store is not None
         table = self.state.snapshot()
         self._compacted_at = self.watermark
         if table is None:
@@ -100,7 +93,43 @@ class DeduplicateOperator(Operator):
         fresh.add_column(_LAST, np.int64, MIN_WATERMARK)
         fresh.restore(table.filter(pc.greater(table.column(_LAST), self.watermark - self.within)))
         self.state = fresh
-        self._store.keyed["seen"] = fresh
+        self._store.keyed[self.name] = fresh
+
+
+def record_times(batch: pa.RecordBatch, time: tuple[str, int] | None, on_arrival: FirstWithin) -> np.ndarray:
+    """Times of ``batch``'s rows: event time when the stream has one, else arrival time (which then also drives
+    ``on_arrival``'s compaction, as the clock is the watermark)."""
+    if time is not None:
+        return event_times_ms(batch, *time)
+    now = _time.time_ns() // 1_000_000
+    on_arrival.advance(now)
+    return np.full(batch.num_rows, now, dtype=np.int64)
+
+
+class DeduplicateOperator(Operator):
+    def __init__(self, keys: Sequence[str], within_ms: int, time: tuple[str, int] | None) -> None:
+        self.keys = tuple(keys)
+        self.within = within_ms
+        self.time = time
+        self.seen: FirstWithin | None = None
+        self.dropped = 0
+
+    def open(self, ctx: OperatorContext) -> None:
+        self.seen = FirstWithin(ctx.state, "seen", self.keys, self.within)
+
+    def process(self, batch: pa.RecordBatch, input_index: int = 0) -> list[pa.RecordBatch]:
+        assert self.seen is not None
+        if batch.num_rows == 0:
+            return []
+        passed = self.seen.admit(batch, record_times(batch, self.time, self.seen))
+        self.dropped += int((~passed).sum())
+        kept = np.flatnonzero(passed)
+        return [batch.take(pa.array(kept))] if len(kept) else []
+
+    def on_watermark(self, watermark_ms: int) -> list[pa.RecordBatch]:
+        if self.seen is not None:
+            self.seen.advance(watermark_ms)
+        return []
 
     def metrics(self) -> dict[str, float]:
-        return {"keys": float(len(self.state) if self.state is not None else 0), "dropped": float(self.dropped)}
+        return {"keys": float(len(self.seen) if self.seen is not None else 0), "dropped": float(self.dropped)}

@@ -38,6 +38,7 @@ from headwater.logical import (
     SinkStep,
     Step,
     UnionStep,
+    ValidateStep,
     WindowAggregateStep,
     WindowJoinStep,
     WindowPartialStep,
@@ -49,6 +50,7 @@ from headwater.operators.joins.changelog_lookup import ChangelogLookupJoinOperat
 from headwater.operators.joins.interval_join import IntervalJoinOperator
 from headwater.operators.joins.lookup import LookupJoinOperator
 from headwater.operators.joins.window_join import WindowJoinOperator
+from headwater.operators.quality.validate import ValidateOperator
 from headwater.operators.stateless import FilterOperator, ProjectOperator, UnionOperator
 from headwater.operators.udf import MapBatchesOperator, MapRowsOperator
 from headwater.operators.windows.session import SessionWindowOperator
@@ -177,6 +179,11 @@ def _lookup_join(step: LookupJoinStep) -> OperatorFactory:
 def _changelog_lookup_join(step: ChangelogLookupJoinStep) -> OperatorFactory:
     return _bound(ChangelogLookupJoinOperator, step.on, step.table_key, step.key_types, step.how, step.table_columns,
                   step.value_fields, step.changelog_op)
+
+
+@register_operator(ValidateStep)
+def _validate(step: ValidateStep) -> OperatorFactory:
+    return _bound(ValidateOperator, step.rules, step.checks, step.event_time, step.threshold, step.alert_webhook)
 
 
 def _input_time(step: WindowAggregateStep) -> tuple[str, int]:

@@ -19,7 +19,8 @@ Rules, applied in step order (which is a topological order, since a step can onl
 * **Operators.** Each step gets its operator factory from :mod:`headwater.planner.operators`, the only place
   that maps a step to an operator.
 * **Fusion (chaining).** A step joins its upstream's stage when it is fusable, has one input, the upstream has
-  no other consumer, and the edge would be ``forward`` — then the two run in one actor and a batch passes
+  no other consumer of its main output (readers of side ports such as quarantined or late records get edges
+  from the middle of the chain, ``Edge.src_step``), and the edge would be ``forward`` — then the two run in one actor and a batch passes
   between them as a function call, not a message.
 * **Ownership.** No two sinks, nor a sink and the checkpoint directory, may claim the same or nested
   directories (:mod:`headwater.engine.ownership`): such a job fails here with ``OwnershipConflictError``.
@@ -100,6 +101,10 @@ def plan(
     def consumers(step_id: str) -> list[str]:
         return [s.step_id for s in steps.values() if step_id in s.inputs]
 
+    def main_consumers(step_id: str) -> list[str]:
+        return [s.step_id for s in steps.values()
+                if any(i == step_id and s.input_port(n) == MAIN_PORT for n, i in enumerate(s.inputs))]
+
     for step in steps.values():
         p = _wanted_parallelism(step, flow, parallelism, default_parallelism)
         if p > config.max_key_groups and isinstance(step, AggregateStep):
@@ -114,7 +119,7 @@ def plan(
                 and step.input_port(0) == MAIN_PORT
                 and partitioning == "forward"
                 and chains[upstream_stage][-1] == upstream
-                and len(consumers(upstream)) == 1
+                and len(main_consumers(upstream)) == 1  # readers of side ports get their own edges
             )
             if can_fuse:
                 chains[upstream_stage].append(step.step_id)
@@ -132,12 +137,12 @@ def plan(
     stages = tuple(
         Stage(i, tuple(chain), parallelism[chain[0]], stage_cpus[i]) for i, chain in enumerate(chains)
     )
-    for src_step, dst_step, _, _, _ in edge_specs:
-        if chains[stage_of[src_step]][-1] != src_step:
+    for src_step, dst_step, _, _, index in edge_specs:
+        if chains[stage_of[src_step]][-1] != src_step and steps[dst_step].input_port(index) == MAIN_PORT:
             raise BuildError(f"internal planning error: step {src_step!r} feeds {dst_step!r} from inside a chain")
     edges = tuple(
         Edge(i, stage_of[src], stage_of[dst], partitioning, keys, index,
-             edge_columns(steps, consumers, dst), src_port=steps[dst].input_port(index))
+             edge_columns(steps, consumers, dst), src_port=steps[dst].input_port(index), src_step=src)
         for i, (src, dst, partitioning, keys, index) in enumerate(edge_specs)
     )
     source_parts = {

@@ -14,12 +14,13 @@ from headwater.sources.pagination import (
     PagePagination,
 )
 from headwater.sources.postgres_cdc import PostgresCdcPosition, PostgresCdcSource
+from headwater.sources.scheduled import ScheduledSource
 from headwater.sources.sql import SqlPosition, SqlSource
 from headwater.sources.webhook import WebhookPosition, WebhookSource
 
 __all__ = [
     "CsvSource", "CursorPagination", "GraphQLPagination", "HttpPosition", "HttpSource", "JsonLinesSource",
     "KafkaPosition", "KafkaSource", "KinesisShardPosition", "KinesisSource", "LinkPagination", "NexmarkSource",
-    "NoPagination", "PagePagination", "ParquetSource", "PostgresCdcPosition", "PostgresCdcSource", "Source",
+    "NoPagination", "PagePagination", "ParquetSource", "PostgresCdcPosition", "PostgresCdcSource", "ScheduledSource", "Source",
     "SourcePartition", "SqlPosition", "SqlSource", "WebhookPosition", "WebhookSource",
 ]

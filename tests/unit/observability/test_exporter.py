@@ -223,3 +223,19 @@ def test_each_server_shows_only_the_jobs_registered_for_it() -> None:
     assert {dict(k)["job"] for k in scrape(first)["headwater_job_up"]} == {"on_first"}
     assert {dict(k)["job"] for k in scrape(second)["headwater_job_up"]} == {"on_second"}
     assert {s.job for s in exporter.snapshots()} == {"on_first", "on_second"}
+
+
+def test_validation_steps_export_their_quality_score_and_rows() -> None:
+    flow = hw.Dataflow("exporter_quality")
+    rows = [{"price": p} for p in (1, 2, None, 4, None)]
+    flow.source("src", TestingSource(rows)).validate(hw.rules.not_null("price"), step_id="checked") \
+        .sink("out", NullSink())
+    job = hw.start(flow, executor="local", metrics_port=0)
+    result = job.wait()
+    assert job.metrics_url is not None
+    samples = scrape(job.metrics_url)
+    j = {"job": "exporter_quality", "step": "checked"}
+    assert total(samples, "headwater_quality_score", rule="*", **j) == pytest.approx(0.6)
+    assert total(samples, "headwater_quality_score", rule="*", **j) == result.quality_score("checked")
+    assert total(samples, "headwater_quality_rows_total", rule="*", outcome="failed", **j) == 2
+    assert total(samples, "headwater_quality_rows_total", rule="*", outcome="passed", **j) == 3

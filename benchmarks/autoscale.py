@@ -1,0 +1,118 @@
+"""Autoscaling benchmark: reaction to a 5x rate step, output pause of a rescale, throughput after 1 → 2.
+
+    python benchmarks/autoscale.py --json
+
+One run on a local Ray (2 CPUs): ``ScheduledSource`` (4 partitions) releases 200 rows/s for 8 s, then
+1,000 rows/s for 24 s, then 100 rows/s; each row costs 2 ms in ``map_batches`` (a sleep: 500 rows/s per
+subtask, so extra subtasks add capacity on 2 cores); checkpoints every 0.5 s; ``AutoscaleConfig(1..4,
+target_lag=1 s, scale_up_after=2 s, cooldown=4 s, scale_down_after=4 s)``. Every output row carries the time it
+was processed. Reported (issue 15's bars beside each):
+
+* ``reaction_s``: from the rate step to the first row processed after the first scale-up's restart (bar < 30 s;
+  on the fake multi-node cluster the bar includes a node start, not measured here);
+* ``pause_s``: the longest gap between processed rows around each rescale (bar < 5 s);
+* ``throughput_ratio_after_1_to_2``: rows/s processed in the 3 s after the 1 → 2 restart over the 3 s before the
+  decision, both while the sources lag (so both run flat out; bar ≥ 1.6x);
+* ``missing`` / ``duplicates`` against the schedule's ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+import headwater as hw  # noqa: E402
+from benchmarks.harness import machine  # noqa: E402
+from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
+from headwater.sinks.testing import TestingSink  # noqa: E402
+from headwater.sources import ScheduledSource  # noqa: E402
+
+PHASES = [(8.0, 200.0), (24.0, 1000.0), (40.0, 100.0)]
+
+
+def work(batch: pa.RecordBatch) -> pa.RecordBatch:
+    time.sleep(0.002 * batch.num_rows)
+    stamp = pa.array([time.time()] * batch.num_rows, pa.float64())
+    return pa.RecordBatch.from_arrays([*batch.columns, stamp], names=[*batch.schema.names, "processed_at"])
+
+
+def rate_between(stamps: list[float], start: float, end: float) -> float:
+    return sum(1 for s in stamps if start <= s < end) / (end - start)
+
+
+def measure() -> dict[str, Any]:
+    out = TestingSink()
+    source = ScheduledSource(PHASES, partitions=4)
+    flow = hw.Dataflow("autoscale-bench")
+    flow.source("events", source).map_batches(work).sink("out", out)
+    config = hw.AutoscaleConfig(
+        min_parallelism=1, max_parallelism=4, target_lag=timedelta(seconds=1), cooldown=timedelta(seconds=4),
+        scale_up_after=timedelta(seconds=2), scale_down_after=timedelta(seconds=4),
+        interval=timedelta(milliseconds=500), request_resources=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = hw.run(flow, autoscale=config, timeout=300,
+                        checkpoint=hw.CheckpointConfig(dir=Path(tmp) / "ckpt", interval=timedelta(milliseconds=500)))
+    table = pa.Table.from_pylist(out.rows())
+    ids = Counter(table.column("id").to_pylist())
+    stamps = sorted(pc.cast(table.column("processed_at"), pa.float64()).to_pylist())
+    step_at = source.started + PHASES[0][0]
+    decisions = result.rescales
+    pauses = []
+    for d in decisions:
+        assert d.at is not None
+        around = [s for s in stamps if d.at - 1 <= s <= d.at + 30]
+        pauses.append(max((b - a for a, b in zip(around, around[1:])), default=0.0))
+    first_up = next((d for d in decisions if d.direction == "up"), None)
+    figures: dict[str, Any] = {"reaction_s": None, "throughput_ratio_after_1_to_2": None}
+    if first_up is not None and first_up.at is not None:
+        after = [s for s in stamps if s > first_up.at]
+        gaps = [(b - a, b) for a, b in zip(after, after[1:])]
+        resumed = max(gaps)[1] if gaps else None
+        if resumed is not None:
+            figures["reaction_s"] = resumed - step_at
+            if first_up.previous == 1 and first_up.parallelism == 2:
+                before = rate_between(stamps, first_up.at - 3, first_up.at)
+                later = rate_between(stamps, resumed + 0.5, resumed + 3.5)
+                figures["throughput_ratio_after_1_to_2"] = later / before if before else None
+                figures["rows_per_second_before"], figures["rows_per_second_after"] = before, later
+    return {
+        "benchmark": "autoscale", "machine": machine(), "phases": PHASES, "per_subtask_rows_per_second": 500,
+        "decisions": [{"previous": d.previous, "parallelism": d.parallelism, "reason": d.reason,
+                       "seconds_after_start": (d.at or 0) - source.started} for d in decisions],
+        **figures,
+        "pause_s": pauses, "max_pause_s": max(pauses, default=None),
+        "rows": table.num_rows, "missing": source.total - len(ids), "duplicates": sum(c - 1 for c in ids.values()),
+        "bars": {"reaction_s": 30, "max_pause_s": 5, "throughput_ratio_after_1_to_2": 1.6},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+    ray = start_local_ray(num_cpus=2, object_store_memory=300 * 1024 * 1024)
+    try:
+        figures = measure()
+    finally:
+        ray.shutdown()
+    print(json.dumps(figures) if args.json else json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
