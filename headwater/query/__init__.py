@@ -8,6 +8,7 @@ tokens or roles. See docs/serving.md.
 from headwater.query.cache import ResultCache
 from headwater.query.engine import Answer, EngineConfig, QueryEngine
 from headwater.query.errors import QueryError, QueryRefusedError, QueryTimeoutError
+from headwater.query.features import latest_row, parse_key
 from headwater.query.planner import ScanPlan, plan_scan
 from headwater.query.sql import SqlCheck, check_sql, locked_connection
 from headwater.query.structured import Aggregate, Filter, Order, Query, TimeRangeModel
@@ -15,4 +16,4 @@ from headwater.query.views import MASK, TableView
 
 __all__ = ["MASK", "Aggregate", "Answer", "EngineConfig", "Filter", "Order", "Query", "QueryEngine", "QueryError",
            "QueryRefusedError", "QueryTimeoutError", "ResultCache", "ScanPlan", "SqlCheck", "TableView",
-           "TimeRangeModel", "check_sql", "locked_connection", "plan_scan"]
+           "TimeRangeModel", "check_sql", "latest_row", "locked_connection", "parse_key", "plan_scan"]
