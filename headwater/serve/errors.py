@@ -8,7 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from headwater.access.errors import AccessDeniedError, AuthenticationError
+from headwater.access.errors import AccessDeniedError, AuthenticationError, PolicyError
 from headwater.errors import ConfigError, HeadwaterError, TableNotFoundError
 from headwater.query.errors import QueryError, QueryRefusedError, QueryTimeoutError
 
@@ -22,6 +22,7 @@ STATUS: tuple[tuple[type[HeadwaterError], int], ...] = (
     (QueryTimeoutError, 408),
     (QueryError, 400),
     (TableNotFoundError, 404),
+    (PolicyError, 500),  # a damaged access file is the server's problem, not the caller's
     (ConfigError, 400),
 )
 
