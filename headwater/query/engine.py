@@ -10,12 +10,14 @@ committed (see :mod:`headwater.query.cache`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from datetime import datetime
+from typing import Any, Mapping
 
 import pyarrow as pa
 
 from headwater.query.cache import ResultCache, Versions
 from headwater.query.errors import QueryRefusedError
+from headwater.query.features import latest_row
 from headwater.query.planner import ScanPlan, execute, plan_scan, table_meta
 from headwater.query.sql import check_sql, run_sql
 from headwater.query.structured import MAX_ROWS, Query, plan_query, run_query
@@ -92,3 +94,16 @@ class QueryEngine:
                                   threads=self.config.threads)
         self.cache.put(key, tuple(sorted((p.table, p.data_version) for p in plans)), (rows, truncated))
         return Answer(rows, truncated, plans=tuple(plans))
+
+    def feature(self, table: str, key: str, view: TableView, as_of: datetime | None = None) -> dict[str, Any] | None:
+        """The newest visible row of ``key`` (see :func:`headwater.query.features.latest_row`), through the cache:
+        a commit to the table bumps its data version, so a cached row is never served after one."""
+        versions = self._versions([table])
+        cache_key = ("feature", table, key, None if as_of is None else as_of.isoformat(), view.fingerprint())
+        hit = self.cache.get(cache_key, versions)
+        if hit is not None:
+            rows = hit[0].to_pylist()
+            return rows[0] if rows else None
+        row = latest_row(self.store, table, key, view, as_of)
+        self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
+        return row

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from headwater.access import ADMIN, AccessControl, Principal
-from headwater.query import Answer, EngineConfig, Query, QueryEngine, latest_row, parse_key
+from headwater.query import Answer, EngineConfig, Query, QueryEngine, parse_key
 from headwater.query.planner import table_meta
 from headwater.serve import encoding
 from headwater.serve.audit import AuditMiddleware, key_digest
@@ -168,7 +168,7 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
         _audit(request).update(tables=[table], detail=f"key sha256 {key_digest(key)}")
         view = table_view(principal, table)
         svc = service()
-        row = latest_row(svc.store, table, key, view, as_of)
+        row = svc.engine.feature(table, key, view, as_of)
         if row is None:
             _audit(request)["rows"] = 0
             raise NotFoundError(f"table {table!r} has no row for this key" + (" at or before as_of" if as_of else ""))

@@ -104,3 +104,15 @@ def test_the_cache_serves_until_a_commit_then_answers_anew(store: Store) -> None
     fresh = engine.sql(sql, VIEWS)
     assert not fresh.cached and fresh.table.to_pylist() == [{"n": 31}]
     assert len(engine.cache) == 1  # the entries of the old version were dropped
+
+
+def test_feature_look_ups_are_cached_until_a_commit(store: Store) -> None:
+    engine = QueryEngine(store)
+    view = TableView("clicks", ("user", "amount", "email"), frozenset({"email"}))
+    first = engine.feature("clicks", "u1", view)
+    assert first == {"user": "u1", "amount": 1, "email": "***"}
+    assert engine.cache.hits == 0 and engine.feature("clicks", "u1", view) == first and engine.cache.hits == 1
+    assert engine.feature("clicks", "nobody", view) is None and engine.feature("clicks", "nobody", view) is None
+    newer = [{**rows(1)[0], "user": "u1", "amount": 1000}]
+    commit_rows(store, "clicks", newer, SCHEMA)
+    assert engine.feature("clicks", "u1", view) == {"user": "u1", "amount": 1000, "email": "***"}
