@@ -152,9 +152,11 @@ class CheckpointConfig:
     Attributes:
         dir: where checkpoints live: a local path or any ``pyarrow.fs`` URI (``s3://bucket/prefix``). Running a
             job again with the same ``dir`` resumes from its latest complete checkpoint.
-        interval: time between the end of one checkpoint and the trigger of the next.
+        interval: time between the triggers of two checkpoints (the first one this long after the start); a
+            checkpoint that takes longer is followed by the next at once (unless ``min_pause`` asks for a gap).
         retain: complete checkpoints kept (older ones are deleted; savepoints are never deleted).
-        min_pause: minimum time between the completion of one checkpoint and the next trigger.
+        min_pause: minimum time between the end of one checkpoint and the next trigger (0: none), so that a
+            job whose checkpoints take about ``interval`` still spends time on its input.
         timeout: a checkpoint not complete after this long is aborted (the job keeps running).
         max_restarts: automatic restarts from the latest checkpoint after *transient* failures in a row before
             the run fails (deterministic failures — bad data, schema mismatches, configuration, a full or

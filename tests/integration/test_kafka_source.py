@@ -277,3 +277,33 @@ def test_a_checkpointed_offset_deleted_by_retention_is_an_error_not_a_silent_ski
             partition.close()
     finally:
         topic.delete()
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+def test_a_broker_restart_mid_run_loses_and_repeats_nothing(private_kafka: Any, tmp_path: Path) -> None:
+    broker = private_kafka()
+    topic = Topic(broker.bootstrap, 2)
+    _fill(topic, 200)
+    out = TestingSink()
+    flow = hw.Dataflow("kafka-broker-restart")
+    flow.source("orders", KafkaSource(broker.bootstrap, topic.name, schema=SCHEMA, max_batch_records=50)).sink("out", out)
+    job = hw.start(flow, executor="local", parallelism=2,
+                   checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=50),
+                                                  restart_delay=timedelta(milliseconds=200), max_restarts=8))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(out.rows()) < 200:
+            time.sleep(0.05)
+        assert len(out.rows()) == 200, "the first records arrived before the restart"
+        broker.stop()
+        time.sleep(1.5)  # the source finds no broker for a while (reconnects, or fails and restarts)
+        broker.start()
+        topic.produce([(i % 2, None, _good(i)) for i in range(200, 400)])
+        while time.monotonic() < deadline and len(out.rows()) < 400:
+            time.sleep(0.05)
+    finally:
+        job.stop()
+        result = job.wait(60)
+    assert sorted(r["id"] for r in out.rows()) == list(range(400))
+    assert result.rows_out("orders") >= 200

@@ -80,7 +80,8 @@ class CheckpointCoordinator:
         self.pending: _Pending | None = None
         self.finished: dict[tuple[int, int], SubtaskAck] = {}
         self.last_completed: CheckpointMetadata | None = None
-        self.last_end = time.monotonic()
+        #: when the last checkpoint was triggered (the start, before the first) and when the last one ended
+        self.last_begin = self.last_end = time.monotonic()
         self.stats = CheckpointStats()
         #: the kind of the job's last checkpoint: FINAL, or SAVEPOINT once a stop asked for one
         self.final_kind = CheckpointKind.FINAL
@@ -100,9 +101,16 @@ class CheckpointCoordinator:
 
     # -- triggering -----------------------------------------------------------------------------------------
     def due(self, now: float | None = None) -> bool:
+        """Whether to trigger the next checkpoint: none in flight, ``interval`` since the last trigger and
+        ``min_pause`` since the last end (as Flink: a checkpoint taking longer than the interval is followed
+        by the next at once, unless ``min_pause`` asks for a gap)."""
         now = time.monotonic() if now is None else now
-        pause = max(self.config.interval, self.config.min_pause).total_seconds()
-        return self.pending is None and now - self.last_end >= pause and not self.all_finished
+        return (
+            self.pending is None
+            and now - self.last_begin >= self.config.interval.total_seconds()
+            and now - self.last_end >= self.config.min_pause.total_seconds()
+            and not self.all_finished
+        )
 
     def begin(self, kind: CheckpointKind = CheckpointKind.CHECKPOINT) -> int:
         """Open the next checkpoint; returns its id. Only one may be in flight."""
@@ -110,6 +118,7 @@ class CheckpointCoordinator:
         checkpoint_id = self.next_id
         self.next_id += 1
         self.pending = _Pending(checkpoint_id, kind, time.monotonic())
+        self.last_begin = self.pending.started
         for key, final in self.finished.items():
             self.pending.acks[key] = replace(final, checkpoint_id=checkpoint_id)
         return checkpoint_id
