@@ -19,6 +19,7 @@ from headwater.query.cache import ResultCache, Versions
 from headwater.query.errors import QueryRefusedError
 from headwater.query.features import latest_row
 from headwater.query.planner import ScanPlan, execute, plan_scan, table_meta
+from headwater.query.pushdown import pushable, single_table
 from headwater.query.sql import check_sql, run_sql
 from headwater.query.structured import MAX_ROWS, Query, plan_query, run_query
 from headwater.query.views import TableView
@@ -80,6 +81,7 @@ class QueryEngine:
         if hit is not None:
             return Answer(hit[0], hit[1], cached=True)
         plans = []
+        single = single_table(check.tree)
         for name, meta in metas.items():
             view = views[name]
             visible = view.visible(meta)
@@ -88,7 +90,9 @@ class QueryEngine:
             if hidden:
                 raise QueryRefusedError(f"column {hidden[0]!r} of table {name!r} is not granted to you")
             columns = visible if check.star else [c for c in visible if c in check.columns] or visible[:1]
-            plans.append(plan_scan(self.store, meta, view, columns))
+            predicates, time_range = pushable(meta, view, name, single[1], single[2]) if single and \
+                single[0] == name else ([], None)
+            plans.append(plan_scan(self.store, meta, view, columns, predicates, time_range))
         tables = {plan.table: execute(self.store, plan) for plan in plans}
         rows, truncated = run_sql(sql, tables, timeout_s=self.config.timeout_s, max_rows=self.config.max_rows,
                                   threads=self.config.threads)

@@ -52,6 +52,7 @@ class SqlCheck:
     columns: frozenset[str]
     star: bool
     aliases: frozenset[str]
+    tree: dict[str, Any]
 
 
 _parser_lock = threading.Lock()
@@ -112,6 +113,10 @@ def check_sql(sql: str) -> SqlCheck:
             aliases.add(str(node["alias"]))
         for name in node.get("column_name_alias") or ():
             aliases.add(str(name))
+        for name in node.get("using_columns") or ():  # JOIN ... USING (a): columns outside any COLUMN_REF
+            columns.add(str(name))
+        if node.get("type") == "JOIN" and node.get("ref_type") == "NATURAL":
+            star = True  # joins on every common column
         kind_name = node.get("type")
         klass = node.get("class")
         if klass is None and "sample" in node and isinstance(kind_name, str) and not kind_name.endswith("_NODE"):
@@ -139,7 +144,7 @@ def check_sql(sql: str) -> SqlCheck:
         elif klass == "STAR":
             star = True
     real = tuple(dict.fromkeys(t for t in tables if t not in ctes))
-    return SqlCheck(sql, real, frozenset(columns), star, frozenset(aliases))
+    return SqlCheck(sql, real, frozenset(columns), star, frozenset(aliases), tree)
 
 
 def _qualified(node: dict[str, Any]) -> str:

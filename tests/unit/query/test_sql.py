@@ -116,3 +116,32 @@ def test_feature_look_ups_are_cached_until_a_commit(store: Store) -> None:
     newer = [{**rows(1)[0], "user": "u1", "amount": 1000}]
     commit_rows(store, "clicks", newer, SCHEMA)
     assert engine.feature("clicks", "u1", view) == {"user": "u1", "amount": 1000, "email": "***"}
+
+
+def test_simple_where_terms_are_pushed_into_the_tiers(store: Store) -> None:
+    from .conftest import NOW
+
+    engine = QueryEngine(store)
+    full = {"clicks": TableView.full("clicks")}
+    recent = engine.sql(f"SELECT count(*) AS n FROM clicks c WHERE c.ts >= TIMESTAMPTZ '{NOW.isoformat()}' - "
+                        f"INTERVAL 3 DAY AND amount >= 1", full)
+    assert recent.plans[0].predicates == (("amount", ">=", 1),)  # an expression is not a literal: not pushed
+    newest = engine.sql("SELECT count(*) AS n FROM clicks WHERE ts >= TIMESTAMPTZ '2026-02-26T00:00:00+00:00' "
+                        "AND 5 > amount AND user IN ('u1', 'u2') AND region = 'eu'", full)
+    assert newest.table.to_pylist() == [{"n": 1}]  # amount 1 (u1, eu, 1 day old)
+    plan = newest.plans[0]
+    assert plan.tiers == {"warm": 1} and plan.time_range is not None  # cold never opened
+    assert ("amount", "<", 5) in plan.predicates and ("user", "in", ["u1", "u2"]) in plan.predicates
+    masked = {"clicks": TableView("clicks", None, frozenset({"email"}))}
+    answer = engine.sql("SELECT count(*) AS n FROM clicks WHERE email = 'e1@x'", masked)
+    assert answer.table.to_pylist() == [{"n": 0}] and answer.plans[0].predicates == ()  # never on hidden values
+    joined = engine.sql("SELECT count(*) AS n FROM clicks a JOIN clicks b USING (user) WHERE a.amount = 1", full)
+    assert joined.plans[0].predicates == ()  # only single-table statements are pushed
+
+
+def test_join_columns_outside_expressions_are_read(store: Store) -> None:
+    engine = QueryEngine(store)
+    full = {"clicks": TableView.full("clicks")}
+    for sql in ("SELECT count(*) AS n FROM clicks a JOIN clicks b USING (user, region)",
+                "SELECT count(*) AS n FROM clicks a NATURAL JOIN clicks b"):
+        assert engine.sql(sql, full).table.num_rows == 1
