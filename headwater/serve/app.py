@@ -84,7 +84,9 @@ Caller = Annotated[Principal, Depends(caller)]
 
 def build_app(config: AppConfig | None = None) -> FastAPI:
     config = config or AppConfig()
+    # No /docs or /redoc: they load their JavaScript from a CDN; /openapi.json is the document.
     app = FastAPI(title="Headwater", version="1", summary="Queries and feature look-ups over Headwater's tables",
+                  docs_url=None, redoc_url=None,
                   description="Authorization: Bearer <token> (`headwater token create`); see docs/serving.md.")
     lock = threading.Lock()
     made: list[Service] = []
