@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from headwater.access import ADMIN, AccessControl, Principal
-from headwater.query import Answer, EngineConfig, Query, QueryEngine, parse_key
+from headwater.query import Answer, EngineConfig, Query, QueryEngine, TableView, parse_key
 from headwater.query.planner import table_meta
 from headwater.serve import encoding
 from headwater.serve.audit import AuditMiddleware, key_digest
@@ -108,7 +108,7 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
             return Response(encoding.to_arrow_stream(result.table), media_type=ARROW_STREAM)
         return Response(encoding.to_json(result.table, result.truncated), media_type="application/json")
 
-    def table_view(principal: Principal, table: str) -> Any:
+    def table_view(principal: Principal, table: str) -> TableView:
         svc = service()
         if principal.role == ADMIN and table not in svc.store.tables():
             raise NotFoundError(f"there is no table {table!r} (tables: {', '.join(svc.store.tables()) or 'none'})")
