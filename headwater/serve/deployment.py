@@ -36,7 +36,7 @@ class ServeConfig(BaseModel):
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     upscale_delay_s: float = Field(default=5.0, ge=0)
     downscale_delay_s: float = Field(default=60.0, ge=0)
-    replica_cpus: float = Field(default=0.5, gt=0)
+    replica_cpus: float = Field(default=0.5, ge=0)
     max_ongoing_requests: int = Field(default=32, ge=1)
     sync_audit: bool = True
     query_timeout_s: float = Field(default=30.0, gt=0)

@@ -74,7 +74,8 @@ def api(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     store, tokens = build_store(tmp_path_factory.mktemp("serve-store"))
     tiers = store.rows_per_tier("clicks")
     assert tiers["warm"] and tiers["cold"], tiers
-    url = start(ServeConfig(store=store.root, port=_free_port(), max_replicas=1, replica_cpus=0.25))
+    # No CPUs reserved: the session's later tests get the whole (2-CPU) cluster while this app stays up.
+    url = start(ServeConfig(store=store.root, port=_free_port(), max_replicas=1, replica_cpus=0))
     try:
         yield Api(url, store, tokens)
     finally:

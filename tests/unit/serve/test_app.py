@@ -56,3 +56,19 @@ def test_json_answers_encode_every_type() -> None:
     assert document["rows"][0][2] == base64.b64encode(b"\x00\x01").decode()
     assert document["rows"][0][3] == "1970-01-01T00:00:00+00:00"
     assert document["rows"][0][4] == [1.0, None]
+
+
+def test_serve_config_binds_localhost_and_scales_on_load() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from headwater.serve import ServeConfig
+
+    config = ServeConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=3)
+    assert config.host == "127.0.0.1"
+    assert config.autoscaling() == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+                                    "target_ongoing_requests": 3, "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}
+    for bad in ({"min_replicas": 3, "max_replicas": 2}, {"port": 70000}, {"target_ongoing_requests": 0},
+                {"hosts": "0.0.0.0"}):
+        with pytest.raises(ValidationError):
+            ServeConfig(**bad)  # type: ignore[arg-type]
