@@ -23,6 +23,7 @@ from headwater.aggregations import (
     udaf,
 )
 from headwater.dataflow import Dataflow, KeyedStream, Stream, WindowedStream
+from headwater.engine.autoscale import AutoscaleConfig
 from headwater.engine.config import CheckpointConfig, RunConfig
 from headwater.engine.job import JobResult
 from headwater.errors import HeadwaterError
@@ -35,6 +36,6 @@ from headwater.windows import SessionWindow, SlidingWindow, TumblingWindow
 __version__ = "0.1.0"
 
 __all__ = [
-    "Aggregation", "Aggregator", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream", "TableSink",
+    "Aggregation", "Aggregator", "AutoscaleConfig", "CheckpointConfig", "Dataflow", "SessionWindow", "SlidingWindow", "TumblingWindow", "Expr", "HeadwaterError", "JobResult", "KeyedStream", "LookupTable", "WindowedStream", "RunConfig", "Stream", "TableSink",
     "col", "count", "count_distinct", "first", "fn", "last", "lit", "max", "max_by", "mean", "min", "plan_flow", "run", "start", "sum", "top_k", "udaf", "when",
 ]

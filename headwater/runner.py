@@ -10,6 +10,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from headwater.dataflow import Dataflow
+from headwater.engine.autoscale import AutoscaleConfig
+from headwater.engine.autoscale.supervisor import RescalingSupervisor
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
 from headwater.engine.checkpoints.recovery import run_with_recovery, settle_sinks
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
@@ -24,7 +26,7 @@ from headwater.engine.plan import PhysicalPlan
 from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.errors import ConfigError
-from headwater.logical import SinkStep
+from headwater.logical import SinkStep, SourceStep
 from headwater.planner import plan
 
 if TYPE_CHECKING:
@@ -75,11 +77,18 @@ class RunningJob:
     (:meth:`LocalJob.after_exit`): until then it may still write.
     """
 
-    def __init__(self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None) -> None:
+    def __init__(
+        self, flow: Dataflow, config: RunConfig, checkpoint: CheckpointConfig | None = None,
+        autoscale: AutoscaleConfig | None = None,
+    ) -> None:
         if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
             raise ConfigError(f"checkpoint must be a headwater CheckpointConfig, got {type(checkpoint).__name__}")
+        config = _check_autoscale(autoscale, config, checkpoint)
+        self.flow = flow
         self.config = config
         self.checkpoint = checkpoint
+        self.autoscale = autoscale
+        self._supervisor: RescalingSupervisor | None = None
         self._exit = ExitStack()
         self._ray: ModuleType | None = None
         self._attempt: LocalJob | RayJob | None = None
@@ -130,11 +139,15 @@ class RunningJob:
         self._attempts += 1
         if self._stop is not None:
             attempt.stop(*self._stop)
+        elif self._supervisor is not None and self._supervisor.rescaling:
+            attempt.stop(False)  # a restart while a rescale stops the job: it stops too
         return attempt
 
     def _wait(self, timeout: float | None) -> JobResult:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            if self.checkpoint is not None and self.autoscale is not None:
+                return self._run_scaled(self.checkpoint, self.autoscale, timeout)
             if self.checkpoint is not None:
                 return run_with_recovery(self.plan, self.checkpoint, self._start_attempt, timeout)
             return self._run_once(timeout)
@@ -143,6 +156,40 @@ class RunningJob:
                 self._attempt.after_exit(self._exit.close)  # an abandoned job's thread may still write
             else:
                 self._exit.close()
+
+    def _run_scaled(self, checkpoint: CheckpointConfig, autoscale: AutoscaleConfig, timeout: float | None) -> JobResult:
+        """Run in segments: each ends by itself, by the user's stop, or by a rescale (a stop with a checkpoint),
+        after which the next segment runs the dataflow planned at the new parallelism from that checkpoint."""
+        started = time.monotonic()
+        assert self.config.parallelism is not None  # set by _check_autoscale
+        current = self.config.parallelism
+
+        def run_segment(parallelism: int) -> JobResult:
+            nonlocal current
+            if parallelism != current:
+                self.plan = plan(self.flow, self.config, parallelism, checkpoint.uri)
+                if self.config.executor != "local":
+                    ship_user_code(_user_objects(self.plan))
+                current = parallelism
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            return run_with_recovery(self.plan, checkpoint, self._start_attempt, remaining)
+
+        def stop_attempt() -> None:
+            if self._attempt is not None:
+                self._attempt.stop(False)
+
+        sources = [step_id for step_id, step in self.plan.steps.items() if isinstance(step, SourceStep)]
+        self._supervisor = RescalingSupervisor(
+            autoscale, current, sources, self.metrics, stop_attempt, lambda: self._stop is not None,
+            self._request_cpus if autoscale.request_resources and self._ray is not None else None,
+        )
+        return self._supervisor.run(run_segment)
+
+    def _request_cpus(self, cpus: int) -> None:
+        """Ask Ray's autoscaler for ``cpus`` CPUs ahead of a restart (``0`` drops the request)."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(num_cpus=cpus)
 
     def _run_once(self, timeout: float | None) -> JobResult:
         """A run without checkpointing: nothing it staged can ever be committed later, so once it ended, also
@@ -208,18 +255,42 @@ class RunningJob:
         return self._result
 
 
+def _check_autoscale(
+    autoscale: AutoscaleConfig | None, config: RunConfig, checkpoint: CheckpointConfig | None
+) -> RunConfig:
+    """The run's config with the parallelism it starts at when autoscaling (``min_parallelism`` unless set)."""
+    if autoscale is None:
+        return config
+    if not isinstance(autoscale, AutoscaleConfig):
+        raise ConfigError(f"autoscale must be a headwater AutoscaleConfig, got {type(autoscale).__name__}")
+    if checkpoint is None:
+        raise ConfigError("autoscale needs checkpointing: a rescale is a checkpoint and a restore at the new "
+                          "parallelism; pass checkpoint=hw.CheckpointConfig(dir=...)")
+    if autoscale.max_parallelism > config.max_key_groups:
+        raise ConfigError(f"AutoscaleConfig.max_parallelism {autoscale.max_parallelism} exceeds max_key_groups "
+                          f"{config.max_key_groups}; lower it or raise RunConfig.max_key_groups")
+    if config.parallelism is None:
+        return config.with_overrides(parallelism=autoscale.min_parallelism)
+    if not autoscale.min_parallelism <= config.parallelism <= autoscale.max_parallelism:
+        raise ConfigError(f"parallelism {config.parallelism} is outside AutoscaleConfig's bounds "
+                          f"[{autoscale.min_parallelism}, {autoscale.max_parallelism}]; leave it unset to start at "
+                          "min_parallelism")
+    return config
+
+
 def start(
-    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None, **options: Any
+    flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None,
+    autoscale: AutoscaleConfig | None = None, **options: Any,
 ) -> RunningJob:
     """Start ``flow`` and return at once with a handle (``job.stop()``, ``job.wait()``)."""
-    job = RunningJob(flow, make_config(config, options), checkpoint)
+    job = RunningJob(flow, make_config(config, options), checkpoint, autoscale)
     job.start_in_background()
     return job
 
 
 def run(
     flow: Dataflow, *, config: RunConfig | None = None, checkpoint: CheckpointConfig | None = None,
-    timeout: float | None = None, **options: Any,
+    autoscale: AutoscaleConfig | None = None, timeout: float | None = None, **options: Any,
 ) -> JobResult:
     """Run ``flow`` to completion and return its :class:`JobResult`.
 
@@ -232,5 +303,9 @@ def run(
     With ``checkpoint=hw.CheckpointConfig(dir=...)`` the run is exactly-once: state and source positions are
     checkpointed every ``interval``, sinks commit per checkpoint, failures restart from the latest checkpoint,
     and running again with the same ``dir`` resumes where the last run stopped.
+
+    With ``autoscale=hw.AutoscaleConfig(...)`` (needs ``checkpoint``) the run's parallelism follows its lag
+    between the config's bounds: a rescale stops the job with a checkpoint and runs it again at the new
+    parallelism from there (``result.rescales`` lists the decisions).
     """
-    return RunningJob(flow, make_config(config, options), checkpoint).wait(timeout)
+    return RunningJob(flow, make_config(config, options), checkpoint, autoscale).wait(timeout)

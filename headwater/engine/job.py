@@ -10,6 +10,7 @@ from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetr
 from headwater.engine.plan import PhysicalPlan
 
 if TYPE_CHECKING:
+    from headwater.engine.autoscale.controller import Decision
     from headwater.engine.checkpoints.coordinator import CheckpointStats
     from headwater.engine.checkpoints.metadata import CheckpointMetadata
 
@@ -28,6 +29,9 @@ class JobResult:
     checkpoints: CheckpointStats | None = None  # of the last attempt, when checkpointing
     last_checkpoint: CheckpointMetadata | None = None  # the last completed checkpoint (final/savepoint at the end)
     restarts: int = 0  # automatic restarts from a checkpoint during this run
+    #: rescales the autoscaler made, in order (``headwater.engine.autoscale.Decision``); the figures above are
+    #: those of the run since the last one
+    rescales: list[Decision] = field(default_factory=list)
 
     @property
     def savepoint_path(self) -> str | None:
