@@ -7,6 +7,9 @@
     headwater dlq list DIR                                     # stored dead letters by source step and reason
     headwater dlq replay path/to/pipeline.py --dead-letters DIR --source STEP [--checkpoint-dir CKPT]
                                       [--executor ray|local] [--parallelism N]   # see headwater.dlq
+    headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
+    headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
+    headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
 
 A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
 name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from headwater import dlq
+from headwater.access import commands as access_commands
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
@@ -103,7 +107,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="the replay's own checkpoints (default: <dead-letters>.replay-<source>)")
     again.add_argument("--parallelism", type=int, default=None)
     again.add_argument("--executor", choices=["ray", "local"], default="ray")
+    serve = commands.add_parser("serve", help="serve the store's tables over HTTP (Ray Serve; docs/serving.md)")
+    serve.add_argument("--store", default=None, help="the store (default: $HEADWATER_STORE, else .headwater/store)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
+    access_commands.add_commands(commands)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from headwater.serve import ServeConfig, serve_forever
+
+    serve_forever(ServeConfig(store=args.store, host=args.host, port=args.port), num_cpus=args.num_cpus)
+    return 0
 
 
 def _dlq(args: argparse.Namespace) -> int:
@@ -132,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dlq":
             return _dlq(args)
+        if args.command in access_commands.COMMANDS:
+            return access_commands.run_command(args)
+        if args.command == "serve":
+            return _serve(args)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
             os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)

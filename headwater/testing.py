@@ -25,7 +25,7 @@ from headwater.sinks.testing import TestingSink
 from headwater.sources.base import Source, drain
 from headwater.sources.testing import TestingSource
 
-__all__ = ["TestingSink", "TestingSource", "read_source", "run_local", "through_checkpoint_files"]
+__all__ = ["TestingSink", "TestingSource", "commit_rows", "read_source", "run_local", "through_checkpoint_files"]
 
 
 def run_local(flow: Dataflow, **options: Any) -> JobResult:
@@ -52,3 +52,24 @@ def read_source(source: Source) -> pa.Table:
         raise ConfigError(f"read_source() needs a bounded source; {type(source).__name__} never ends")
     batches = [b for part in source.list_parts() for b in drain(source.build_part(part, None)) if b is not None]
     return pa.Table.from_batches(batches, schema=source.schema())
+
+
+def commit_rows(store: Any, table: str, rows: pa.Table | list[dict[str, Any]], schema: pa.Schema | None = None, *,
+                key: list[str] | None = None, time: str | None = None, policy: Any = None) -> Any:
+    """Commit ``rows`` into ``table`` of ``store`` (a :class:`headwater.store.Store`) exactly as a TableSink
+    partition would: stage them as an Arrow IPC file, then apply it in one transaction (creating the table with
+    ``key``, ``time`` and ``policy`` if it does not exist). Returns the :class:`~headwater.store.CommitEvent`."""
+    import os
+
+    from headwater.store.table import Transaction
+
+    data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    staging = os.path.join(store.directory(table), "_staging", "unchecked")
+    os.makedirs(staging, exist_ok=True)
+    path = os.path.join(staging, f"commit-{os.urandom(4).hex()}-0000-{os.urandom(8).hex()}.arrow")
+    with pa.OSFile(path, "wb") as out, pa.ipc.new_stream(out, data.schema) as writer:
+        writer.write_table(data)
+    with Transaction(store.root, table, store.warm_uri) as tx:
+        if tx.meta is None:
+            tx.create(data.schema, key, time, policy)
+        return tx.commit_staged([path])
