@@ -73,24 +73,25 @@ def measure() -> dict[str, Any]:
     stamps = sorted(pc.cast(table.column("processed_at"), pa.float64()).to_pylist())
     step_at = source.started + PHASES[0][0]
     decisions = result.rescales
-    pauses = []
-    for d in decisions:
+    pauses, resumed_at = [], []
+    for i, d in enumerate(decisions):
         assert d.at is not None
-        around = [s for s in stamps if d.at - 1 <= s <= d.at + 30]
-        pauses.append(max((b - a for a, b in zip(around, around[1:])), default=0.0))
-    first_up = next((d for d in decisions if d.direction == "up"), None)
+        until = decisions[i + 1].at if i + 1 < len(decisions) else d.at + 30
+        assert until is not None
+        around = [s for s in stamps if d.at - 0.5 <= s <= until]
+        gap, resumed = max(((b - a, b) for a, b in zip(around, around[1:])), default=(0.0, d.at))
+        pauses.append(gap)
+        resumed_at.append(resumed)  # the first row processed after the restart's gap
     figures: dict[str, Any] = {"reaction_s": None, "throughput_ratio_after_1_to_2": None}
-    if first_up is not None and first_up.at is not None:
-        after = [s for s in stamps if s > first_up.at]
-        gaps = [(b - a, b) for a, b in zip(after, after[1:])]
-        resumed = max(gaps)[1] if gaps else None
-        if resumed is not None:
-            figures["reaction_s"] = resumed - step_at
-            if first_up.previous == 1 and first_up.parallelism == 2:
-                before = rate_between(stamps, first_up.at - 3, first_up.at)
-                later = rate_between(stamps, resumed + 0.5, resumed + 3.5)
-                figures["throughput_ratio_after_1_to_2"] = later / before if before else None
-                figures["rows_per_second_before"], figures["rows_per_second_after"] = before, later
+    ups = [i for i, d in enumerate(decisions) if d.direction == "up"]
+    if ups:
+        first, resumed = decisions[ups[0]], resumed_at[ups[0]]
+        figures["reaction_s"] = resumed - step_at
+        if first.previous == 1 and first.parallelism == 2 and first.at is not None:
+            before = rate_between(stamps, first.at - 3, first.at)
+            later = rate_between(stamps, resumed + 0.5, resumed + 3.5)
+            figures["throughput_ratio_after_1_to_2"] = later / before if before else None
+            figures["rows_per_second_before"], figures["rows_per_second_after"] = before, later
     return {
         "benchmark": "autoscale", "machine": machine(), "phases": PHASES, "per_subtask_rows_per_second": 500,
         "decisions": [{"previous": d.previous, "parallelism": d.parallelism, "reason": d.reason,

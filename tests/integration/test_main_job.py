@@ -111,3 +111,32 @@ def test_benchmark_harness_prints_one_json_line(ray_cluster) -> None:
     assert report["query"] == "q2" and report["parallelism"] == 2 and report["events"] == 200_000
     assert report["events_per_second"] > 0 and report["peak_rss_mb"] > 0
     assert report["reference_events_per_second"] > 0
+
+
+@pytest.mark.serve
+@pytest.mark.http
+def test_the_demo_serves_the_main_jobs_tables_over_http_and_ends(tmp_path: Path) -> None:
+    """`make demo`'s last step: its own Ray and Serve app, one SQL query and one feature look-up over HTTP,
+    the answers printed, the run's token revoked, and the process ends by itself."""
+    import socket
+
+    from headwater.access.tokens import TokenStore
+
+    store = tmp_path / "store"
+    flow = build(NexmarkSource("bid", events=20_000, partitions=2, batch_size=4_096), tmp_path / "out", store=store)
+    hw.run(flow, executor="local", parallelism=2)
+    auctions, _ = _results(tmp_path / "out")
+    top = max(auctions, key=lambda r: (r["bids"], -r["auction"]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HEADWATER_SERVE_PORT": str(port), "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "auction_query.py"), str(store)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
+    assert f"at http://127.0.0.1:{port}" in printed and "POST /sql" in printed
+    assert f"GET /features/auction_stats/{top['auction']}" in printed, printed
+    feature = json.loads(printed[printed.index("{", printed.index("GET /features")):])
+    assert feature["row"]["auction"] == top["auction"] and feature["row"]["bids"] == top["bids"]
+    assert TokenStore(str(store)).records() == [], "the demo's token was revoked"
