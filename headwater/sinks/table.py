@@ -34,7 +34,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
 
@@ -44,7 +44,9 @@ from headwater.errors import ConfigError, SchemaEvolutionError, SinkError, Store
 from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 from headwater.store.layout import STAGING_DIR, check_table_name, fsync_dir, resolve_root, table_dir
 from headwater.store.metadata import LifecyclePolicy, check_key_and_time, evolve_schema
-from headwater.store.table import CommitEvent, Transaction, check_same_identity, load_meta
+
+if TYPE_CHECKING:
+    from headwater.store.table import CommitEvent
 
 __all__ = ["TableCommitToken", "TableSink", "TableSinkPartition"]
 
@@ -101,6 +103,8 @@ class TableSinkPartition(SinkPartition[TableCommitToken]):
     def _check_schema(self, schema: pa.Schema) -> None:
         try:
             check_key_and_time(schema, self._sink.key, self._sink.time, self._sink.table)
+            from headwater.store.table import check_same_identity, load_meta  # lancedb: imported when used
+
             meta = load_meta(self._sink.store, self._sink.table)
             if meta is not None:
                 check_same_identity(meta, self._sink.key, self._sink.time)
@@ -133,6 +137,8 @@ class TableSinkPartition(SinkPartition[TableCommitToken]):
         if not token.files:
             return
         try:
+            from headwater.store.table import Transaction
+
             with Transaction(self._sink.store, token.table, self._sink.warm_uri) as tx:
                 if tx.meta is None:
                     schema = _first_schema(token.files)
@@ -229,6 +235,8 @@ class TableSink(Sink):
     def check_input_schema(self, schema: pa.Schema) -> None:
         check_key_and_time(schema, self.key, self.time, self.table)
         try:
+            from headwater.store.table import check_same_identity, load_meta  # lancedb: imported when used
+
             meta = load_meta(self.store, self.table)
         except StoreError as exc:
             raise ConfigError(f"TableSink {self.table!r}: {exc}") from exc
