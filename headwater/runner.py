@@ -260,7 +260,8 @@ class RunningJob:
         if attempt is not None:
             subtasks = attempt.metrics() if isinstance(attempt, LocalJob) else attempt.metrics(timeout=2.0)
             stats = attempt.checkpoint_stats() if isinstance(attempt, LocalJob) else attempt.checkpoint_stats(2.0)
-        return JobSnapshot(self.plan.flow_name, self.plan, subtasks, stats, self.restarts, True, self._started_at)
+        return JobSnapshot(self.plan.flow_name, self.plan, subtasks, stats, self.restarts, True, self._started_at,
+                           **self._scaling_figures())
 
     def _final_snapshot(self) -> JobSnapshot | None:
         """The exact figures of the ended run (``None`` after a failure: the last scraped ones stand)."""
@@ -268,7 +269,17 @@ class RunningJob:
         if result is None:
             return None
         return JobSnapshot(self.plan.flow_name, self.plan, result.subtasks, result.checkpoints, result.restarts,
-                           False, self._started_at)
+                           False, self._started_at, **self._scaling_figures())
+
+    def _scaling_figures(self) -> dict[str, Any]:
+        """The job's parallelism now and, when autoscaled, its rescales by direction (for the exporter)."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return {"parallelism": self.config.parallelism}
+        counts = {"up": 0, "down": 0}
+        for decision in list(supervisor.decisions):
+            counts[decision.direction] += 1
+        return {"parallelism": supervisor.parallelism, "rescales": counts}
 
     @property
     def attempt(self) -> int:

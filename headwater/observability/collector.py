@@ -43,6 +43,9 @@ class JobSnapshot:
     running: bool = True
     started_at: float = field(default_factory=time.time)
     taken_at: float = field(default_factory=time.time)
+    #: the job's default parallelism and, when autoscaled, its rescales so far by direction
+    parallelism: int | None = None
+    rescales: dict[str, int] | None = None
 
 
 def merge(previous: JobSnapshot | None, current: JobSnapshot) -> JobSnapshot:
@@ -89,6 +92,11 @@ def _job(f: _Families, s: JobSnapshot) -> None:
     f.add(d.JOB_UP, [job], 1.0 if s.running else 0.0)
     f.add(d.JOB_START, [job], s.started_at)
     f.add(d.RESTARTS, [job], float(s.restarts))
+    if s.parallelism is not None:
+        f.add(d.PARALLELISM, [job], float(s.parallelism))
+    if s.rescales is not None:
+        for direction in ("up", "down"):
+            f.add(d.AUTOSCALE_DECISIONS, [job, direction], float(s.rescales.get(direction, 0)))
     for stage in s.plan.stages:
         for step_id in stage.step_ids:
             f.add(d.STEP_INFO, [job, step_id, s.plan.steps[step_id].kind, str(stage.stage_id)], 1.0)

@@ -108,11 +108,17 @@ QUALITY_ROWS = _m(engine_metrics.QUALITY_ROWS, "counter",
                   "Rows a validation step checked, by rule and outcome (passed, failed); windows for drift checks.",
                   ("job", "step", "rule", "outcome"))
 
+PARALLELISM = _m("headwater_parallelism", "gauge",
+                 "The job's default parallelism now (changes when the autoscaler rescales it).", ("job",))
+AUTOSCALE_DECISIONS = _m("headwater_autoscale_decisions_total", "counter",
+                         "Rescales the autoscaler decided, by direction (up, down); reasons are in the log.",
+                         ("job", "direction"))
+
 METRICS: tuple[MetricDef, ...] = (
     RECORDS_IN, RECORDS_OUT, BATCHES_IN, BATCHES_OUT, BYTES_IN, BYTES_OUT, PROCESSING, LATENCY, LAG_RECORDS,
     LAG_SECONDS, BACKLOG, BUFFERED, WATERMARK, WATERMARK_LAG, LATE, DEAD_LETTERS, CHECKPOINT_DURATION,
     CHECKPOINT_SIZE, CHECKPOINT_ALIGNMENT, CHECKPOINTS, LAST_CHECKPOINT, RESTARTS, JOB_UP, JOB_START, STEP_INFO,
-    OPERATOR_VALUE, QUALITY_SCORE, QUALITY_ROWS,
+    OPERATOR_VALUE, QUALITY_SCORE, QUALITY_ROWS, PARALLELISM, AUTOSCALE_DECISIONS,
 )
 
 #: exported into the same scrape by other packages, not by the engine (none yet)

@@ -14,8 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import headwater as hw
 from headwater.sinks.testing import TestingSink
@@ -44,8 +46,9 @@ def test_parallelism_follows_a_rate_step_up_and_down_and_nothing_is_lost_or_repe
         scale_up_after=timedelta(seconds=2), scale_down_after=timedelta(seconds=4), interval=timedelta(milliseconds=500),
         request_resources=False,
     )
-    result = hw.run(flow, autoscale=autoscale, timeout=240,
-                    checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=500)))
+    job = hw.start(flow, autoscale=autoscale, metrics_port=0,
+                   checkpoint=hw.CheckpointConfig(dir=tmp_path / "ckpt", interval=timedelta(milliseconds=500)))
+    result = job.wait(240)
     ids = Counter(row["id"] for row in out.rows())
     assert sorted(ids) == list(range(source.total)), "every row arrived"
     assert max(ids.values()) == 1, "none twice"
@@ -54,3 +57,10 @@ def test_parallelism_follows_a_rate_step_up_and_down_and_nothing_is_lost_or_repe
     assert max(d.parallelism for d in result.rescales) >= 2
     assert "down" in directions[directions.index("up"):], f"back down once the rate fell: {result.rescales}"
     assert all(1 <= d.parallelism <= 4 for d in result.rescales)
+    assert job.metrics_url is not None
+    exported = {(s.name, s.labels.get("direction")): s.value
+                for family in text_string_to_metric_families(httpx.get(job.metrics_url, timeout=10).text)
+                for s in family.samples if s.labels.get("job") == "autoscaled"}
+    assert exported[("headwater_autoscale_decisions_total", "up")] == directions.count("up")
+    assert exported[("headwater_autoscale_decisions_total", "down")] == directions.count("down")
+    assert exported[("headwater_parallelism", None)] == result.rescales[-1].parallelism
