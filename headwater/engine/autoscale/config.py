@@ -20,11 +20,9 @@ class AutoscaleConfig:
             processing rate).
         cooldown: after a rescale, no other decision for this long (the restored job warms up meanwhile).
         scale_up_after: lag above ``target_lag`` at every observation for this long scales up ...
-        scale_down_after: ... and lag below ``scale_down_fraction`` × ``target_lag`` (with subtasks busy less
-            than ``scale_down_busy`` of the time, where that is measured) for this long scales down.
+        scale_down_after: ... and lag below ``scale_down_fraction`` × ``target_lag`` for this long scales down.
         scale_down_fraction: the low-water mark as a share of ``target_lag`` (hysteresis: between the two marks
             nothing happens).
-        scale_down_busy: busy share below which a stage may lose subtasks (ignored where not measured).
         max_step_up: a scale-up multiplies parallelism by at most this factor (and adds at least one subtask).
         interval: how often the controller reads the job's signals.
         request_resources: also ask Ray's autoscaler for the CPUs of the new parallelism ahead of the restart
@@ -38,7 +36,6 @@ class AutoscaleConfig:
     scale_up_after: timedelta = timedelta(seconds=10)
     scale_down_after: timedelta = timedelta(seconds=60)
     scale_down_fraction: float = 0.2
-    scale_down_busy: float = 0.5
     max_step_up: float = 2.0
     interval: timedelta = timedelta(seconds=1)
     request_resources: bool = True
@@ -55,10 +52,10 @@ class AutoscaleConfig:
             value = getattr(self, name)
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ConfigError(f"AutoscaleConfig.{name} must be a positive datetime.timedelta, got {value!r}")
-        for name in ("scale_down_fraction", "scale_down_busy"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(f"AutoscaleConfig.{name} must be a number strictly between 0 and 1, got {value!r}")
+        value = self.scale_down_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"AutoscaleConfig.scale_down_fraction must be a number strictly between 0 and 1, got "
+                              f"{value!r}")
         if isinstance(self.max_step_up, bool) or not isinstance(self.max_step_up, (int, float)) or self.max_step_up <= 1:
             raise ConfigError(f"AutoscaleConfig.max_step_up must be a number > 1, got {self.max_step_up!r}")
         if self.scale_up_after < self.interval or self.scale_down_after < self.interval:

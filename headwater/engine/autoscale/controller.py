@@ -44,7 +44,7 @@ UP_SHARE = 0.75
 DOWN_SHARE = 0.9
 #: a scale-up sizes for the estimated input rate times this, to drain the lag built up meanwhile
 HEADROOM = 1.25
-#: a scale-down keeps subtasks busy at most this share of the time, where busy time is measured
+#: a scale-down keeps subtasks at most this share of their learned capacity
 TARGET_BUSY = 0.7
 
 
@@ -54,21 +54,18 @@ class Signals:
 
     ``records_in`` counts rows read by its sources since the attempt started (cumulative); ``lag_records`` is
     the sum over source partitions that report records, ``lag_seconds`` the maximum over those that report
-    seconds (``None`` where no partition reports that kind); ``busy_share`` the largest share of time any
-    subtask spent processing, where measured."""
+    seconds (``None`` where no partition reports that kind)."""
 
     time: float
     parallelism: int
     records_in: int
     lag_records: int | None = None
     lag_seconds: float | None = None
-    busy_share: float | None = None
 
     @classmethod
     def of(cls, metrics: Iterable[SubtaskMetrics], source_steps: Sequence[str], parallelism: int,
            time: float) -> Signals:
-        """The signals of a job from its subtasks' metrics (``RunningJob.metrics()``). Subtasks do not measure
-        their busy time yet, so ``busy_share`` stays ``None`` and scale-downs go one subtask at a time."""
+        """The signals of a job from its subtasks' metrics (``RunningJob.metrics()``)."""
         records_in = 0
         lag_records: int | None = None
         lag_seconds: float | None = None
@@ -79,7 +76,7 @@ class Signals:
                     lag_records = (lag_records or 0) + lag.records
                 if lag.seconds is not None:
                     lag_seconds = max(lag_seconds or 0.0, lag.seconds)
-        return cls(time, parallelism, records_in, lag_records, lag_seconds)  # busy time: not measured yet
+        return cls(time, parallelism, records_in, lag_records, lag_seconds)
 
 
 @dataclass(frozen=True)
@@ -113,14 +110,13 @@ class ScalingController:
         self._last: Signals | None = None
         self._rate: float | None = None  # records/s read by the sources, smoothed
         self._growth: float = 0.0  # records/s by which the lag in records grows, smoothed
-        self._window: deque[tuple[float, float, bool]] = deque()  # (time, lag estimate in s, busy)
+        self._window: deque[tuple[float, float]] = deque()  # (time, lag estimate in s)
 
     @property
     def lag_seconds(self) -> float | None:
         """The median lag estimate over the last ``scale_up_after`` in seconds (``math.inf``: records wait and
         none are processed); ``None`` before the second observation."""
-        recent = self._recent(self.config.scale_up_after.total_seconds())
-        return sorted(lag for _, lag, _ in recent)[len(recent) // 2] if recent else None
+        return self._median(self.config.scale_up_after.total_seconds())
 
     def rescaled(self, parallelism: int, now: float) -> None:
         """The job now runs ``parallelism`` subtasks (restarted at ``now``): the cool-down starts."""
@@ -135,7 +131,7 @@ class ScalingController:
         if estimate is None:
             return None
         config, now = self.config, signals.time
-        self._window.append((now, estimate, self._busy(signals)))
+        self._window.append((now, estimate))
         # keep one interval more than the longest window, so that a window of jittered observations is covered
         horizon = (max(config.scale_up_after, config.scale_down_after) + 2 * config.interval).total_seconds()
         while self._window and now - self._window[0][0] > horizon:
@@ -146,31 +142,33 @@ class ScalingController:
             self.capacity_per_subtask = max(self.capacity_per_subtask or 0.0, per_subtask)
         if now - self._changed_at < config.cooldown.total_seconds():
             return None
-        up = self._share(config.scale_up_after.total_seconds(), now, lambda lag, _: lag > target)
+        up = self._share(config.scale_up_after.total_seconds(), now, lambda lag: lag > target)
         if up is not None and up >= UP_SHARE:
             return self._up()
         low = target * config.scale_down_fraction
-        down = self._share(config.scale_down_after.total_seconds(), now, lambda lag, busy: lag < low and not busy)
+        down = self._share(config.scale_down_after.total_seconds(), now, lambda lag: lag < low)
         if down is not None and down >= DOWN_SHARE:
-            return self._down(signals.busy_share)
+            return self._down()
         return None
 
-    def _recent(self, span: float) -> list[tuple[float, float, bool]]:
+    def _recent(self, span: float) -> list[float]:
+        """The lag estimates of the last ``span`` seconds, oldest first."""
         if not self._window:
             return []
         now = self._window[-1][0]
-        return [entry for entry in self._window if now - entry[0] <= span]
+        return [lag for at, lag in self._window if now - at <= span]
 
-    def _share(self, span: float, now: float, hit: Callable[[float, bool], bool]) -> float | None:
+    def _median(self, span: float) -> float | None:
+        recent = sorted(self._recent(span))
+        return recent[len(recent) // 2] if recent else None
+
+    def _share(self, span: float, now: float, hit: Callable[[float], bool]) -> float | None:
         """Share of the observations of the last ``span`` seconds for which ``hit`` holds; ``None`` while the
         observations do not cover ``span`` yet."""
         if not self._window or now - self._window[0][0] < span:
             return None
         recent = self._recent(span)
-        return sum(1 for _, lag, busy in recent if hit(lag, busy)) / len(recent)
-
-    def _busy(self, signals: Signals) -> bool:
-        return signals.busy_share is not None and signals.busy_share >= self.config.scale_down_busy
+        return sum(1 for lag in recent if hit(lag)) / len(recent)
 
     def _estimate(self, signals: Signals) -> float | None:
         """Update the smoothed rates; return this observation's lag in seconds (``None`` for the first)."""
@@ -200,24 +198,19 @@ class ScalingController:
         return Decision(current, wanted, f"{shown} (median) above target {config.target_lag.total_seconds():g} s "
                                          f"in most of the last {config.scale_up_after.total_seconds():g} s", lag)
 
-    def _down(self, busy: float | None) -> Decision | None:
+    def _down(self) -> Decision | None:
         config, current = self.config, self.parallelism
-        recent = self._recent(config.scale_down_after.total_seconds())
-        lag = sorted(lag for _, lag, _ in recent)[len(recent) // 2]
+        lag = self._median(config.scale_down_after.total_seconds()) or 0.0
         if current <= config.min_parallelism:
             return None
         wanted = current - 1
-        if busy is not None:
-            wanted = min(wanted, math.ceil(current * busy / TARGET_BUSY))
         capacity, rate = self.capacity_per_subtask, self._rate or 0.0
         if capacity:
-            needed = math.ceil(rate / (capacity * TARGET_BUSY))
-            if needed >= current:
+            wanted = math.ceil(rate / (capacity * TARGET_BUSY))
+            if wanted >= current:
                 return None  # the job needs what it has: no lag because it keeps up, not because it idles
-            wanted = needed if busy is None else max(wanted, needed)
         wanted = max(config.min_parallelism, wanted)
         low = config.target_lag.total_seconds() * config.scale_down_fraction
         why = f", {rate:.0f} records/s need {wanted} of {capacity:.0f} records/s each" if capacity else ""
-        idle = "" if busy is None else f", busiest subtask {busy:.0%} busy"
         return Decision(current, wanted, f"lag {lag:.1f} s (median) below {low:g} s in nearly all of the last "
-                                         f"{config.scale_down_after.total_seconds():g} s{why}{idle}", lag)
+                                         f"{config.scale_down_after.total_seconds():g} s{why}", lag)

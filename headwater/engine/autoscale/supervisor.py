@@ -50,7 +50,6 @@ class RescalingSupervisor:
         self.controller = ScalingController(config, parallelism, clock())
         self.decisions: list[Decision] = []
         self._pending: Decision | None = None
-        self._lock = threading.Lock()
 
     @property
     def rescaling(self) -> bool:
@@ -92,8 +91,7 @@ class RescalingSupervisor:
             log.warning("autoscale: parallelism %d -> %d: %s", decision.previous, decision.parallelism, decision.reason)
             if self._request_cpus is not None:
                 self._request(decision)
-            with self._lock:
-                self._pending = decision
+            self._pending = decision  # read by the runner's thread: a reference assignment is atomic
             self._stop_attempt()
             return
 
