@@ -93,6 +93,7 @@ class RunningJob:
         self.checkpoint = checkpoint
         self.autoscale = autoscale
         self._supervisor: RescalingSupervisor | None = None
+        self._rescales_started = 0  # attempts started for a rescale, which are not restarts
         self._exit = ExitStack()
         self._ray: ModuleType | None = None
         self._attempt: LocalJob | RayJob | None = None
@@ -183,6 +184,7 @@ class RunningJob:
         def run_segment(parallelism: int) -> JobResult:
             nonlocal current
             if parallelism != current:
+                self._rescales_started += 1
                 self.plan = plan(self.flow, self.config, parallelism, checkpoint.uri)
                 if self.config.executor != "local":
                     ship_user_code(_user_objects(self.plan))
@@ -288,8 +290,8 @@ class RunningJob:
 
     @property
     def restarts(self) -> int:
-        """Automatic restarts from a checkpoint so far."""
-        return max(0, self._attempts - 1)
+        """Automatic restarts from a checkpoint so far (a rescale's new attempt is not one)."""
+        return max(0, self._attempts - 1 - self._rescales_started)
 
     def actors(self) -> dict[tuple[int, int], ActorHandle]:
         """Ray actor handles of the current attempt's subtasks by (stage id, subtask) — for operations and

@@ -64,3 +64,4 @@ def test_parallelism_follows_a_rate_step_up_and_down_and_nothing_is_lost_or_repe
     assert exported[("headwater_autoscale_decisions_total", "up")] == directions.count("up")
     assert exported[("headwater_autoscale_decisions_total", "down")] == directions.count("down")
     assert exported[("headwater_parallelism", None)] == result.rescales[-1].parallelism
+    assert exported[("headwater_restarts_total", None)] == 0 == job.restarts, "a rescale is not a restart"
