@@ -146,7 +146,10 @@ def test_a_stalled_step_fails_the_job_naming_the_step_and_its_activity(executor:
     assert (error.step_id, error.subtask) == ("hang", 0)
     assert error.activity == "map_batches: processing a batch of 10 rows"
     assert error.stalled_s >= 3
-    assert "step 'hang' (subtask 0): stalled: map_batches: processing a batch of 10 rows has not returned" in str(error)
+    # on a loaded machine the worker may also miss the activity poll while inside the call: the other wording of
+    # the same diagnosis (watchdog.unanswered), naming the same step and activity
+    prefix = "step 'hang' (subtask 0): stalled: map_batches: processing a batch of 10 rows "
+    assert prefix + "has not returned" in str(error) or prefix + "had run for" in str(error), str(error)
 
 
 def test_slow_but_progressing_steps_and_idle_sources_are_not_stalls(executor: str) -> None:
