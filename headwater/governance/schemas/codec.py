@@ -131,5 +131,9 @@ def fingerprint(schema: pa.Schema) -> str:
 
 
 def type_name(kind: pa.DataType) -> str:
-    """How messages name a type (Arrow's own spelling: ``int64``, ``timestamp[ms, tz=UTC]``)."""
-    return str(kind)
+    """How messages name a type: Arrow's spelling (``int64``, ``timestamp[ms, tz=UTC]``), but floats by their
+    factory names (``float32``, not Arrow's ``float``), as hw.col(...).cast() spells them."""
+    return _FLOAT_NAMES.get(kind) or str(kind)
+
+
+_FLOAT_NAMES = {pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64"}

@@ -101,6 +101,8 @@ class SchemaRegistry:
             parsed = sa.make_url(self.url)
         except sa.exc.ArgumentError as exc:
             raise SchemaRegistryError(f"schema registry URL is not a SQLAlchemy URL: {exc}") from None
+        if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is the one pinned
+            parsed = parsed.set(drivername="postgresql+psycopg2")
         #: the URL without its password, for messages
         self.display_url = parsed.render_as_string(hide_password=True)
         options: dict[str, Any] = {}
@@ -111,8 +113,9 @@ class SchemaRegistry:
             self._engine: Engine = sa.create_engine(parsed, **options)
             self._tables = tables
             self._retry(lambda: tables.METADATA.create_all(self._engine))
-        except SchemaRegistryError:
-            raise
+        except SchemaRegistryError as exc:
+            raise SchemaRegistryError(f"{exc}. The registry cannot be opened: check its URL (RunConfig.schema_registry, "
+                                      "$HEADWATER_SCHEMA_REGISTRY) and that the database is reachable") from None
         except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
             raise SchemaRegistryError(f"schema registry {self.display_url}: cannot open it: {_short(exc)}") from None
 
