@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -131,3 +132,9 @@ def test_on_ray_the_check_fails_before_ray_starts(url: str) -> None:
         hw.run(_flow(V1.set(1, pa.field("price", pa.string())), [{"id": 1, "price": "x"}], TestingSink()),
                executor="ray")
     assert ray.is_initialized() == before  # not started (nor joined) for a job refused at build time
+
+
+def test_first_batch_schemas_reach_the_registry_on_both_executors(url: str, runner: Any) -> None:
+    """The first batch's schema travels from the subtask (an actor on Ray) to the driver in its figures."""
+    runner(_flow(V1, ROWS, TestingSink(), declare=False))
+    assert SchemaRegistry(url).get("source:shop.orders").schema == V1
