@@ -74,7 +74,8 @@ class RegisteredSchema:
                 "schema": json.loads(schema_to_json(self.schema))}
 
 
-def incompatibility_message(subject: str, latest: int, mode: Compatibility, problems: list[Problem]) -> str:
+def incompatibility_message(subject: str, latest: int, mode: Compatibility, problems: list[Problem],
+                            registry: str | None = None) -> str:
     """The message of a :class:`SchemaCompatibilityError`: the subject, each field and change, and the fixes."""
     changes = "; ".join(p.describe() for p in problems)
     fixes = []
@@ -83,7 +84,8 @@ def incompatibility_message(subject: str, latest: int, mode: Compatibility, prob
     if any("type changed" in p.change for p in problems):
         fixes.append("keep the type or widen it (int32 → int64, float32 → float64; see docs/governance.md)")
     fixes += ["register the change under a new subject (a new step id or table name)",
-              f"or set the subject's mode: headwater schemas mode {subject} none"]
+              f"or set the subject's mode: headwater schemas mode {subject} none"
+              + (f" --registry {registry}" if registry else "")]
     return (f"schema registry: subject {subject!r} ({mode.value} compatibility): the new schema is incompatible "
             f"with version {latest}: {changes}. Fix: {'; '.join(fixes)}")
 
@@ -211,7 +213,7 @@ class SchemaRegistry:
             if existing is not None and (existing == latest or not problems):
                 return int(existing)
             if problems:
-                raise SchemaCompatibilityError(incompatibility_message(subject, latest, mode, problems))
+                raise SchemaCompatibilityError(incompatibility_message(subject, latest, mode, problems, self.display_url))
             if self._subject_row(c, subject) is None:
                 c.execute(sa.insert(t.SUBJECTS).values(subject=subject, mode=mode.value, created_at=_now()))
             c.execute(sa.insert(t.VERSIONS).values(

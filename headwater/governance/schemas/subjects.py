@@ -112,7 +112,8 @@ class JobSchemas:
                 problems = registry.check(name, schema)
                 if problems:
                     versions = registry.versions(name)
-                    failures.append(incompatibility_message(name, versions[-1].version, registry.mode(name), problems))
+                    failures.append(incompatibility_message(name, versions[-1].version, registry.mode(name), problems,
+                                                           registry.display_url))
             if failures:
                 raise SchemaCompatibilityError(
                     f"dataflow {flow.name!r}: {len(failures)} schema(s) break their subject's compatibility mode in "

@@ -138,3 +138,24 @@ def test_first_batch_schemas_reach_the_registry_on_both_executors(url: str, runn
     """The first batch's schema travels from the subtask (an actor on Ray) to the driver in its figures."""
     runner(_flow(V1, ROWS, TestingSink(), declare=False))
     assert SchemaRegistry(url).get("source:shop.orders").schema == V1
+
+
+def test_the_mode_command_in_the_message_names_the_registry(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fix the message gives is a command that works as printed, against the registry the job used."""
+    import shlex
+
+    from headwater.cli import main
+
+    hw.run(_flow(V1, ROWS, TestingSink()), executor="local")
+    changed = V1.set(1, pa.field("price", pa.string()))
+    with pytest.raises(SchemaCompatibilityError) as caught:
+        hw.run(_flow(changed, [{"id": 1, "price": "x"}], TestingSink()), executor="local")
+    line = next(part for part in str(caught.value).split("; or set the subject's mode: ")[1:]
+                if part.startswith("headwater schemas mode source:"))
+    command = shlex.split(line.splitlines()[0])
+    assert command[:4] == ["headwater", "schemas", "mode", "source:shop.orders"] and "--registry" in command
+    assert main(command[1:]) == 0
+    capsys.readouterr()
+    with pytest.raises(SchemaCompatibilityError, match="stream:shop.priced"):  # the source is fixed, the step not
+        hw.run(_flow(changed, [{"id": 1, "price": "x"}], TestingSink()), executor="local")
+    assert SchemaRegistry(url).mode("source:shop.orders").value == "none"
