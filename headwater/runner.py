@@ -9,6 +9,8 @@ from contextlib import ExitStack
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from headwater.dataflow import Dataflow
 from headwater.engine.autoscale import AutoscaleConfig
 from headwater.engine.autoscale.supervisor import RescalingSupervisor
@@ -27,6 +29,7 @@ from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.engine.ray.placement import worker_reservation
 from headwater.errors import ConfigError
+from headwater.governance.schemas import JobSchemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
 from headwater.planner import plan
@@ -116,8 +119,12 @@ class RunningJob:
         claims = job_claims(flow.steps, checkpoint_dir)
         check_claims(claims)  # an overlap is a conflict to report as such, not this process "holding" the lease
         self.holder = LeaseHolder.this_process(flow.name)
+        #: the job's subjects in the schema registry and the versions recorded (None: RunConfig.schema_registry off)
+        self.schemas: JobSchemas | None = None
         try:
             self._exit.enter_context(JobLeases(claims, self.holder))
+            if config.schema_registry is not None:  # build time: before Ray starts, before any worker
+                self.schemas = JobSchemas.at_start(flow, config.schema_registry)
             if config.executor == "local":
                 self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
             else:
@@ -169,6 +176,8 @@ class RunningJob:
             else:
                 result = self._run_once(timeout)
             self._final = result
+            if self.schemas is not None:
+                self.schemas.after_run(_first_batch_schemas(self.plan, result.subtasks))
             return result
         finally:
             if isinstance(self._attempt, LocalJob):
@@ -334,6 +343,17 @@ class RunningJob:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+def _first_batch_schemas(physical: PhysicalPlan, subtasks: list[SubtaskMetrics]) -> dict[str, pa.Schema]:
+    """Source step → the schema of its first batch, for sources that declared none (from the subtasks' figures)."""
+    schemas: dict[str, pa.Schema] = {}
+    stages = {stage.stage_id: stage for stage in physical.stages}
+    for m in subtasks:
+        stage = stages.get(m.stage_id)
+        if m.source_schema is not None and stage is not None and stage.step_ids[0] not in schemas:
+            schemas[stage.step_ids[0]] = pa.ipc.read_schema(pa.py_buffer(m.source_schema))
+    return schemas
 
 
 def _check_autoscale(

@@ -51,6 +51,23 @@ def default_ray_dashboard() -> bool:
     return os.environ.get("HEADWATER_RAY_DASHBOARD", "").strip().lower() not in ("0", *_METRICS_OFF)
 
 
+SCHEMA_REGISTRY_ENV = "HEADWATER_SCHEMA_REGISTRY"
+REGISTRY_FILE = "registry.db"
+
+
+def default_schema_registry() -> str | None:
+    """``$HEADWATER_SCHEMA_REGISTRY`` (a SQLAlchemy URL or a SQLite file path; ``off`` for none), else
+    ``<store>/registry.db`` in the table store (``$HEADWATER_STORE``, else ``.headwater/store``)."""
+    text = os.environ.get(SCHEMA_REGISTRY_ENV, "").strip()
+    if text.lower() in _METRICS_OFF:
+        return None
+    if text:
+        return text
+    from headwater.store.layout import resolve_root
+
+    return os.path.join(resolve_root(None), REGISTRY_FILE)
+
+
 def default_state_dir() -> Path:
     """``$HEADWATER_STATE_DIR`` or ``.headwater/`` under the current directory."""
     return Path(os.environ.get("HEADWATER_STATE_DIR", ".headwater")).resolve()
@@ -110,6 +127,11 @@ class RunConfig:
         ray_dashboard: a local Ray started by Headwater runs Ray's dashboard on ``127.0.0.1`` (its URL is
             printed at start; it costs a few seconds of start-up and ~200 MiB). Default
             ``$HEADWATER_RAY_DASHBOARD`` (``0``/``off``), else on. A joined cluster's dashboard is its operator's.
+        schema_registry: where the job's schemas are checked and recorded when it starts (docs/governance.md,
+            "Schemas"): a SQLAlchemy URL (``postgresql://user@host/db`` on a cluster; the password belongs in
+            ``PGPASSWORD`` or ``~/.pgpass``, not the URL) or a SQLite file path. Default
+            ``$HEADWATER_SCHEMA_REGISTRY``, else ``<store>/registry.db`` in the table store; ``None`` (or the
+            variable set to ``off``) checks and records nothing. Not shown in the config's repr.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
     """
@@ -136,8 +158,13 @@ class RunConfig:
     metrics_port: int | None = field(default_factory=default_metrics_port)
     metrics_host: str = field(default_factory=default_metrics_host)
     ray_dashboard: bool = field(default_factory=default_ray_dashboard)
+    schema_registry: str | None = field(default_factory=default_schema_registry, repr=False)
 
     def __post_init__(self) -> None:
+        if self.schema_registry is not None and (not isinstance(self.schema_registry, str)
+                                                 or not self.schema_registry.strip()):
+            raise ConfigError("schema_registry must be a SQLAlchemy URL, a SQLite file path or None (off), got "
+                              f"{type(self.schema_registry).__name__}")
         if self.parallelism is not None and (
             not isinstance(self.parallelism, int) or isinstance(self.parallelism, bool) or self.parallelism < 1
         ):

@@ -1,0 +1,1 @@
+"""Governance: the schema registry (:mod:`headwater.governance.schemas`); see docs/governance.md."""
