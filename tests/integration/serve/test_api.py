@@ -155,7 +155,7 @@ def test_every_request_is_audited_without_secrets(api: Any) -> None:
     assert mine and mine[-1]["role"] == "analyst" and mine[-1]["rows"] == 1 and mine[-1]["status"] == 200
     assert mine[-1]["actor"].startswith("token:") and mine[-1]["at"]
     assert any(r["status"] == 401 for r in records)
-    text = open(f"{api.store.root}/audit.jsonl").read()
+    text = open(f"{api.store.root}/audit.db", "rb").read().decode("latin-1")
     assert not any(token in text for token in api.tokens.values())
 
 
