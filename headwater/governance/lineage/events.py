@@ -218,10 +218,12 @@ class LineageEmitter:
                     log.warning("lineage: could not emit the %s event to %s: %s", event.eventType.value, where,
                                 scrub(strip_credentials_in(str(exc))))
 
-    def close(self, timeout: float = FLUSH_TIMEOUT) -> bool:
-        """Let the queued events go out, waiting at most ``timeout`` s; True when all went."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Let the queued events go out, waiting at most ``timeout`` s (default :data:`FLUSH_TIMEOUT`); True when
+        all went."""
         if self._thread is None:
             return True
+        timeout = FLUSH_TIMEOUT if timeout is None else timeout
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
