@@ -24,6 +24,18 @@ def _temporary_directories_under_pytest(tmp_path_factory: pytest.TempPathFactory
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_store_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every run records lineage events and audit entries in its store (by default ``$HEADWATER_STORE``): keep the
+    tests' out of the working tree."""
+    if os.environ.get("HEADWATER_STORE"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEADWATER_STORE", str(tmp_path_factory.mktemp("default-store")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local Ray with explicit CPUs and a capped object store, shared by every test and shut down at the end.
