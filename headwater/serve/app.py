@@ -48,7 +48,8 @@ from headwater.store import Store
 @dataclass(frozen=True)
 class AppConfig:
     """What one replica serves: the store (``None``: ``$HEADWATER_STORE``, else ``.headwater/store``), the
-    warm tier's URI if elsewhere, whether audit lines are fsynced, and the query engine's limits."""
+    warm tier's URI if elsewhere, ``sync_audit`` (kept for callers: every audit entry is committed before the answer),
+    and the query engine's limits."""
 
     store: str | None = None
     warm_uri: str | None = None

@@ -120,6 +120,7 @@ def _table(metadata: sa.MetaData, name: str) -> sa.Table:
 
 _ENGINES: dict[str, sa.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_ENGINES.clear)  # a forked child opens its own connections
 
 
 def _engine(url: str) -> sa.Engine:
