@@ -1,20 +1,16 @@
 """Which OpenLineage datasets a source reads and a sink writes, named per the OpenLineage naming conventions
-(https://openlineage.io/docs/spec/naming):
+(https://openlineage.io/docs/spec/naming), as namespace → name:
 
-==========================  ===================================  =====================================
-connector                   namespace                            name
-==========================  ===================================  =====================================
-Kafka source / sink         ``kafka://{first bootstrap host}:{port}``  ``{topic}``
-PostgreSQL CDC source       ``postgres://{host}:{port}``         ``{database}.{schema}.{table}`` (each)
-SQL source / sink           ``postgres://{host}:{port}`` (``mysql://...``; ``sqlite`` → ``file``)
-                                                                 ``{database}.{schema}.{table}``
-HTTP source                 ``{scheme}://{host}:{port}``         ``{path}`` (no query string)
-Kinesis source              ``kinesis://{region}``               ``{stream}``
-files (Parquet/CSV/JSONL)   ``file`` (``s3://{bucket}`` ...)     ``{absolute path}`` (``{key}``)
-dead-letter replay          the stored dead letters' directory and the replayed source's datasets
-TableSink (Headwater store) ``headwater://{store root}``         ``{table}``
-generators, testing, other  ``inmemory://``                      ``{flow}.{step id}``
-==========================  ===================================  =====================================
+* Kafka source and sink: ``kafka://{first bootstrap host}:{port}`` → ``{topic}``;
+* PostgreSQL CDC source: ``postgres://{host}:{port}`` → ``{database}.{schema}.{table}``, one per table;
+* SQL source and sink: ``postgres://{host}:{port}`` (``mysql://...``) → ``{database}.{schema}.{table}``;
+  SQLite: ``file`` → ``{path}#{table}``;
+* HTTP source: ``{scheme}://{host}:{port}`` → ``{path}`` (never the query string);
+* Kinesis source: ``kinesis://{region}`` → ``{stream}``;
+* files (Parquet, CSV, JSON lines): ``file`` (``s3://{bucket}``, ...) → ``{absolute path}`` (``{key}``);
+* ``TableSink`` (Headwater's store): ``headwater://{store root}`` → ``{table}``;
+* a dead-letter replay: the stored dead letters' directory and the replayed source's datasets;
+* generators, testing and other connectors: ``inmemory://`` → ``{flow}.{step id}``.
 
 Invariant: no credential ever reaches a namespace or name. Names are built from parsed host, port, database and
 object names only (never a raw URL or DSN), and :func:`strip_credentials` removes user info and query strings

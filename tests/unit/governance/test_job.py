@@ -66,3 +66,24 @@ def test_the_store_is_the_configs_then_the_tablesinks_then_the_default(tmp_path:
     assert governance_store(flow, hw.RunConfig(metrics_port=None, store=str(tmp_path / "mine"))) == str(tmp_path / "mine")
     source.sink("u", hw.TableSink("u", key=["user"], store=str(tmp_path / "elsewhere")))
     assert governance_store(flow, hw.RunConfig(metrics_port=None)) == str(tmp_path / "default")
+
+
+def test_a_stop_that_outlives_its_grace_is_abort(tmp_path: Path) -> None:
+    from headwater.errors import StopTimeoutError
+
+    def slow(batch: pa.RecordBatch) -> pa.RecordBatch:
+        time.sleep(2.0)
+        return batch
+
+    flow = hw.Dataflow("hung")
+    flow.source("bids", NexmarkSource(events=None, rate=1_000, batch_size=10)).map_batches(
+        slow, step_id="slow").sink("out", NullSink())
+    job = hw.start(flow, executor="local", metrics_port=None, store=str(tmp_path), stop_grace=0.2)
+    time.sleep(0.3)
+    job.stop()
+    with pytest.raises(StopTimeoutError):
+        job.wait(30)
+    start, abort = _events(tmp_path)
+    assert (start["eventType"], abort["eventType"]) == ("START", "ABORT")
+    assert "StopTimeoutError" in abort["run"]["facets"]["errorMessage"]["message"]
+    assert AuditLog(str(tmp_path)).entries(event="job_stop")[0].fields["state"] == "ABORT"
