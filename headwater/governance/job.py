@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -94,11 +95,13 @@ class JobGovernance:
     def _emit(self, state: str, error: BaseException | None = None, facts: dict[str, Any] | None = None) -> None:
         if self._emitter is None:
             return
-        try:
-            self._emitter.emit(build_event(state, self.run_id, self.job, processing=self.processing,
-                                           inputs=self.inputs, outputs=self.outputs, error=error, run_facts=facts))
-        except Exception as exc:  # noqa: BLE001
-            log.warning("job %s: could not build the %s lineage event: %s", self.job, state, scrub(str(exc)))
+        event_time = datetime.now(UTC).isoformat()  # when it happened, not when the background thread builds it
+
+        def make() -> Any:
+            return build_event(state, self.run_id, self.job, processing=self.processing, inputs=self.inputs,
+                               outputs=self.outputs, error=error, run_facts=facts, event_time=event_time)
+
+        self._emitter.emit(make)
 
     def _audit(self, event: str, **fields: Any) -> None:
         try:

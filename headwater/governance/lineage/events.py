@@ -67,7 +67,7 @@ def build_event(
     event_type: str, run_id: str, job_name: str, *, processing: str,
     inputs: list[tuple[DatasetRef, pa.Schema | None]],
     outputs: list[tuple[DatasetRef, pa.Schema | None, dict[str, Any] | None]],
-    error: BaseException | None = None, run_facts: dict[str, Any] | None = None,
+    error: BaseException | None = None, run_facts: dict[str, Any] | None = None, event_time: str | None = None,
 ) -> Any:
     """One ``openlineage.client.event_v2.RunEvent`` (``outputs``: dataset, schema, columnLineage ``fields``)."""
     from openlineage.client import event_v2
@@ -102,7 +102,7 @@ def build_event(
     if run_facts:
         run_facets["headwater_run"] = _HeadwaterRunFacet(run_facts)
     event = event_v2.RunEvent(
-        eventType=event_v2.RunState[event_type], eventTime=datetime.now(UTC).isoformat(),
+        eventType=event_v2.RunState[event_type], eventTime=event_time or datetime.now(UTC).isoformat(),
         run=event_v2.Run(runId=run_id, facets=run_facets),
         job=event_v2.Job(namespace=job_namespace(), name=job_name, facets=job_facets),
         inputs=[event_v2.InputDataset(namespace=d.namespace, name=d.name, facets=_dataset_facets(s)) for d, s in inputs],
@@ -198,7 +198,8 @@ class LineageEmitter:
                             scrub(str(exc)))
 
     def emit(self, event: Any) -> None:
-        """Queue ``event``; never raises, never blocks."""
+        """Queue ``event`` (or a function making it, called in the background thread, so that importing and
+        building cost the job nothing); never raises, never blocks."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="headwater-lineage", daemon=True)
             self._thread.start()
@@ -207,9 +208,14 @@ class LineageEmitter:
     def _drain(self) -> None:
         self._make_clients()
         while True:
-            event = self._queue.get()
-            if event is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            try:
+                event = item() if callable(item) else item
+            except Exception as exc:  # noqa: BLE001 - lineage never fails the job
+                log.warning("lineage: could not build an event: %s", scrub(strip_credentials_in(str(exc))))
+                continue
             for kind, client in self._clients:
                 try:
                     client.emit(event)
