@@ -12,6 +12,8 @@
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
     headwater lineage DATASET [--json] [--store DIR]               # upstream and downstream of a dataset
     headwater audit verify|list [--store DIR]                      # the audit log: headwater.governance.commands
+    headwater schemas list|show SUBJECT [--version N]|diff SUBJECT V1 V2|mode SUBJECT [MODE]
+                                      [--registry URL] [--store DIR] [--json]   # the schema registry
 
 A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
 name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
@@ -36,6 +38,7 @@ from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
 from headwater.governance import commands as governance_commands
+from headwater.governance.schemas import commands as schema_commands
 from headwater.runner import plan_flow, run
 
 
@@ -117,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
     access_commands.add_commands(commands)
     governance_commands.add_commands(commands)
+    schema_commands.add_commands(commands)
     return parser
 
 
@@ -157,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return access_commands.run_command(args)
         if args.command in governance_commands.COMMANDS:
             return governance_commands.run_command(args)
+        if args.command == schema_commands.COMMAND:
+            return schema_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it

@@ -36,6 +36,14 @@ def _default_store_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield
 
 
+@pytest.fixture(autouse=True)
+def _schema_registry_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's jobs record their schemas in a registry of their own (``RunConfig.schema_registry``): tests
+    reuse dataflow and step names with other schemas, which one shared registry would rightly refuse."""
+    if "HEADWATER_SCHEMA_REGISTRY" not in os.environ:
+        monkeypatch.setenv("HEADWATER_SCHEMA_REGISTRY", str(tmp_path_factory.mktemp("registry") / "registry.db"))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local Ray with explicit CPUs and a capped object store, shared by every test and shut down at the end.

@@ -3,6 +3,7 @@
 Layout of a store root (``$HEADWATER_STORE``, default ``.headwater/store``)::
 
     <root>/audit.db                                      the hash-chained audit log (SQLite; headwater.store.audit)
+    <root>/registry.db                                   the default schema registry (SQLite; headwater.governance.schemas)
     <root>/tables/<table>/table.json                     the table's metadata and manifest (the commit point)
     <root>/tables/<table>/_lock                          transaction lock (flock; never deleted)
     <root>/tables/<table>/_lease                         the engine's run lease of a TableSink writing the table

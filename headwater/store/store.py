@@ -74,10 +74,12 @@ class Store:
         return changed
 
     def scan(self, table: str, columns: Sequence[str] | None = None, time_range: TimeRange | None = None,
-             filter: Sequence[Predicate] | None = None, *, include_version: bool = False) -> pa.Table:
+             filter: Sequence[Predicate] | None = None, *, include_version: bool = False,
+             dictionary_strings: bool = False) -> pa.Table:
         """Committed rows across tiers (see :func:`headwater.store.scan.scan`)."""
         return scanning.scan(self.root, check_table_name(table), columns, time_range, filter,
-                             warm_uri=self.warm_uri, include_version=include_version)
+                             warm_uri=self.warm_uri, include_version=include_version,
+                             dictionary_strings=dictionary_strings)
 
     def latest(self, table: str, key: Any) -> dict[str, Any] | None:
         """The newest row of ``key`` (see :func:`headwater.store.scan.latest`)."""
