@@ -10,6 +10,8 @@
     headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
     headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
+    headwater lineage DATASET [--json] [--store DIR]               # upstream and downstream of a dataset
+    headwater audit verify|list [--store DIR]                      # the audit log: headwater.governance.commands
     headwater schemas list|show SUBJECT [--version N]|diff SUBJECT V1 V2|mode SUBJECT [MODE]
                                       [--registry URL] [--store DIR] [--json]   # the schema registry
 
@@ -35,6 +37,7 @@ from headwater.access import commands as access_commands
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
+from headwater.governance import commands as governance_commands
 from headwater.governance.schemas import commands as schema_commands
 from headwater.runner import plan_flow, run
 
@@ -116,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
     access_commands.add_commands(commands)
+    governance_commands.add_commands(commands)
     schema_commands.add_commands(commands)
     return parser
 
@@ -155,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dlq(args)
         if args.command in access_commands.COMMANDS:
             return access_commands.run_command(args)
+        if args.command in governance_commands.COMMANDS:
+            return governance_commands.run_command(args)
         if args.command == schema_commands.COMMAND:
             return schema_commands.run_command(args)
         if args.command == "serve":

@@ -29,6 +29,7 @@ from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.engine.ray.placement import worker_reservation
 from headwater.errors import ConfigError
+from headwater.governance.job import JobGovernance
 from headwater.governance.schemas import JobSchemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
@@ -116,6 +117,7 @@ class RunningJob:
         # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
         # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
         flow.validate()
+        self._governance = JobGovernance(flow, config)  # lineage events and audit entries; never raises
         claims = job_claims(flow.steps, checkpoint_dir)
         check_claims(claims)  # an overlap is a conflict to report as such, not this process "holding" the lease
         self.holder = LeaseHolder.this_process(flow.name)
@@ -168,6 +170,7 @@ class RunningJob:
 
     def _wait(self, timeout: float | None) -> JobResult:
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._governance.started(self.config.executor)
         try:
             if self.checkpoint is not None and self.autoscale is not None:
                 result = self._run_scaled(self.checkpoint, self.autoscale, timeout)
@@ -178,6 +181,11 @@ class RunningJob:
             self._final = result
             if self.schemas is not None:
                 self.schemas.after_run(_first_batch_schemas(self.plan, result.subtasks))
+        except BaseException as exc:
+            self._governance.ended(error=exc)
+            raise
+        else:
+            self._governance.ended(result)
             return result
         finally:
             if isinstance(self._attempt, LocalJob):

@@ -51,6 +51,14 @@ def default_ray_dashboard() -> bool:
     return os.environ.get("HEADWATER_RAY_DASHBOARD", "").strip().lower() not in ("0", *_METRICS_OFF)
 
 
+def default_lineage_url() -> str | None:
+    """``$OPENLINEAGE_URL`` (the OpenLineage client's own variable), else none."""
+    return os.environ.get("OPENLINEAGE_URL", "").strip() or None
+
+
+def default_lineage() -> bool:
+    """``$HEADWATER_LINEAGE`` (``0``/``off`` turns lineage events and the job audit entries off), else on."""
+    return os.environ.get("HEADWATER_LINEAGE", "").strip().lower() not in ("0", *_METRICS_OFF)
 SCHEMA_REGISTRY_ENV = "HEADWATER_SCHEMA_REGISTRY"
 REGISTRY_FILE = "registry.db"
 
@@ -75,7 +83,7 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How a dataflow runs.
+    r"""How a dataflow runs.
 
     Attributes:
         parallelism: default number of subtasks per step (sources use at most one per partition); ``None``
@@ -134,6 +142,13 @@ class RunConfig:
             variable set to ``off``) checks and records nothing. Not shown in the config's repr.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
+        store: the Headwater store whose lineage events (``<store>/lineage/events/``) and audit log record this
+            run. ``None``: the store of the flow's ``TableSink``\ s when they all write one, else
+            ``$HEADWATER_STORE``, else ``.headwater/store`` (docs/governance.md).
+        lineage: emit OpenLineage events (START and COMPLETE/FAIL/ABORT) and audit the run's start and end; default
+            ``$HEADWATER_LINEAGE`` (``0``/``off``), else on. Emission never fails or slows the job.
+        lineage_url: also send the events to this OpenLineage collector (e.g. Marquez, ``http://host:5000``) over
+            HTTP; default ``$OPENLINEAGE_URL``, else only the file transport into the store.
     """
 
     parallelism: int | None = None
@@ -158,6 +173,9 @@ class RunConfig:
     metrics_port: int | None = field(default_factory=default_metrics_port)
     metrics_host: str = field(default_factory=default_metrics_host)
     ray_dashboard: bool = field(default_factory=default_ray_dashboard)
+    store: str | None = None
+    lineage: bool = field(default_factory=default_lineage)
+    lineage_url: str | None = field(default_factory=default_lineage_url)
     schema_registry: str | None = field(default_factory=default_schema_registry, repr=False)
 
     def __post_init__(self) -> None:
@@ -189,7 +207,14 @@ class RunConfig:
             )
         if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
             raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
-        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard"):
+        if self.lineage_url is not None and (
+            not isinstance(self.lineage_url, str) or not self.lineage_url.startswith(("http://", "https://"))
+        ):
+            raise ConfigError(f"lineage_url must be an http:// or https:// URL of an OpenLineage collector (e.g. "
+                              f"'http://localhost:5000'), got one starting {str(self.lineage_url)[:8]!r}")
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise ConfigError(f"store must be a directory path or None, got {self.store!r}")
+        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard", "lineage"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
