@@ -7,6 +7,7 @@
     headwater dlq list DIR                                     # stored dead letters by source step and reason
     headwater dlq replay path/to/pipeline.py --dead-letters DIR --source STEP [--checkpoint-dir CKPT]
                                       [--executor ray|local] [--parallelism N]   # see headwater.dlq
+    headwater local status|stop                                    # the kept local Ray (headwater.engine.ray.kept)
     headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
     headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
@@ -107,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="the replay's own checkpoints (default: <dead-letters>.replay-<source>)")
     again.add_argument("--parallelism", type=int, default=None)
     again.add_argument("--executor", choices=["ray", "local"], default="ray")
+    local = commands.add_parser("local", help="the kept local Ray that runs join (docs/operations.md)")
+    local_commands = local.add_subparsers(dest="local", required=True)
+    local_commands.add_parser("status", help="whether the kept local Ray runs, where, and how long it has been idle")
+    local_commands.add_parser("stop", help="stop the kept local Ray now (jobs connected to it fail)")
     serve = commands.add_parser("serve", help="serve the store's tables over HTTP (Ray Serve; docs/serving.md)")
     serve.add_argument("--store", default=None, help="the store (default: $HEADWATER_STORE, else .headwater/store)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
@@ -120,6 +125,20 @@ def _serve(args: argparse.Namespace) -> int:
     from headwater.serve import ServeConfig, serve_forever
 
     serve_forever(ServeConfig(store=args.store, host=args.host, port=args.port), num_cpus=args.num_cpus)
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from headwater.engine.ray import kept
+
+    if args.local == "status":
+        kept.describe(kept.status(), sys.stdout)
+        return 0
+    state = kept.stop()
+    if state is None:
+        print("headwater: no kept local Ray was running")
+    else:
+        print(f"headwater: stopped the kept local Ray at {state.address}")
     return 0
 
 
@@ -153,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return access_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "local":
+            return _local(args)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
             os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)

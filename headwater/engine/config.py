@@ -51,6 +51,29 @@ def default_ray_dashboard() -> bool:
     return os.environ.get("HEADWATER_RAY_DASHBOARD", "").strip().lower() not in ("0", *_METRICS_OFF)
 
 
+def default_keep_local_ray() -> bool:
+    """``$HEADWATER_KEEP_LOCAL_RAY`` (``0``/``off``: a local Ray per run), else on."""
+    return os.environ.get("HEADWATER_KEEP_LOCAL_RAY", "").strip().lower() not in ("0", *_METRICS_OFF)
+
+
+#: how long the kept local Ray waits without a connected driver before it stops itself
+DEFAULT_LOCAL_RAY_IDLE_TIMEOUT = timedelta(minutes=10)
+
+
+def default_local_ray_idle_timeout() -> timedelta:
+    """``$HEADWATER_LOCAL_RAY_IDLE_TIMEOUT`` (seconds), else :data:`DEFAULT_LOCAL_RAY_IDLE_TIMEOUT`."""
+    text = os.environ.get("HEADWATER_LOCAL_RAY_IDLE_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_LOCAL_RAY_IDLE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"HEADWATER_LOCAL_RAY_IDLE_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"HEADWATER_LOCAL_RAY_IDLE_TIMEOUT must be positive, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
 def default_state_dir() -> Path:
     """``$HEADWATER_STATE_DIR`` or ``.headwater/`` under the current directory."""
     return Path(os.environ.get("HEADWATER_STATE_DIR", ".headwater")).resolve()
@@ -101,6 +124,15 @@ class RunConfig:
         ray_dashboard: a local Ray started by Headwater runs Ray's dashboard on ``127.0.0.1`` (its URL is
             printed at start; it costs a few seconds of start-up and ~200 MiB). Default
             ``$HEADWATER_RAY_DASHBOARD`` (``0``/``off``), else on. A joined cluster's dashboard is its operator's.
+        keep_local_ray: a run that would start a local Ray joins the *kept* local Ray instead, starting it if
+            none runs (:mod:`headwater.engine.ray.kept`): later runs on this machine start in about a second
+            instead of 5-10 s. It lets in only callers with the token, stops itself after
+            ``local_ray_idle_timeout`` without a connected driver, and ``headwater local stop`` stops it at
+            once. Default ``$HEADWATER_KEEP_LOCAL_RAY`` (``0``/``off``: a local Ray per run, stopped when the
+            run ends), else on.
+        local_ray_idle_timeout: how long the kept local Ray runs without a connected driver before it stops
+            itself; the value of the run that starts it applies. Default ``$HEADWATER_LOCAL_RAY_IDLE_TIMEOUT``
+            (seconds), else 10 minutes.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
     """
@@ -125,6 +157,8 @@ class RunConfig:
     metrics_port: int | None = field(default_factory=default_metrics_port)
     metrics_host: str = field(default_factory=default_metrics_host)
     ray_dashboard: bool = field(default_factory=default_ray_dashboard)
+    keep_local_ray: bool = field(default_factory=default_keep_local_ray)
+    local_ray_idle_timeout: timedelta = field(default_factory=default_local_ray_idle_timeout)
 
     def __post_init__(self) -> None:
         if self.parallelism is not None and (
@@ -151,7 +185,10 @@ class RunConfig:
             )
         if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
             raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
-        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard"):
+        if not isinstance(self.local_ray_idle_timeout, timedelta) or self.local_ray_idle_timeout <= timedelta(0):
+            raise ConfigError(f"local_ray_idle_timeout must be a positive datetime.timedelta, got "
+                              f"{self.local_ray_idle_timeout!r}")
+        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard", "keep_local_ray"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
@@ -192,7 +229,7 @@ class RunConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
-        for name in ("linger", "stall_timeout", "stop_grace"):  # plain seconds are accepted as options
+        for name in ("linger", "stall_timeout", "stop_grace", "local_ray_idle_timeout"):  # plain seconds are accepted as options
             value = overrides.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 overrides[name] = timedelta(seconds=value)
