@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Sequence
 
 from headwater import dlq
-from headwater.access import commands as access_commands
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
@@ -71,7 +70,12 @@ def load_pipeline(path: str | Path, name: str | None = None) -> tuple[Dataflow, 
     return unique[0], checkpoints[0] if len(checkpoints) == 1 else None
 
 
-def _parser() -> argparse.ArgumentParser:
+#: commands of this module; any other first argument (``token``, ``grant``, ``--help``, ...) also loads the
+#: access commands, whose module imports the query layer (lancedb: ~1.2 s), which ``headwater run`` never needs
+_OWN_COMMANDS = ("run", "plan", "graph", "dlq", "local", "serve")
+
+
+def _parser(with_access: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headwater", description="Run and inspect Headwater dataflows.")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, help_text in (
@@ -117,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
-    access_commands.add_commands(commands)
+    if with_access:
+        from headwater.access import commands as access_commands
+
+        access_commands.add_commands(commands)
     return parser
 
 
@@ -164,11 +171,15 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    own = bool(arguments) and arguments[0] in _OWN_COMMANDS
+    args = _parser(with_access=not own).parse_args(arguments)
     try:
         if args.command == "dlq":
             return _dlq(args)
-        if args.command in access_commands.COMMANDS:
+        if args.command not in _OWN_COMMANDS:
+            from headwater.access import commands as access_commands
+
             return access_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
