@@ -29,7 +29,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
-from headwater import dlq
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
@@ -150,6 +149,8 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from headwater import dlq  # pyarrow.dataset (and pandas): ~0.25 s that `headwater run` does not need
+
     if args.dlq == "list":
         summary = dlq.summarize(args.dead_letters)
         print(f"{'source step':<24} {'reason':<16} {'count':>10}  first .. last")

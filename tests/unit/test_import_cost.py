@@ -23,6 +23,6 @@ def test_the_cli_loads_neither_lancedb_nor_ray_before_it_knows_the_command() -> 
     """``headwater run`` starts as fast as ``python pipeline.py``: the access commands (query layer, lancedb)
     load only for their own commands."""
     code = ("import sys; from headwater.cli import main; main(['local', 'status']); "
-            "print(sorted(m for m in ('lancedb', 'duckdb', 'ray', 'headwater.access') if m in sys.modules))")
+            "print(sorted(m for m in ('lancedb', 'duckdb', 'ray', 'headwater.access', 'pyarrow.dataset') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
