@@ -102,7 +102,11 @@ def test_later_runs_join_the_kept_ray_which_refuses_strangers_and_stops_when_idl
     assert first is not None and kept.cluster_alive(first), "the kept Ray did not outlive the run"
     assert oct(os.stat(kept.state_file(state_dir)).st_mode & 0o777) == "0o600"
     token = Path(os.path.expanduser(os.environ.get("HEADWATER_RAY_TOKEN_FILE", "~/.headwater/ray/auth_token")))
-    assert token.read_text().strip() not in kept.state_file(state_dir).read_text()
+    secret = token.read_text().strip()
+    for path in (kept.state_file(state_dir), state_dir / "start.log", *Path(first.session_dir, "logs").glob("*")):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), f"the token is in {path}"
+    assert first.python == sys.executable
     drivers = _driver_logs(first.session_dir)
 
     assert _run_pipeline(state_dir, tmp_path, "second") == [0, 1, 2]
@@ -150,6 +154,8 @@ def test_headwater_local_stop_stops_it_at_once(state_dir: Path, tmp_path: Path) 
     status = subprocess.run([sys.executable, "-m", "headwater.cli", "local", "status"], env=_env(state_dir),
                             capture_output=True, text=True, timeout=60)
     assert f"kept local Ray at {state.address}" in status.stdout, status.stdout + status.stderr
+    token = Path(os.path.expanduser(os.environ.get("HEADWATER_RAY_TOKEN_FILE", "~/.headwater/ray/auth_token")))
+    assert token.read_text().strip() not in status.stdout + status.stderr
     done = subprocess.run([sys.executable, "-m", "headwater.cli", "local", "stop"], env=_env(state_dir),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

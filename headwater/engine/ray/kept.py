@@ -102,6 +102,9 @@ class KeptRayState:
     num_cpus: int
     object_store_memory: int
     dashboard_url: str | None
+    #: the interpreter that started it: Ray starts every worker with it, so a driver of another environment
+    #: (another virtualenv) must not join it, or its jobs would run without that environment's packages
+    python: str = ""
 
 
 def read_state(directory: Path) -> KeptRayState | None:
@@ -272,6 +275,7 @@ def _start_locked(directory: Path, config: RunConfig, num_cpus: int) -> KeptRayS
         idle_timeout_s=config.local_ray_idle_timeout.total_seconds(), num_cpus=num_cpus,
         object_store_memory=config.object_store_memory,
         dashboard_url=f"http://127.0.0.1:{dashboard_port}" if config.ray_dashboard else None,
+        python=sys.executable,
     )
     write_state(directory, state)
     return state
@@ -335,6 +339,19 @@ def _checked_state(directory: Path, config: RunConfig, num_cpus: int, fresh: boo
     driver's in-use lock on it."""
     with _start_lock(directory):
         state = read_state(directory)
+        if state is not None and state.python != sys.executable and cluster_alive(state):
+            free = try_lock(in_use_file(directory), exclusive=True)
+            if free is None:
+                raise LocalRayError(
+                    f"the kept local Ray was started by another Python ({state.python}) and is in use; this run "
+                    f"({sys.executable}) cannot join it (its workers would lack this environment's packages). "
+                    "Run `headwater local stop`, or set keep_local_ray=False (HEADWATER_KEEP_LOCAL_RAY=0) for a "
+                    "Ray of this run's own, or HEADWATER_LOCAL_RAY_DIR to keep one per environment"
+                )
+            os.close(free)
+            log.warning("the kept local Ray was started by another Python (%s): restarting it for %s",
+                        state.python, sys.executable)
+            fresh = True
         if state is not None and (fresh or not cluster_alive(state)):
             _stop_locked(directory, state)
             state = None

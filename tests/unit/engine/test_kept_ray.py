@@ -91,7 +91,7 @@ def stand_in(directory: Path, tmp_path: Path) -> Iterator[kept.KeptRayState]:
     state = kept.KeptRayState(
         address="192.0.2.1:6379", session_dir=str(session), marker=marker, watcher_pid=None,
         started_at=time.time(), idle_timeout_s=600.0, num_cpus=2, object_store_memory=512 * 2**20,
-        dashboard_url=None,
+        dashboard_url=None, python=sys.executable,
     )
     kept.write_state(directory, state)
     try:
@@ -200,7 +200,7 @@ def test_runs_join_the_kept_ray_started_once_in_token_mode(directory: Path, tmp_
         started.append(num_cpus)
         state = kept.KeptRayState("192.0.2.1:6379", "/nonexistent/session_x", "0" * 32, None, time.time(),
                                   config.local_ray_idle_timeout.total_seconds(), num_cpus,
-                                  config.object_store_memory, None)
+                                  config.object_store_memory, None, sys.executable)
         kept.write_state(directory, state)
         return state
 
@@ -223,3 +223,24 @@ def test_runs_join_the_kept_ray_started_once_in_token_mode(directory: Path, tmp_
     assert joins == [("192.0.2.1:6379", "token", str(tmp_path / "keys" / "auth_token"))] * 2
     assert kept.last_used_file(directory).exists()
     assert not list(kept.drivers_directory(directory).iterdir())
+
+
+def test_a_driver_of_another_python_does_not_join_a_kept_ray_in_use(directory: Path, stand_in: kept.KeptRayState,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray starts workers with the interpreter that started it: another environment's driver must not join."""
+    from headwater.errors import LocalRayError
+
+    kept.write_state(directory, kept.KeptRayState(**{**stand_in.__dict__, "python": "/other/venv/bin/python"}))
+    driver = os.open(kept.in_use_file(directory), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(driver, fcntl.LOCK_SH)
+    try:
+        with pytest.raises(LocalRayError, match="started by another Python"):
+            kept._checked_state(directory, RunConfig(), 2, fresh=False)
+        assert kept.cluster_alive(stand_in)  # in use: left alone
+    finally:
+        os.close(driver)
+    started: list[int] = []
+    monkeypatch.setattr(kept, "_start_locked", lambda d, c, n: started.append(n) or stand_in)
+    _, in_use = kept._checked_state(directory, RunConfig(), 2, fresh=False)  # idle: replaced
+    os.close(in_use)
+    assert started == [2] and not kept.cluster_alive(stand_in)
