@@ -7,6 +7,7 @@
     headwater dlq list DIR                                     # stored dead letters by source step and reason
     headwater dlq replay path/to/pipeline.py --dead-letters DIR --source STEP [--checkpoint-dir CKPT]
                                       [--executor ray|local] [--parallelism N]   # see headwater.dlq
+    headwater local status|stop                                    # the kept local Ray (headwater.engine.ray.kept)
     headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
     headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
@@ -32,8 +33,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
-from headwater import dlq
-from headwater.access import commands as access_commands
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
@@ -76,7 +75,12 @@ def load_pipeline(path: str | Path, name: str | None = None) -> tuple[Dataflow, 
     return unique[0], checkpoints[0] if len(checkpoints) == 1 else None
 
 
-def _parser() -> argparse.ArgumentParser:
+#: commands of this module; any other first argument (``token``, ``grant``, ``--help``, ...) also loads the
+#: access commands, whose module imports the query layer (lancedb: ~1.2 s), which ``headwater run`` never needs
+_OWN_COMMANDS = ("run", "plan", "graph", "dlq", "local", "serve")
+
+
+def _parser(with_access: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headwater", description="Run and inspect Headwater dataflows.")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, help_text in (
@@ -113,12 +117,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="the replay's own checkpoints (default: <dead-letters>.replay-<source>)")
     again.add_argument("--parallelism", type=int, default=None)
     again.add_argument("--executor", choices=["ray", "local"], default="ray")
+    local = commands.add_parser("local", help="the kept local Ray that runs join (docs/operations.md)")
+    local_commands = local.add_subparsers(dest="local", required=True)
+    local_commands.add_parser("status", help="whether the kept local Ray runs, where, and how long it has been idle")
+    local_commands.add_parser("stop", help="stop the kept local Ray now (jobs connected to it fail)")
     serve = commands.add_parser("serve", help="serve the store's tables over HTTP (Ray Serve; docs/serving.md)")
     serve.add_argument("--store", default=None, help="the store (default: $HEADWATER_STORE, else .headwater/store)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
-    access_commands.add_commands(commands)
+    if with_access:
+        from headwater.access import commands as access_commands
+
+        access_commands.add_commands(commands)
     governance_commands.add_commands(commands)
     schema_commands.add_commands(commands)
     return parser
@@ -131,7 +142,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(args: argparse.Namespace) -> int:
+    from headwater.engine.ray import kept
+
+    if args.local == "status":
+        kept.describe(kept.status(), sys.stdout)
+        return 0
+    state = kept.stop()
+    if state is None:
+        print("headwater: no kept local Ray was running")
+    else:
+        print(f"headwater: stopped the kept local Ray at {state.address}")
+    return 0
+
+
 def _dlq(args: argparse.Namespace) -> int:
+    from headwater import dlq  # pyarrow.dataset (and pandas): ~0.25 s that `headwater run` does not need
+
     if args.dlq == "list":
         summary = dlq.summarize(args.dead_letters)
         print(f"{'source step':<24} {'reason':<16} {'count':>10}  first .. last")
@@ -153,11 +180,15 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    own = bool(arguments) and arguments[0] in _OWN_COMMANDS
+    args = _parser(with_access=not own).parse_args(arguments)
     try:
         if args.command == "dlq":
             return _dlq(args)
-        if args.command in access_commands.COMMANDS:
+        if args.command not in _OWN_COMMANDS:
+            from headwater.access import commands as access_commands
+
             return access_commands.run_command(args)
         if args.command in governance_commands.COMMANDS:
             return governance_commands.run_command(args)
@@ -165,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return schema_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "local":
+            return _local(args)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
             os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)

@@ -49,6 +49,10 @@ class PipelineNotFoundError(BuildError):
     """A pipeline file given to the CLI defines no :class:`~headwater.Dataflow` (or several, ambiguously)."""
 
 
+class LocalRayError(HeadwaterError):
+    """The kept local Ray (``headwater local``) could not be started or joined; the message says why."""
+
+
 class RuntimeFailure(HeadwaterError):
     """Base of failures that happen while the job runs; carries where it happened.
 

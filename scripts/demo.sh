@@ -10,6 +10,8 @@ export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # Ray token auth
 output="${HEADWATER_OUTPUT:-output/auction_analytics}"
 checkpoints="${HEADWATER_CHECKPOINTS:-.headwater/checkpoints/auction-analytics}"
 export HEADWATER_STORE="${HEADWATER_STORE:-.headwater/demo-store}"
+# The demo ends after one run, and its query step starts a Ray (Serve) of its own: keep no local Ray beside it.
+export HEADWATER_KEEP_LOCAL_RAY="${HEADWATER_KEEP_LOCAL_RAY:-0}"
 rm -rf "$output" "$checkpoints" "$HEADWATER_STORE"   # a fresh run each time (the same directories would resume the last one)
 .venv/bin/headwater run examples/auction_analytics.py
 .venv/bin/python examples/auction_report.py "$output"

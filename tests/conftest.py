@@ -14,6 +14,9 @@ import headwater as hw
 from headwater.engine.job import JobResult
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A run that starts Ray in a test (or in a program a test starts) gets a Ray of its own, stopped when it ends:
+# no kept local Ray outlives the tests, and none is needed. The kept Ray's own tests opt in explicitly.
+os.environ["HEADWATER_KEEP_LOCAL_RAY"] = "0"
 
 
 @pytest.fixture(scope="session", autouse=True)

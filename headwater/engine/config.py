@@ -59,6 +59,8 @@ def default_lineage_url() -> str | None:
 def default_lineage() -> bool:
     """``$HEADWATER_LINEAGE`` (``0``/``off`` turns lineage events and the job audit entries off), else on."""
     return os.environ.get("HEADWATER_LINEAGE", "").strip().lower() not in ("0", *_METRICS_OFF)
+
+
 SCHEMA_REGISTRY_ENV = "HEADWATER_SCHEMA_REGISTRY"
 REGISTRY_FILE = "registry.db"
 
@@ -74,6 +76,29 @@ def default_schema_registry() -> str | None:
     from headwater.store.layout import resolve_root
 
     return os.path.join(resolve_root(None), REGISTRY_FILE)
+
+
+def default_keep_local_ray() -> bool:
+    """``$HEADWATER_KEEP_LOCAL_RAY`` (``0``/``off``: a local Ray per run), else on."""
+    return os.environ.get("HEADWATER_KEEP_LOCAL_RAY", "").strip().lower() not in ("0", *_METRICS_OFF)
+
+
+#: how long the kept local Ray waits without a connected driver before it stops itself
+DEFAULT_LOCAL_RAY_IDLE_TIMEOUT = timedelta(minutes=10)
+
+
+def default_local_ray_idle_timeout() -> timedelta:
+    """``$HEADWATER_LOCAL_RAY_IDLE_TIMEOUT`` (seconds), else :data:`DEFAULT_LOCAL_RAY_IDLE_TIMEOUT`."""
+    text = os.environ.get("HEADWATER_LOCAL_RAY_IDLE_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_LOCAL_RAY_IDLE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"HEADWATER_LOCAL_RAY_IDLE_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"HEADWATER_LOCAL_RAY_IDLE_TIMEOUT must be positive, got {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def default_state_dir() -> Path:
@@ -140,6 +165,15 @@ class RunConfig:
             ``PGPASSWORD`` or ``~/.pgpass``, not the URL) or a SQLite file path. Default
             ``$HEADWATER_SCHEMA_REGISTRY``, else ``<store>/registry.db`` in the table store; ``None`` (or the
             variable set to ``off``) checks and records nothing. Not shown in the config's repr.
+        keep_local_ray: a run that would start a local Ray joins the *kept* local Ray instead, starting it if
+            none runs (:mod:`headwater.engine.ray.kept`): later runs on this machine start in about a second
+            instead of 5-10 s. It lets in only callers with the token, stops itself after
+            ``local_ray_idle_timeout`` without a connected driver, and ``headwater local stop`` stops it at
+            once. Default ``$HEADWATER_KEEP_LOCAL_RAY`` (``0``/``off``: a local Ray per run, stopped when the
+            run ends), else on.
+        local_ray_idle_timeout: how long the kept local Ray runs without a connected driver before it stops
+            itself; the value of the run that starts it applies. Default ``$HEADWATER_LOCAL_RAY_IDLE_TIMEOUT``
+            (seconds), else 10 minutes.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
         store: the Headwater store whose lineage events (``<store>/lineage/events/``) and audit log record this
@@ -177,6 +211,8 @@ class RunConfig:
     lineage: bool = field(default_factory=default_lineage)
     lineage_url: str | None = field(default_factory=default_lineage_url)
     schema_registry: str | None = field(default_factory=default_schema_registry, repr=False)
+    keep_local_ray: bool = field(default_factory=default_keep_local_ray)
+    local_ray_idle_timeout: timedelta = field(default_factory=default_local_ray_idle_timeout)
 
     def __post_init__(self) -> None:
         if self.schema_registry is not None and (not isinstance(self.schema_registry, str)
@@ -207,6 +243,9 @@ class RunConfig:
             )
         if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
             raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
+        if not isinstance(self.local_ray_idle_timeout, timedelta) or self.local_ray_idle_timeout <= timedelta(0):
+            raise ConfigError(f"local_ray_idle_timeout must be a positive datetime.timedelta, got "
+                              f"{self.local_ray_idle_timeout!r}")
         if self.lineage_url is not None and (
             not isinstance(self.lineage_url, str) or not self.lineage_url.startswith(("http://", "https://"))
         ):
@@ -214,7 +253,7 @@ class RunConfig:
                               f"'http://localhost:5000'), got one starting {str(self.lineage_url)[:8]!r}")
         if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
             raise ConfigError(f"store must be a directory path or None, got {self.store!r}")
-        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard", "lineage"):
+        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard", "lineage", "keep_local_ray"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
@@ -271,7 +310,7 @@ class RunConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
-        for name in ("linger", "stall_timeout", "stop_grace"):  # plain seconds are accepted as options
+        for name in ("linger", "stall_timeout", "stop_grace", "local_ray_idle_timeout"):  # plain seconds are accepted as options
             value = overrides.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 overrides[name] = timedelta(seconds=value)

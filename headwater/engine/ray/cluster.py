@@ -4,7 +4,10 @@
 * Else if ``ray_address`` (or ``$RAY_ADDRESS``) is set, join that cluster. Its auth mode is the cluster
   operator's: nothing here changes it (a token, if the cluster needs one, comes from ``$RAY_AUTH_TOKEN`` or
   ``$RAY_AUTH_TOKEN_PATH``).
-* Else start a local Ray (:func:`start_local_ray`): explicit CPUs, a capped object store, its temp dir under the
+* Else, with ``RunConfig.keep_local_ray`` (the default), join the *kept* local Ray, starting it if none runs
+  (:mod:`headwater.engine.ray.kept`: same security, but it outlives the run, up to an idle timeout, so the
+  next run joins in ~0.3 s instead of starting Ray again); the driver disconnects when the run ends.
+* Else (``keep_local_ray=False``) start a local Ray for this run (:func:`start_local_ray`): explicit CPUs, a capped object store, its temp dir under the
   state dir, token authentication on (:mod:`headwater.engine.ray.auth`), the dashboard (when on) bound to
   127.0.0.1 (on by default, ``RunConfig.ray_dashboard``; its URL is printed), and a reaper (:mod:`headwater.engine.ray.reaper`) that stops every Ray process it started within
   seconds of the driver's end, even a SIGKILL. It is shut down when the run ends.
@@ -21,7 +24,9 @@ from types import ModuleType
 from typing import Any, Iterator
 
 from headwater.engine.config import RunConfig
+from headwater.engine.ray import kept
 from headwater.engine.ray.auth import auth_environment, restore_auth_environment, use_token_auth_for_local_ray
+from headwater.engine.ray.kept import KeptRaySession
 from headwater.engine.ray.reaper import Reaper
 
 
@@ -117,21 +122,26 @@ def ray_session(config: RunConfig) -> Iterator[ModuleType]:
         finally:
             ray.shutdown()
         return
-    local = start_local_ray(
-        num_cpus=config.num_cpus or os.cpu_count() or 1,
-        object_store_memory=config.object_store_memory,
-        temp_dir=config.resolved_state_dir() / "ray",
-        include_dashboard=config.ray_dashboard,
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    num_cpus = config.num_cpus or os.cpu_count() or 1
+    local: LocalRay | KeptRaySession
+    if config.keep_local_ray:
+        local = kept.connect(config, num_cpus, log_to_driver=True, configure_logging=False)
+    else:
+        local = start_local_ray(
+            num_cpus=num_cpus,
+            object_store_memory=config.object_store_memory,
+            temp_dir=config.resolved_state_dir() / "ray",
+            include_dashboard=config.ray_dashboard,
+            log_to_driver=True,
+            configure_logging=False,
+        )
     if local.dashboard_url:
         print(f"headwater: Ray dashboard at {local.dashboard_url} (jobs, actors, logs; token in "
               f"{os.environ.get('RAY_AUTH_TOKEN_PATH', 'the Ray token file')})", file=sys.stderr)
     try:
         yield ray
     finally:
-        local.shutdown()
+        local.close() if isinstance(local, KeptRaySession) else local.shutdown()
 
 
 def ship_user_code(objects: list[Any]) -> None:
