@@ -186,14 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dlq":
             return _dlq(args)
-        if args.command not in _OWN_COMMANDS:
-            from headwater.access import commands as access_commands
-
-            return access_commands.run_command(args)
         if args.command in governance_commands.COMMANDS:
             return governance_commands.run_command(args)
         if args.command == schema_commands.COMMAND:
             return schema_commands.run_command(args)
+        if args.command not in _OWN_COMMANDS:
+            from headwater.access import commands as access_commands
+
+            return access_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "local":
