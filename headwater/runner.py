@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from headwater.dataflow import Dataflow
+from headwater.engine import logs
 from headwater.engine.autoscale import AutoscaleConfig
 from headwater.engine.autoscale.supervisor import RescalingSupervisor
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
@@ -88,6 +89,7 @@ class RunningJob:
         if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
             raise ConfigError(f"checkpoint must be a headwater CheckpointConfig, got {type(checkpoint).__name__}")
         config = _check_autoscale(autoscale, config, checkpoint)
+        logs.configure(config.log_format)
         self.flow = flow
         self.config = config
         self.checkpoint = checkpoint
@@ -158,6 +160,10 @@ class RunningJob:
         return attempt
 
     def _wait(self, timeout: float | None) -> JobResult:
+        with logs.log_scope(job=self.plan.flow_name):
+            return self._wait_in_scope(timeout)
+
+    def _wait_in_scope(self, timeout: float | None) -> JobResult:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if self.checkpoint is not None and self.autoscale is not None:
