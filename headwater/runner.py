@@ -29,6 +29,7 @@ from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.errors import ConfigError
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
+from headwater.observability.registry import JobRegistration, registry_dir
 from headwater.planner import plan
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class RunningJob:
         self._final: JobResult | None = None
         #: where this job's Prometheus metrics are served (None: RunConfig.metrics_port is None)
         self.metrics_url: str | None = None
+        self._registration: JobRegistration | None = None
         checkpoint_dir = checkpoint.uri if checkpoint is not None else None
         # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
         # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
@@ -130,6 +132,11 @@ class RunningJob:
                 endpoint = (config.metrics_host, config.metrics_port)
                 label = EXPORTER.register(self.plan.flow_name, self.metrics_snapshot, endpoint)
                 self._exit.callback(lambda: EXPORTER.finish(label, self._final_snapshot()))
+            directory = registry_dir()  # what `headwater status` lists (headwater.observability.registry)
+            self._registration = None if directory is None else JobRegistration(
+                self.plan.flow_name, config.executor, self.metrics_snapshot, self.metrics_url, directory)
+            if self._registration is not None:
+                self._exit.callback(self._registration.close)
         except BaseException:
             self._exit.close()
             raise
@@ -165,6 +172,8 @@ class RunningJob:
 
     def _wait_in_scope(self, timeout: float | None) -> JobResult:
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        if self._registration is not None:
+            self._registration.start()
         try:
             if self.checkpoint is not None and self.autoscale is not None:
                 result = self._run_scaled(self.checkpoint, self.autoscale, timeout)

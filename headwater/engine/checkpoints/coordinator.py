@@ -71,6 +71,7 @@ class CheckpointStats:
     #: the durations again, in the exported buckets (seconds; ``headwater_checkpoint_duration_seconds``)
     durations: BucketHistogram = field(default_factory=lambda: BucketHistogram(CHECKPOINT_BOUNDS))
     last_completed_at: float | None = None  # time.time() when the last checkpoint completed
+    last_completed_id: int | None = None  # ... and its id
 
     def copy(self) -> CheckpointStats:
         """A copy that another thread may read while the coordinator goes on (lists and histogram copied)."""
@@ -202,6 +203,7 @@ class CheckpointCoordinator:
         self.stats.durations_ms.append(duration)
         self.stats.durations.observe(duration / 1000)
         self.stats.last_completed_at = metadata.created_at
+        self.stats.last_completed_id = pending.checkpoint_id
         self.stats.sync_ms_max.append(max((a.sync_ms for a in acks), default=0.0))
         self.pending = None
         self.last_end = time.monotonic()
