@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         report["observability_on_events_per_second"] = medians[True]
         report["observability_off_runs"] = [r["events_per_second"] for r in by_mode[False]]
         report["observability_cost"] = 1 - medians[True] / medians[False]
+        report["traced_batches_runs"] = [r["traced_batches"] for r in by_mode[True]]
         report["trace_sample"] = hw.RunConfig().trace_sample
         report["scrape_interval_s"] = args.scrape_interval
     elif args.metrics == "ab":
