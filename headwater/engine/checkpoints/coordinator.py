@@ -224,7 +224,8 @@ class CheckpointCoordinator:
                 f"subtask, which every later checkpoint needs: {error}", error.path,
             ) from error
         log.warning("checkpoint %d failed verification and was deleted; its sink output is not committed, the "
-                    "next checkpoint covers it: %s", pending.checkpoint_id, error)
+                    "next checkpoint covers it: %s", pending.checkpoint_id, error,
+                    extra={"job": self.flow_name, "checkpoint_id": pending.checkpoint_id})
 
     @property
     def final_completed(self) -> bool:
@@ -239,7 +240,8 @@ class CheckpointCoordinator:
         if pending is None or now - pending.started < self.config.timeout.total_seconds():
             return None
         missing = sorted(self.expected - set(pending.acks))
-        log.warning("checkpoint %d timed out waiting for subtasks %s; aborted", pending.checkpoint_id, missing)
+        log.warning("checkpoint %d timed out waiting for subtasks %s; aborted", pending.checkpoint_id, missing,
+                    extra={"job": self.flow_name, "checkpoint_id": pending.checkpoint_id})
         self.pending = None
         self.aborted_ids.add(pending.checkpoint_id)
         for ack in pending.acks.values():
