@@ -45,7 +45,13 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run_script(executor: str, tmp_path: Path, **env: str) -> list[str]:
+#: markers Ray itself writes into worker log files (to attribute lines to actors and tasks): not log lines
+RAY_MARKERS = (":actor_name:", ":task_name:", ":job_id:")
+
+
+def run_script(executor: str, tmp_path: Path, **env: str) -> tuple[list[str], list[str]]:
+    """The run's stderr lines, and (Ray) the lines of its workers' log files, which hold every worker line:
+    Ray forwards them to the driver asynchronously, and a driver that exits may not wait for the last ones."""
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     state = tempfile.mkdtemp(prefix="hw-logs-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
@@ -54,10 +60,13 @@ def run_script(executor: str, tmp_path: Path, **env: str) -> list[str]:
     try:
         done = subprocess.run([sys.executable, str(script), executor], capture_output=True, text=True, timeout=240,
                               env=environment, cwd=tmp_path)
+        worker_lines = [line for f in sorted(Path(state).glob("ray/session_latest/logs/worker-*.err"))
+                        for line in f.read_text(errors="replace").splitlines()
+                        if line.strip() and not line.startswith(RAY_MARKERS)]
     finally:
         shutil.rmtree(state, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [line for line in done.stderr.splitlines() if line.strip()]
+    return [line for line in done.stderr.splitlines() if line.strip()], worker_lines
 
 
 #: Ray forwards a worker's lines to the driver's stderr behind "(ActorName pid=N[, ip=...]) "; the line is the rest
@@ -81,8 +90,10 @@ def check_lines(lines: list[str]) -> list[dict[str, object]]:
 @pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_every_line_of_a_run_is_json_with_the_known_fields(executor: str, tmp_path: Path) -> None:
     # Ray folds similar lines of different workers into one unless told not to (docs/operations.md, Logs)
-    lines = check_lines(run_script(executor, tmp_path, RAY_DEDUP_LOGS="0"))
-    step_lines = [p for p in lines if p.get("logger") == "user.step"]
+    stderr, worker_lines = run_script(executor, tmp_path, RAY_DEDUP_LOGS="0")
+    lines = check_lines(stderr)
+    workers = check_lines(worker_lines)
+    step_lines = [p for p in (workers if executor == "ray" else lines) if p.get("logger") == "user.step"]
     assert len(step_lines) == 6  # one per source batch
     for p in step_lines:
         assert p["job"] == "json_logs" and p["step"] == "noisy" and p["subtask"] in (0, 1)
@@ -93,7 +104,7 @@ def test_every_line_of_a_run_is_json_with_the_known_fields(executor: str, tmp_pa
 
 
 def test_plain_text_is_opt_in(tmp_path: Path) -> None:
-    lines = run_script("local", tmp_path, HEADWATER_LOG_FORMAT="text")
+    lines, _ = run_script("local", tmp_path, HEADWATER_LOG_FORMAT="text")
     step_lines = [line for line in lines if "user.step" in line]
     assert len(step_lines) == 6
     for line in step_lines:
