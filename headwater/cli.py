@@ -11,6 +11,10 @@
     headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
     headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
+    headwater lineage DATASET [--json] [--store DIR]               # upstream and downstream of a dataset
+    headwater audit verify|list [--store DIR]                      # the audit log: headwater.governance.commands
+    headwater schemas list|show SUBJECT [--version N]|diff SUBJECT V1 V2|mode SUBJECT [MODE]
+                                      [--registry URL] [--store DIR] [--json]   # the schema registry
 
 A pipeline file is a Python file that defines a :class:`headwater.Dataflow` at module level (any variable
 name). If it defines several, pick one with ``--flow NAME`` (the dataflow's name). Loading the file must not
@@ -36,6 +40,8 @@ from headwater.access import commands as access_commands
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
+from headwater.governance import commands as governance_commands
+from headwater.governance.schemas import commands as schema_commands
 from headwater.observability.registry import registry_dir, running_jobs
 from headwater.runner import plan_flow, run
 
@@ -119,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="list running jobs: steps, parallelism, rates, lag, checkpoints")
     status.add_argument("--json", action="store_true", help="print the jobs as JSON (for scripts)")
     access_commands.add_commands(commands)
+    governance_commands.add_commands(commands)
+    schema_commands.add_commands(commands)
     return parser
 
 
@@ -197,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dlq(args)
         if args.command in access_commands.COMMANDS:
             return access_commands.run_command(args)
+        if args.command in governance_commands.COMMANDS:
+            return governance_commands.run_command(args)
+        if args.command == schema_commands.COMMAND:
+            return schema_commands.run_command(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "status":

@@ -82,6 +82,9 @@ class Dataflow:
         self.name = name
         self.steps: dict[str, Step] = {}
         self._counters: dict[str, int] = {}
+        #: step ids this dataflow generated (``filter_1``) rather than the user chose; the schema registry
+        #: versions only chosen ones (generated ids are renumbered when the dataflow changes)
+        self.generated_ids: set[str] = set()
 
     # -- building -------------------------------------------------------------------------------------------
     def source(
@@ -127,6 +130,7 @@ class Dataflow:
         replaced.source = source
         copied.steps[step_id] = replaced
         copied._counters = dict(self._counters)
+        copied.generated_ids = set(self.generated_ids)
         return copied
 
     def _auto_id(self, kind: str) -> str:
@@ -136,6 +140,7 @@ class Dataflow:
             candidate = f"{kind}_{n}"
             if candidate not in self.steps:
                 self._counters[kind] = n
+                self.generated_ids.add(candidate)
                 return candidate
 
     def _check_id(self, step_id: str) -> str:

@@ -31,9 +31,11 @@ from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
 from headwater.engine.job import JobResult
 from headwater.errors import DeadLetterReplayError
+from headwater.governance.job import governance_store
 from headwater.logical import SourceStep
-from headwater.runner import run
+from headwater.runner import make_config, run
 from headwater.sources.dead_letters import DeadLetterReplaySource
+from headwater.store.audit import AuditLog
 
 
 def default_checkpoint_dir(dead_letters: str | os.PathLike[str], source_step: str) -> str:
@@ -60,7 +62,17 @@ def replay(
             "the live job's positions and state; choose another --checkpoint-dir"
         )
     replaying = flow.with_source(source_step, DeadLetterReplaySource(step.source, source_step, dead_letters))
-    return run(replaying, checkpoint=CheckpointConfig(dir=os.fspath(directory)), **options)
+    audit = AuditLog(governance_store(replaying, make_config(None, dict(options))))
+    base = {"job": flow.name, "source": source_step, "dead_letters": os.path.abspath(dead_letters),
+            "checkpoint_dir": os.path.abspath(directory)}
+    audit.append("dlq_replay", status="started", **base)
+    try:
+        result = run(replaying, checkpoint=CheckpointConfig(dir=os.fspath(directory)), **options)
+    except BaseException as exc:
+        audit.append("dlq_replay", status="failed", error=f"{type(exc).__name__}: {exc}", **base)
+        raise
+    audit.append("dlq_replay", status="completed", rows=result.rows_out(source_step), **base)
+    return result
 
 
 def summarize(dead_letters: str | os.PathLike[str]) -> pa.Table:

@@ -243,3 +243,18 @@ class StoreError(HeadwaterError):
 
 class TableNotFoundError(StoreError):
     """The store holds no table of that name."""
+
+
+class SchemaCompatibilityError(ConfigError):
+    """A schema breaks its subject's compatibility mode in the schema registry (``backward`` by default): the
+    message names the subject, each field and what changed, and the fixes. Raised when a job starts, before any
+    worker does (see docs/governance.md, "Schemas")."""
+
+
+class SchemaRegistryError(BuildError):
+    """The schema registry cannot be reached or used (a bad URL, a database error), or a subject or version that
+    was asked for does not exist."""
+
+
+class UnknownSchemaError(SchemaRegistryError):
+    """The schema registry holds no such subject, or no such version of it."""

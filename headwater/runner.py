@@ -9,6 +9,8 @@ from contextlib import ExitStack
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from headwater.dataflow import Dataflow
 from headwater.engine import logs
 from headwater.engine.autoscale import AutoscaleConfig
@@ -26,7 +28,10 @@ from headwater.engine.ownership import check_claims, job_claims
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
+from headwater.engine.ray.placement import worker_reservation
 from headwater.errors import ConfigError
+from headwater.governance.job import JobGovernance
+from headwater.governance.schemas import JobSchemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
 from headwater.observability.registry import JobRegistration, registry_dir
@@ -97,6 +102,7 @@ class RunningJob:
         self.autoscale = autoscale
         self._supervisor: RescalingSupervisor | None = None
         self._rescales_started = 0  # attempts started for a rescale, which are not restarts
+        self._requested = False  # a resource request to Ray's autoscaler stands (dropped when the job ends)
         self._exit = ExitStack()
         self._ray: ModuleType | None = None
         self._attempt: LocalJob | RayJob | None = None
@@ -115,11 +121,16 @@ class RunningJob:
         # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
         # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
         flow.validate()
+        self._governance = JobGovernance(flow, config)  # lineage events and audit entries; never raises
         claims = job_claims(flow.steps, checkpoint_dir)
         check_claims(claims)  # an overlap is a conflict to report as such, not this process "holding" the lease
         self.holder = LeaseHolder.this_process(flow.name)
+        #: the job's subjects in the schema registry and the versions recorded (None: RunConfig.schema_registry off)
+        self.schemas: JobSchemas | None = None
         try:
             self._exit.enter_context(JobLeases(claims, self.holder))
+            if config.schema_registry is not None:  # build time: before Ray starts, before any worker
+                self.schemas = JobSchemas.at_start(flow, config.schema_registry)
             if config.executor == "local":
                 self.plan = plan_flow(flow, config, checkpoint_dir=checkpoint_dir)
             else:
@@ -174,6 +185,7 @@ class RunningJob:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         if self._registration is not None:
             self._registration.start()
+        self._governance.started(self.config.executor)
         try:
             if self.checkpoint is not None and self.autoscale is not None:
                 result = self._run_scaled(self.checkpoint, self.autoscale, timeout)
@@ -182,6 +194,13 @@ class RunningJob:
             else:
                 result = self._run_once(timeout)
             self._final = result
+            if self.schemas is not None:
+                self.schemas.after_run(_first_batch_schemas(self.plan, result.subtasks))
+        except BaseException as exc:
+            self._governance.ended(error=exc)
+            raise
+        else:
+            self._governance.ended(result)
             return result
         finally:
             if isinstance(self._attempt, LocalJob):
@@ -214,15 +233,38 @@ class RunningJob:
         sources = [step_id for step_id, step in self.plan.steps.items() if isinstance(step, SourceStep)]
         self._supervisor = RescalingSupervisor(
             autoscale, current, sources, self.metrics, stop_attempt, lambda: self._stop is not None,
-            self._request_cpus if autoscale.request_resources and self._ray is not None else None,
+            self._request_workers if autoscale.request_resources and self._ray is not None else None,
+            has_capacity=self._has_capacity if self._ray is not None else None,
         )
-        return self._supervisor.run(run_segment)
+        try:
+            return self._supervisor.run(run_segment)
+        finally:
+            if self._requested:
+                self._request_workers(0)
 
-    def _request_cpus(self, cpus: int) -> None:
-        """Ask Ray's autoscaler for ``cpus`` CPUs ahead of a restart (``0`` drops the request)."""
+    def _has_capacity(self, slots: int) -> bool:
+        """Whether the cluster's resources (used or not: the running attempt frees its own when it stops) hold
+        ``slots`` shared workers' reservations. Steps with their own ``num_cpus`` are not counted."""
+        assert self._ray is not None
+        bundle = worker_reservation(self.config, self._ray)
+        total = self._ray.cluster_resources()
+        return all(float(total.get(name, 0.0)) >= amount * slots for name, amount in bundle.items())
+
+    def _request_workers(self, slots: int) -> None:
+        """Ask Ray's autoscaler for the resources of ``slots`` worker slots ahead of a restart, each what one
+        shared worker reserves (``RunConfig.worker_cpus``/``worker_resources``; nothing to ask for when workers
+        reserve nothing); ``0`` drops the request, so that idle nodes can go. Ray's request is for the
+        cluster's total, replacing the previous one."""
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(num_cpus=cpus)
+        assert self._ray is not None
+        bundle = worker_reservation(self.config, self._ray)
+        if slots and not bundle:
+            return
+        if not slots and not self._requested:
+            return
+        request_resources(bundles=[dict(bundle) for _ in range(slots)])
+        self._requested = slots > 0
 
     def _run_once(self, timeout: float | None) -> JobResult:
         """A run without checkpointing: nothing it staged can ever be committed later, so once it ended, also
@@ -324,6 +366,17 @@ class RunningJob:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+def _first_batch_schemas(physical: PhysicalPlan, subtasks: list[SubtaskMetrics]) -> dict[str, pa.Schema]:
+    """Source step → the schema of its first batch, for sources that declared none (from the subtasks' figures)."""
+    schemas: dict[str, pa.Schema] = {}
+    stages = {stage.stage_id: stage for stage in physical.stages}
+    for m in subtasks:
+        stage = stages.get(m.stage_id)
+        if m.source_schema is not None and stage is not None and stage.step_ids[0] not in schemas:
+            schemas[stage.step_ids[0]] = pa.ipc.read_schema(pa.py_buffer(m.source_schema))
+    return schemas
 
 
 def _check_autoscale(

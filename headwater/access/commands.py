@@ -91,6 +91,7 @@ def run_command(args: argparse.Namespace) -> int:
                 raise PolicyError(f"there is no role {args.role!r}; create it with `headwater role create "
                                   f"{args.role}` (or use the built-in 'admin')")
             record, token = tokens.create(args.role, args.note)
+            _audit(store, "token_create", token_id=record.id, role=record.role, note=args.note)
             print(f"token {record.id} for role {record.role!r} (shown once; store it as a secret):")
             print(token)
         elif args.action == "list":
@@ -99,6 +100,7 @@ def run_command(args: argparse.Namespace) -> int:
         elif not tokens.revoke(args.token_id):
             raise PolicyError(f"there is no token {args.token_id!r}")
         else:
+            _audit(store, "token_revoke", token_id=args.token_id)
             print(f"revoked token {args.token_id}")
         return 0
     if args.command == "role" and args.action == "list":
@@ -142,8 +144,20 @@ def run_command(args: argparse.Namespace) -> int:
         policies.change(edit)
     except ValueError as exc:  # pydantic's, from Grant.model_validate
         raise PolicyError(str(exc)) from None
+    change = {k: v for k, v in vars(args).items() if k not in ("store", "command", "action") and v not in (None, "")}
+    _audit(store, "policy_change", command=" ".join(p for p in (args.command, getattr(args, "action", None)) if p),
+           **change)
     print("ok")
     return 0
+
+
+def _audit(store: Store, event: str, **fields: Any) -> None:
+    """Record a change to tokens or policy in the store's audit log (who: the OS user running the command)."""
+    import getpass
+
+    from headwater.store.audit import AuditLog
+
+    AuditLog(store.root).append(event, actor=getpass.getuser(), **fields)
 
 
 def _check_against_table(store: Store, table: str, grant: Grant) -> None:

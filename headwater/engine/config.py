@@ -99,6 +99,29 @@ def otlp_exporter_installed() -> bool:
         except ModuleNotFoundError:
             continue
     return False
+def default_lineage_url() -> str | None:
+    """``$OPENLINEAGE_URL`` (the OpenLineage client's own variable), else none."""
+    return os.environ.get("OPENLINEAGE_URL", "").strip() or None
+
+
+def default_lineage() -> bool:
+    """``$HEADWATER_LINEAGE`` (``0``/``off`` turns lineage events and the job audit entries off), else on."""
+    return os.environ.get("HEADWATER_LINEAGE", "").strip().lower() not in ("0", *_METRICS_OFF)
+SCHEMA_REGISTRY_ENV = "HEADWATER_SCHEMA_REGISTRY"
+REGISTRY_FILE = "registry.db"
+
+
+def default_schema_registry() -> str | None:
+    """``$HEADWATER_SCHEMA_REGISTRY`` (a SQLAlchemy URL or a SQLite file path; ``off`` for none), else
+    ``<store>/registry.db`` in the table store (``$HEADWATER_STORE``, else ``.headwater/store``)."""
+    text = os.environ.get(SCHEMA_REGISTRY_ENV, "").strip()
+    if text.lower() in _METRICS_OFF:
+        return None
+    if text:
+        return text
+    from headwater.store.layout import resolve_root
+
+    return os.path.join(resolve_root(None), REGISTRY_FILE)
 
 
 def default_state_dir() -> Path:
@@ -108,7 +131,7 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How a dataflow runs.
+    r"""How a dataflow runs.
 
     Attributes:
         parallelism: default number of subtasks per step (sources use at most one per partition); ``None``
@@ -121,6 +144,15 @@ class RunConfig:
         executor: ``"ray"`` (actors, the default) or ``"local"`` (in-process, same plan, for tests).
         ray_address: join this Ray cluster; default ``$RAY_ADDRESS``, else start a local one.
         num_cpus / object_store_memory: resources of a local Ray started by Headwater.
+        worker_cpus: CPUs each worker actor reserves from Ray (a job has one worker per slot, as many slots as
+            its widest step's parallelism; steps with their own ``num_cpus`` get dedicated workers that reserve
+            that instead). ``None`` (the default) chooses by where the job runs: ``1`` on a cluster the driver
+            joined (``ray_address``), so that a job wanting more subtasks than the cluster has CPUs creates
+            pending demand that Ray's autoscaler answers with nodes; ``0`` on a Ray this process started (the
+            embedded default: nothing can add a node there, and a parallelism above the machine's cores
+            time-shares them as before). Fractions are allowed (``0.5``: two workers per CPU).
+        worker_resources: custom Ray resources each worker actor also reserves (e.g. ``{"stream_slot": 1}``)
+            to keep workers on the node types that offer them (see cluster/cluster.yaml).
         state_dir: where Ray's temp files (and later checkpoints) live by default.
         progress: print a live rows/s and backlog display while running.
         progress_interval: how often the progress display refreshes.
@@ -151,6 +183,11 @@ class RunConfig:
         ray_dashboard: a local Ray started by Headwater runs Ray's dashboard on ``127.0.0.1`` (its URL is
             printed at start; it costs a few seconds of start-up and ~200 MiB). Default
             ``$HEADWATER_RAY_DASHBOARD`` (``0``/``off``), else on. A joined cluster's dashboard is its operator's.
+        schema_registry: where the job's schemas are checked and recorded when it starts (docs/governance.md,
+            "Schemas"): a SQLAlchemy URL (``postgresql://user@host/db`` on a cluster; the password belongs in
+            ``PGPASSWORD`` or ``~/.pgpass``, not the URL) or a SQLite file path. Default
+            ``$HEADWATER_SCHEMA_REGISTRY``, else ``<store>/registry.db`` in the table store; ``None`` (or the
+            variable set to ``off``) checks and records nothing. Not shown in the config's repr.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
         trace_exporter: where OpenTelemetry spans of sampled batches go (see :mod:`headwater.engine.tracing`):
@@ -163,6 +200,13 @@ class RunConfig:
             sink's commit). Default ``$HEADWATER_TRACE_SAMPLE``, else 0.01. Unsampled batches create no spans.
         log_format: ``"json"`` (one JSON object per line, the default) or ``"text"`` (for a terminal); default
             ``$HEADWATER_LOG_FORMAT``. See :mod:`headwater.engine.logs`.
+        store: the Headwater store whose lineage events (``<store>/lineage/events/``) and audit log record this
+            run. ``None``: the store of the flow's ``TableSink``\ s when they all write one, else
+            ``$HEADWATER_STORE``, else ``.headwater/store`` (docs/governance.md).
+        lineage: emit OpenLineage events (START and COMPLETE/FAIL/ABORT) and audit the run's start and end; default
+            ``$HEADWATER_LINEAGE`` (``0``/``off``), else on. Emission never fails or slows the job.
+        lineage_url: also send the events to this OpenLineage collector (e.g. Marquez, ``http://host:5000``) over
+            HTTP; default ``$OPENLINEAGE_URL``, else only the file transport into the store.
     """
 
     parallelism: int | None = None
@@ -173,6 +217,8 @@ class RunConfig:
     executor: Executor = "ray"
     ray_address: str | None = None
     num_cpus: int | None = None
+    worker_cpus: float | None = None
+    worker_resources: dict[str, float] = field(default_factory=dict)
     object_store_memory: int = 512 * 1024 * 1024
     state_dir: Path | None = None
     progress: bool = False
@@ -188,8 +234,16 @@ class RunConfig:
     trace_exporter: TraceExporter = field(default_factory=default_trace_exporter)
     trace_sample: float = field(default_factory=default_trace_sample)
     log_format: LogFormat = field(default_factory=default_log_format)
+    store: str | None = None
+    lineage: bool = field(default_factory=default_lineage)
+    lineage_url: str | None = field(default_factory=default_lineage_url)
+    schema_registry: str | None = field(default_factory=default_schema_registry, repr=False)
 
     def __post_init__(self) -> None:
+        if self.schema_registry is not None and (not isinstance(self.schema_registry, str)
+                                                 or not self.schema_registry.strip()):
+            raise ConfigError("schema_registry must be a SQLAlchemy URL, a SQLite file path or None (off), got "
+                              f"{type(self.schema_registry).__name__}")
         if self.parallelism is not None and (
             not isinstance(self.parallelism, int) or isinstance(self.parallelism, bool) or self.parallelism < 1
         ):
@@ -214,7 +268,14 @@ class RunConfig:
             )
         if not isinstance(self.stop_grace, timedelta) or self.stop_grace <= timedelta(0):
             raise ConfigError(f"stop_grace must be a positive datetime.timedelta, got {self.stop_grace!r}")
-        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard"):
+        if self.lineage_url is not None and (
+            not isinstance(self.lineage_url, str) or not self.lineage_url.startswith(("http://", "https://"))
+        ):
+            raise ConfigError(f"lineage_url must be an http:// or https:// URL of an OpenLineage collector (e.g. "
+                              f"'http://localhost:5000'), got one starting {str(self.lineage_url)[:8]!r}")
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise ConfigError(f"store must be a directory path or None, got {self.store!r}")
+        for flag in ("tune_allocator", "reuse_workers", "ray_dashboard", "lineage"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.channel_credits, int) or self.channel_credits < 1:
@@ -225,6 +286,22 @@ class RunConfig:
             raise ConfigError(f"executor must be 'ray' or 'local', got {self.executor!r}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"num_cpus must be at least 1, got {self.num_cpus!r}")
+        if self.worker_cpus is not None and (
+            isinstance(self.worker_cpus, bool) or not isinstance(self.worker_cpus, (int, float))
+            or not 0 <= self.worker_cpus <= 1024
+        ):
+            raise ConfigError(f"worker_cpus must be a number of CPUs >= 0 (fractions allowed) or None to choose by "
+                              f"where the job runs, got {self.worker_cpus!r}")
+        if not isinstance(self.worker_resources, dict) or not all(
+            isinstance(k, str) and k and k not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0
+            for k, v in self.worker_resources.items()
+        ):
+            raise ConfigError(
+                "worker_resources must map custom Ray resource names to positive amounts, e.g. {'stream_slot': 1} "
+                f"(CPUs are worker_cpus; GPU, memory and object_store_memory are not per-worker settings), got "
+                f"{self.worker_resources!r}"
+            )
         if self.metrics_port is not None and (
             not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
             or not 0 <= self.metrics_port <= 65_535

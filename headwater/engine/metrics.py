@@ -188,6 +188,9 @@ class SubtaskMetrics:
     alignment: BucketHistogram | None = None
     #: per validation step, its data-quality counters by rule name (see headwater.core.quality)
     quality: dict[str, dict[str, QualityCounts]] = field(default_factory=dict)
+    #: for a source step without a declared schema: the schema of the first batch it read, as Arrow IPC bytes
+    #: (plain data, no pickle; the schema registry records it when the run ends); ``None`` otherwise
+    source_schema: bytes | None = None
 
 
 def merge_quality(subtasks: list[SubtaskMetrics]) -> dict[str, dict[str, QualityCounts]]:

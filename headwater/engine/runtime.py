@@ -130,6 +130,7 @@ class SubtaskRuntime:
             self.pending_ends.update((edge.edge_id, s) for s in senders)
         self.partitions: list[tuple[str, SourcePartition]] = []
         self._source_schema: pa.Schema | None = self.source_step.schema if self.source_step else None
+        self._observed_schema: bytes | None = None
         self._source_columns: list[str] | None = None  # columns to keep when the source cannot project
         self._next_partition = 0
         self._stop_requested = False
@@ -660,7 +661,16 @@ class SubtaskRuntime:
             alignment=self.aligner.alignment.copy() if self.input_index else None,
             quality={step_id: {name: QualityCounts(c.checked, c.passed, c.failed) for name, c in counts.items()}
                      for step_id, op in self.operators if (counts := op.quality())},
+            source_schema=self._observed_source_schema(),
         )
+
+    def _observed_source_schema(self) -> bytes | None:
+        """The first batch's schema of a source that declared none (IPC bytes, computed once)."""
+        if self.source_step is None or self.source_step.schema is not None or self._source_schema is None:
+            return None
+        if self._observed_schema is None:
+            self._observed_schema = self._source_schema.serialize().to_pybytes()
+        return self._observed_schema
 
     def _source_lag(self) -> dict[str, SourceLag]:
         if self.source_step is None:

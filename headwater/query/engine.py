@@ -93,7 +93,7 @@ class QueryEngine:
             predicates, time_range = pushable(meta, view, name, single[1], single[2]) if single and \
                 single[0] == name else ([], None)
             plans.append(plan_scan(self.store, meta, view, columns, predicates, time_range))
-        tables = {plan.table: execute(self.store, plan) for plan in plans}
+        tables = {plan.table: execute(self.store, plan, dictionary_strings=True) for plan in plans}
         rows, truncated = run_sql(sql, tables, timeout_s=self.config.timeout_s, max_rows=self.config.max_rows,
                                   threads=self.config.threads)
         self.cache.put(key, tuple(sorted((p.table, p.data_version) for p in plans)), (rows, truncated))

@@ -104,10 +104,12 @@ def plan_scan(store: Store, meta: TableMeta, view: TableView, columns: Sequence[
                     time_range, tuple(c for c in wanted if c in view.masked), tiers)
 
 
-def execute(store: Store, plan: ScanPlan) -> pa.Table:
-    """The plan's rows (masked columns masked); store-level mistakes (a value of the wrong type) are QueryErrors."""
+def execute(store: Store, plan: ScanPlan, *, dictionary_strings: bool = False) -> pa.Table:
+    """The plan's rows (masked columns masked); store-level mistakes (a value of the wrong type) are QueryErrors.
+    ``dictionary_strings``: string columns dictionary-encoded (for DuckDB, see Store.scan)."""
     try:
-        rows = store.scan(plan.table, list(plan.columns), plan.time_range, list(plan.predicates))
+        rows = store.scan(plan.table, list(plan.columns), plan.time_range, list(plan.predicates),
+                          dictionary_strings=dictionary_strings)
     except ConfigError as exc:
         raise QueryError(str(exc)) from None
     return mask(rows, plan.masked)

@@ -2,7 +2,8 @@
 of a deployment (:mod:`headwater.serve.deployment`); tests may also drive it in-process.
 
 Endpoints (docs/serving.md has a curl for each): ``GET /healthz`` (open), ``GET /tables``,
-``GET /tables/{table}``, ``POST /sql``, ``POST /query``, ``GET /features/{table}/{key}``, ``GET /openapi.json``.
+``GET /tables/{table}``, ``POST /sql``, ``POST /query``, ``GET /features/{table}/{key}``, ``GET /lineage/{dataset}``,
+``GET /openapi.json``.
 
 Invariants: every endpoint except ``/healthz`` and the OpenAPI document resolves the caller through one
 dependency (:func:`caller`: bearer token → principal, else 401) and reads only through the views access control
@@ -23,6 +24,8 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from headwater.access import ADMIN, AccessControl, Principal
+from headwater.access.errors import AccessDeniedError
+from headwater.governance.lineage.graph import DatasetNotFoundError
 from headwater.query import Answer, EngineConfig, Query, QueryEngine, TableView, parse_key
 from headwater.query.planner import table_meta
 from headwater.serve import encoding
@@ -34,6 +37,7 @@ from headwater.serve.models import (
     ColumnModel,
     ErrorModel,
     FeatureModel,
+    LineageModel,
     ResultModel,
     SqlRequest,
     TableDetail,
@@ -45,7 +49,8 @@ from headwater.store import Store
 @dataclass(frozen=True)
 class AppConfig:
     """What one replica serves: the store (``None``: ``$HEADWATER_STORE``, else ``.headwater/store``), the
-    warm tier's URI if elsewhere, whether audit lines are fsynced, and the query engine's limits."""
+    warm tier's URI if elsewhere, ``sync_audit`` (kept for callers: every audit entry is committed before the answer),
+    and the query engine's limits."""
 
     store: str | None = None
     warm_uri: str | None = None
@@ -191,7 +196,53 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
         return FeatureModel(table=table, key=encoding.json_value(list(parse_key(meta, key))),
                             row=encoding.json_value(row))
 
+    @app.get("/lineage/{dataset:path}", response_model=LineageModel, responses=ERRORS,
+             summary="what fed a dataset and what it feeds (admin: any dataset; other roles: their granted tables)")
+    def lineage(request: Request, dataset: str, principal: Caller,
+                namespace: Annotated[str | None, QueryParam(description="the dataset's namespace (admin)")] = None,
+                ) -> dict[str, Any]:
+        _audit(request)["tables"] = [dataset]
+        svc = service()
+        return lineage_for(svc.store, svc.access, principal, dataset, namespace)
+
     return app
+
+
+def lineage_for(store: Store, access: AccessControl, principal: Principal, dataset: str,
+                namespace: str | None) -> dict[str, Any]:
+    """The lineage answer ``principal`` may see. Deny by default: a role other than admin asks only about a table
+    of this store granted to it, and sees no other table of this store that is not granted to it either."""
+    from headwater.governance.lineage.datasets import store_namespace
+    from headwater.governance.lineage.graph import LineageGraph
+
+    home = store_namespace(store.root)
+    granted: set[str] | None = None
+    if principal.role != ADMIN:
+        if namespace not in (None, home):
+            raise AccessDeniedError("only admin sees the lineage of datasets outside this store's tables")
+        granted = set(access.views(principal))
+        if dataset not in granted:
+            raise AccessDeniedError(f"table {dataset!r} is not granted to role {principal.role!r} (or does not exist)")
+        namespace = home
+    graph = LineageGraph.load(store.root)
+    try:
+        answer = graph.lineage(graph.find(dataset, namespace))
+    except DatasetNotFoundError as exc:
+        raise NotFoundError(str(exc)) from None
+    if granted is None:
+        return answer
+    tables = granted
+
+    def visible(d: dict[str, Any]) -> bool:
+        return d["namespace"] != home or d["name"] in tables
+
+    hidden = {(d["namespace"], d["name"]) for key in ("upstream", "downstream") for d in answer[key] if not visible(d)}
+    for key in ("upstream", "downstream"):
+        answer[key] = [d for d in answer[key] if visible(d)]
+    for job in answer["jobs"]:
+        for side in ("inputs", "outputs"):
+            job[side] = [d for d in job[side] if visible(d)]
+    return {**answer, "hidden": len(hidden)}
 
 
 def _audit(request: Request) -> dict[str, Any]:

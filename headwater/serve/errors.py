@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from headwater.access.errors import AccessDeniedError, AuthenticationError, PolicyError
 from headwater.errors import ConfigError, HeadwaterError, TableNotFoundError
+from headwater.governance.lineage.graph import AmbiguousDatasetError, DatasetNotFoundError
 from headwater.query.errors import QueryError, QueryRefusedError, QueryTimeoutError
 
 log = logging.getLogger("headwater.serve")
@@ -22,6 +23,8 @@ STATUS: tuple[tuple[type[HeadwaterError], int], ...] = (
     (QueryTimeoutError, 408),
     (QueryError, 400),
     (TableNotFoundError, 404),
+    (DatasetNotFoundError, 404),
+    (AmbiguousDatasetError, 400),
     (PolicyError, 500),  # a damaged access file is the server's problem, not the caller's
     (ConfigError, 400),
 )

@@ -59,3 +59,33 @@ class FeatureModel(BaseModel):
 
 class ErrorModel(BaseModel):
     detail: Any
+
+
+class DatasetModel(BaseModel):
+    namespace: str
+    name: str
+
+
+class LineageNode(DatasetModel):
+    depth: int = Field(description="1: read (upstream) or written (downstream) by a job that touches the dataset")
+    via: list[str] = Field(description="the jobs that connect it one step nearer the dataset")
+
+
+class LineageJob(BaseModel):
+    namespace: str
+    name: str
+    runs: int
+    last_event_time: str
+    last_state: str
+    inputs: list[DatasetModel]
+    outputs: list[DatasetModel]
+
+
+class LineageModel(BaseModel):
+    """What fed a dataset and what it feeds, from the OpenLineage events of the runs recorded in the store."""
+
+    dataset: DatasetModel
+    upstream: list[LineageNode]
+    downstream: list[LineageNode]
+    jobs: list[LineageJob]
+    hidden: int = Field(default=0, description="tables of this store left out: not granted to your role")

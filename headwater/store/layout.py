@@ -2,7 +2,8 @@
 
 Layout of a store root (``$HEADWATER_STORE``, default ``.headwater/store``)::
 
-    <root>/audit.jsonl                                   erasures (and later: access) audit log, JSON lines
+    <root>/audit.db                                      the hash-chained audit log (SQLite; headwater.store.audit)
+    <root>/registry.db                                   the default schema registry (SQLite; headwater.governance.schemas)
     <root>/tables/<table>/table.json                     the table's metadata and manifest (the commit point)
     <root>/tables/<table>/_lock                          transaction lock (flock; never deleted)
     <root>/tables/<table>/_lease                         the engine's run lease of a TableSink writing the table
@@ -36,7 +37,7 @@ LOCK_FILE = "_lock"
 STAGING_DIR = "_staging"
 WARM_DIR = "warm"
 COLD_DIR = "cold"
-AUDIT_FILE = "audit.jsonl"
+AUDIT_FILE = "audit.db"
 #: Table names become SQL view names in the query layer, so they are identifiers.
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Sequence
@@ -38,7 +37,6 @@ from lancedb.expr import col, lit
 
 from headwater.store import cold
 from headwater.store import table as table_module
-from headwater.store.layout import AUDIT_FILE, fsync_dir
 from headwater.store.metadata import ColdFile, TableMeta, WarmState, to_micros
 from headwater.store.scan import key_tuple
 from headwater.store.table import Transaction, require_meta
@@ -174,17 +172,12 @@ def key_digest(values: tuple[Any, ...]) -> str:
 
 
 def audit(root: str, record: dict[str, Any]) -> None:
-    """Append ``record`` (one JSON line) to the store's audit log, durably."""
-    os.makedirs(root, exist_ok=True)
-    path = os.path.join(root, AUDIT_FILE)
-    line = json.dumps(record, sort_keys=True, ensure_ascii=True, default=str) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, line.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(root)
+    """Append ``record`` (its ``event`` names the entry's kind) to the store's hash-chained audit log, durably."""
+    from headwater.store.audit import AuditLog
+
+    fields = dict(record)
+    fields.pop("at", None)  # the log stamps its own time
+    AuditLog(root).append(str(fields.pop("event")), **fields)
 
 
 @dataclass(frozen=True)
@@ -206,7 +199,7 @@ def erase(root: str, name: str, keys: Sequence[Any], *, actor: str | None = None
     who = actor or getpass.getuser()
     base = {"event": "erase", "table": name, "actor": who, "reason": reason, "keys": [key_digest(v) for v in values],
             "key_columns": list(meta.key or ())}
-    audit(root, {**base, "status": "started", "at": datetime.now(UTC).isoformat()})
+    audit(root, {**base, "status": "started"})
     with Transaction(root, name, warm_uri) as tx:
         meta = tx.require()
         data_version = meta.data_version + 1
@@ -233,7 +226,7 @@ def erase(root: str, name: str, keys: Sequence[Any], *, actor: str | None = None
             cold.sweep(tx.directory, files)
         else:
             data_version = meta.data_version
-    audit(root, {**base, "status": "completed", "at": datetime.now(UTC).isoformat(), "warm_rows": warm_rows,
+    audit(root, {**base, "status": "completed", "warm_rows": warm_rows,
                  "cold_rows": cold_rows, "data_version": data_version})
     return ErasureReport(name, len(values), warm_rows, cold_rows, data_version)
 

@@ -124,14 +124,16 @@ def plan_tiers(meta: TableMeta, time_range: TimeRange | None) -> tuple[bool, lis
 
 def scan(root: str, name: str, columns: Sequence[str] | None = None, time_range: TimeRange | None = None,
          filter: Sequence[Predicate] | None = None, *, warm_uri: str | None = None,
-         include_version: bool = False) -> pa.Table:
+         include_version: bool = False, dictionary_strings: bool = False) -> pa.Table:
     """The committed rows of table ``name`` matching ``filter`` and ``time_range`` (``[start, end)``), with
     ``columns`` (default: all), from every tier that can hold them. Row order is unspecified.
-    ``include_version`` adds ``_hw_version``, the data version that committed each row."""
+    ``include_version`` adds ``_hw_version``, the data version that committed each row;
+    ``dictionary_strings`` returns string columns dictionary-encoded (same values; for the SQL engine, which
+    reads them faster and answers plain strings)."""
     for _ in range(5):
         meta = require_meta(root, name)
         try:
-            return _scan(root, meta, columns, time_range, filter, warm_uri, include_version)
+            return _scan(root, meta, columns, time_range, filter, warm_uri, include_version, dictionary_strings)
         except (FileNotFoundError, OSError, ValueError, pa.ArrowException) as exc:
             if isinstance(exc, ConfigError) or require_meta(root, name).data_version == meta.data_version and \
                     require_meta(root, name).cold == meta.cold:
@@ -141,7 +143,8 @@ def scan(root: str, name: str, columns: Sequence[str] | None = None, time_range:
 
 
 def _scan(root: str, meta: TableMeta, columns: Sequence[str] | None, time_range: TimeRange | None,
-          predicates: Sequence[Predicate] | None, warm_uri: str | None, include_version: bool) -> pa.Table:
+          predicates: Sequence[Predicate] | None, warm_uri: str | None, include_version: bool,
+          dictionary_strings: bool = False) -> pa.Table:
     wanted = list(columns) if columns is not None else list(meta.schema.names)
     for column in wanted:
         if column != VERSION_COLUMN:
@@ -150,18 +153,26 @@ def _scan(root: str, meta: TableMeta, columns: Sequence[str] | None, time_range:
         wanted.append(VERSION_COLUMN)
     storage = meta.storage_schema
     target = pa.schema([storage.field(c).with_nullable(True) for c in wanted])
+    encoded = [f.name for f in target if dictionary_strings and pa.types.is_string(f.type)]
+    if encoded:
+        target = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in encoded else f
+                            for f in target])
     lance_filter, arrow_filter = compile_filter(meta, predicates, time_range)
     use_warm, files = plan_tiers(meta, time_range)
     directory = os.path.join(root, "tables", meta.name)
-    parts = []
-    if use_warm:
+    def read_warm() -> pa.Table:
         warm = WarmTier(directory, meta.name, warm_uri).read(meta.warm.version, wanted, lance_filter)
-        parts.append(warm.select(wanted).cast(target))
-    if files:
-        parts.append(cold.read(directory, files, storage, wanted, arrow_filter).cast(target))
-    if not parts:
+        return warm.select(wanted).cast(target)
+
+    def read_cold() -> pa.Table:
+        return cold.read(directory, files, storage, wanted, arrow_filter, encoded).cast(target)
+
+    readers = ([read_warm] if use_warm else []) + ([read_cold] if files else [])
+    if not readers:
         return target.empty_table()
-    return pa.concat_tables(parts)
+    # one tier after the other: LanceDB and Arrow's Parquet reader are multi-threaded already (reading both at
+    # once in two threads was slower here, on 2 cores)
+    return pa.concat_tables([read() for read in readers])
 
 
 def key_tuple(meta: TableMeta, key: Any) -> tuple[Any, ...]:

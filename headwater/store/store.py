@@ -64,14 +64,22 @@ class Store:
                 from headwater.errors import ConfigError
 
                 raise ConfigError(f"table {name!r} has no time column: its policy takes no warm_for or retain_for")
+            before = meta.policy.to_json()
             tx.save(meta.with_changes(policy=policy))
-            return tx.require()
+            changed = tx.require()
+        from headwater.store.audit import AuditLog
+
+        AuditLog(self.root).append("lifecycle_policy", table=name, actor=_user(), before=before,
+                                   after=changed.policy.to_json())
+        return changed
 
     def scan(self, table: str, columns: Sequence[str] | None = None, time_range: TimeRange | None = None,
-             filter: Sequence[Predicate] | None = None, *, include_version: bool = False) -> pa.Table:
+             filter: Sequence[Predicate] | None = None, *, include_version: bool = False,
+             dictionary_strings: bool = False) -> pa.Table:
         """Committed rows across tiers (see :func:`headwater.store.scan.scan`)."""
         return scanning.scan(self.root, check_table_name(table), columns, time_range, filter,
-                             warm_uri=self.warm_uri, include_version=include_version)
+                             warm_uri=self.warm_uri, include_version=include_version,
+                             dictionary_strings=dictionary_strings)
 
     def latest(self, table: str, key: Any) -> dict[str, Any] | None:
         """The newest row of ``key`` (see :func:`headwater.store.scan.latest`)."""
@@ -93,3 +101,12 @@ class Store:
     def rows_per_tier(self, table: str) -> dict[str, int]:
         meta = self.table(table)
         return {"warm": meta.warm.rows, "cold": sum(f.rows for f in meta.cold)}
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return str(os.getuid())

@@ -582,6 +582,21 @@ def test_rescale_one_two_one_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     rescale(tmp_path, "ray", [1, 2, 1])
 
 
+def test_rescale_down_into_parquet_commits_and_aborts_the_wider_runs_subtasks(tmp_path: Path) -> None:
+    """3 -> 2 with a committing file sink: the restore settles the staging of sink subtask 2, which the new run
+    no longer has (found by the autoscaler's first scale-down into Parquet)."""
+    parts = spread(4 * 1_500, partitions=4)
+    out, directory = tmp_path / "parquet", tmp_path / "chk"
+    config = checkpointing(directory, interval=timedelta(milliseconds=30))
+    start_and_stop_after_checkpoints(stateless_flow(PacedSource(parts, RATE), ParquetSink(out)), directory,
+                                     settle=0.05, checkpoint=config, executor="local", parallelism=3)
+    hw.run(stateless_flow(PacedSource(parts, None), ParquetSink(out)), executor="local", parallelism=2,
+           checkpoint=config)
+    expected = sorted(r["v"] for p in parts for r in p if r["v"] % 3 != 0)
+    assert sorted(r["v"] for r in parquet_rows(out)) == expected
+    assert_only_committed_files_visible(out)
+
+
 def test_rescale_through_a_savepoint_in_the_same_dir(tmp_path: Path) -> None:
     parts = spread(4 * 2_000, partitions=4, keys=7)
     out1, out2 = TestingSink(tmp_path / "out1"), TestingSink(tmp_path / "out2")

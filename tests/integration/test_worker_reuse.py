@@ -15,7 +15,7 @@ from headwater.errors import UserCodeError
 from headwater.testing import TestingSink, TestingSource
 
 pytestmark = pytest.mark.ray
-KEY = ("shared", True)
+KEY = ("shared", True, ())  # tune_allocator on, nothing reserved (the local Ray: worker_cpus 0)
 
 
 def _drain(ray: Any) -> None:

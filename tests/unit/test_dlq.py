@@ -186,3 +186,21 @@ def test_sources_without_replay_support_say_so() -> None:
 
     with pytest.raises(DeadLetterReplayError, match="cannot replay dead letters"):
         TestingSource([{"a": 1}]).replay_dead_letters(None)  # type: ignore[arg-type]  # refused before reading
+
+
+def test_a_replay_and_its_runs_are_audited(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.store.audit import AuditLog
+
+    monkeypatch.setenv("HEADWATER_STORE", str(workspace / "store"))
+    assert main(["run", str(_pipeline(workspace, "strict.py", lenient=False)), "--executor", "local",
+                 "--no-progress"]) == 0
+    fixed = _pipeline(workspace, "fixed.py", lenient=True)
+    assert main(["dlq", "replay", str(fixed), "--dead-letters", str(workspace / "dlq"), "--source", "numbers",
+                 "--executor", "local"]) == 0
+    log = AuditLog(str(workspace / "store"))
+    assert [e.event for e in log.entries()] == ["job_start", "job_stop", "dlq_replay", "job_start", "job_stop",
+                                                "dlq_replay"]
+    started, done = log.entries(event="dlq_replay")
+    assert (started.fields["status"], done.fields["status"]) == ("started", "completed")
+    assert done.fields["source"] == "numbers" and done.fields["dead_letters"] == str(workspace / "dlq")
+    assert log.verify().ok

@@ -62,6 +62,9 @@ def _copy_with(tmp_path: Path, module: str, line: str) -> Path:
     # the store sits below the connectors: it must not import a sink (nor the serve layer above)
     ("store/warm.py", "from headwater.sinks import base  # wrong way", "headwater.sinks"),
     ("sinks/table.py", "import headwater.serve  # wrong way", "headwater.serve"),
+    # the schema registry sits below the runner that calls it at job start, and the engine knows nothing of it
+    ("governance/schemas/subjects.py", "import headwater.runner  # wrong way", "headwater.runner"),
+    ("engine/runtime.py", "from headwater.governance import schemas  # wrong way", "headwater.governance"),
     # logical steps must not build operators
     ("logical/basic.py", "from headwater.operators import udf  # wrong way", "headwater.operators"),
 ])

@@ -27,6 +27,11 @@ class AutoscaleConfig:
         interval: how often the controller reads the job's signals.
         request_resources: also ask Ray's autoscaler for the CPUs of the new parallelism ahead of the restart
             (``ray.autoscaler.sdk.request_resources``), and drop that request when scaling down.
+        capacity_wait: with ``request_resources``, a scale-up keeps the running attempt processing for up to this
+            long while the cluster grows to the new parallelism's worker resources (nodes starting), and stops it
+            for the rescale once they are there, so that the output pauses for the restart only, not for a node
+            start; past it the rescale goes on and the new workers wait for placement. ``timedelta(0)``: stop
+            at once.
     """
 
     min_parallelism: int = 1
@@ -39,6 +44,7 @@ class AutoscaleConfig:
     max_step_up: float = 2.0
     interval: timedelta = timedelta(seconds=1)
     request_resources: bool = True
+    capacity_wait: timedelta = timedelta(seconds=60)
 
     def __post_init__(self) -> None:
         for name in ("min_parallelism", "max_parallelism"):
@@ -52,6 +58,9 @@ class AutoscaleConfig:
             value = getattr(self, name)
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ConfigError(f"AutoscaleConfig.{name} must be a positive datetime.timedelta, got {value!r}")
+        if not isinstance(self.capacity_wait, timedelta) or self.capacity_wait < timedelta(0):
+            raise ConfigError(f"AutoscaleConfig.capacity_wait must be a non-negative datetime.timedelta, got "
+                              f"{self.capacity_wait!r}")
         value = self.scale_down_fraction
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"AutoscaleConfig.scale_down_fraction must be a number strictly between 0 and 1, got "

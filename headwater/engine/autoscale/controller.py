@@ -20,17 +20,18 @@ restarts it at the parallelism decided; tests feed synthetic traces). Invariants
 * **Bounds and step sizes.** Targets stay within [``min_parallelism``, ``max_parallelism``]; a scale-up adds at
   least one subtask and multiplies by at most ``max_step_up`` (sized from the input rate where it can be
   estimated: processing rate plus the growth of the lag); a scale-down keeps enough subtasks for the current
-  rate at :data:`TARGET_BUSY` of the capacity per subtask learned while the job lagged (its sources were
-  behind, so it ran flat out), or removes one subtask where that capacity was never seen; it never goes
-  down when that estimate says the job needs what it has (at full load no lag shows, so lag alone would
-  make it flap).
+  rate at :data:`TARGET_BUSY` of the capacity per subtask — the lower of the one learned while the job lagged
+  (its sources were behind, so it ran flat out) and the one its busy time implies (DS2's true processing rate:
+  the rate over the busiest subtask's share of time inside step code) — or removes one subtask where neither
+  is known; it never goes down when that estimate says the job needs what it has (at full load no lag shows,
+  so lag alone would make it flap).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from headwater.engine.autoscale.config import AutoscaleConfig
@@ -46,6 +47,8 @@ DOWN_SHARE = 0.9
 HEADROOM = 1.25
 #: a scale-down keeps subtasks at most this share of their learned capacity
 TARGET_BUSY = 0.7
+#: a busy share below this is too small to estimate a capacity from (noise, idle jobs)
+MIN_BUSY = 0.02
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,16 @@ class Signals:
 
     ``records_in`` counts rows read by its sources since the attempt started (cumulative); ``lag_records`` is
     the sum over source partitions that report records, ``lag_seconds`` the maximum over those that report
-    seconds (``None`` where no partition reports that kind)."""
+    seconds (``None`` where no partition reports that kind); ``busy`` is, per (stage id, subtask), the seconds
+    the subtask spent inside the calls of its steps that process batches since the attempt started
+    (cumulative; source reads are left out: a read may wait for input)."""
 
     time: float
     parallelism: int
     records_in: int
     lag_records: int | None = None
     lag_seconds: float | None = None
+    busy: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, metrics: Iterable[SubtaskMetrics], source_steps: Sequence[str], parallelism: int,
@@ -69,14 +75,18 @@ class Signals:
         records_in = 0
         lag_records: int | None = None
         lag_seconds: float | None = None
+        busy: dict[tuple[int, int], float] = {}
         for subtask in metrics:
             records_in += sum(subtask.steps[s].rows_out for s in source_steps if s in subtask.steps)
+            working = [c.processing.sum for s, c in subtask.steps.items() if s not in source_steps]
+            if working:
+                busy[(subtask.stage_id, subtask.subtask)] = sum(working)
             for lag in subtask.source_lag.values():
                 if lag.records is not None:
                     lag_records = (lag_records or 0) + lag.records
                 if lag.seconds is not None:
                     lag_seconds = max(lag_seconds or 0.0, lag.seconds)
-        return cls(time, parallelism, records_in, lag_records, lag_seconds)
+        return cls(time, parallelism, records_in, lag_records, lag_seconds, busy)
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class ScalingController:
         self._rate: float | None = None  # records/s read by the sources, smoothed
         self._growth: float = 0.0  # records/s by which the lag in records grows, smoothed
         self._window: deque[tuple[float, float]] = deque()  # (time, lag estimate in s)
+        self._busy: float | None = None  # the busiest subtask's share of time in step code, smoothed
 
     @property
     def lag_seconds(self) -> float | None:
@@ -181,6 +192,10 @@ class ScalingController:
         if signals.lag_records is not None and last.lag_records is not None:
             growth = (signals.lag_records - last.lag_records) / elapsed
             self._growth += SMOOTHING * (growth - self._growth)
+        shares = [(signals.busy[key] - last.busy[key]) / elapsed for key in signals.busy if key in last.busy]
+        if shares:
+            share = min(1.0, max(0.0, max(shares)))
+            self._busy = share if self._busy is None else self._busy + SMOOTHING * (share - self._busy)
         estimate = signals.lag_seconds or 0.0
         if signals.lag_records:
             estimate = max(estimate, signals.lag_records / self._rate if self._rate > 0 else math.inf)
@@ -198,13 +213,23 @@ class ScalingController:
         return Decision(current, wanted, f"{shown} (median) above target {config.target_lag.total_seconds():g} s "
                                          f"in most of the last {config.scale_up_after.total_seconds():g} s", lag)
 
+    @property
+    def busy_capacity_per_subtask(self) -> float | None:
+        """Records/s one subtask could process, from the busy share (DS2's true processing rate): the current
+        rate over the busiest subtask's share of time in step code, per subtask; ``None`` when the share is
+        unknown or too small to divide by (:data:`MIN_BUSY`)."""
+        if self._busy is None or self._busy < MIN_BUSY or not self._rate:
+            return None
+        return self._rate / (self._busy * self.parallelism)
+
     def _down(self) -> Decision | None:
         config, current = self.config, self.parallelism
         lag = self._median(config.scale_down_after.total_seconds()) or 0.0
         if current <= config.min_parallelism:
             return None
         wanted = current - 1
-        capacity, rate = self.capacity_per_subtask, self._rate or 0.0
+        learned = [c for c in (self.capacity_per_subtask, self.busy_capacity_per_subtask) if c]
+        capacity, rate = (min(learned) if learned else None), self._rate or 0.0
         if capacity:
             wanted = math.ceil(rate / (capacity * TARGET_BUSY))
             if wanted >= current:
@@ -212,5 +237,7 @@ class ScalingController:
         wanted = max(config.min_parallelism, wanted)
         low = config.target_lag.total_seconds() * config.scale_down_fraction
         why = f", {rate:.0f} records/s need {wanted} of {capacity:.0f} records/s each" if capacity else ""
+        if self._busy is not None:
+            why += f" (busiest subtask {self._busy:.0%} busy)"
         return Decision(current, wanted, f"lag {lag:.1f} s (median) below {low:g} s in nearly all of the last "
                                          f"{config.scale_down_after.total_seconds():g} s{why}", lag)

@@ -26,8 +26,9 @@ log = logging.getLogger("headwater.autoscale")
 class RescalingSupervisor:
     """Runs segments of one job until one ends by itself or by the user's stop.
 
-    ``metrics`` and ``stop_attempt`` act on whichever attempt runs now; ``request_cpus(n)`` (optional) asks the
-    cluster for ``n`` CPUs ahead of a restart (``0``: drop the request). A stop of the user's (``stopped()``
+    ``metrics`` and ``stop_attempt`` act on whichever attempt runs now; ``request_workers(n)`` (optional) asks
+    the cluster for the resources of ``n`` worker slots ahead of a restart (``0``: drop the request); the
+    runner drops it when the job ends. A stop of the user's (``stopped()``
     true) ends the loop after the segment it interrupted; a segment that fails raises as without autoscaling.
     """
 
@@ -39,14 +40,16 @@ class RescalingSupervisor:
         metrics: Callable[[], list[SubtaskMetrics]],
         stop_attempt: Callable[[], None],
         stopped: Callable[[], bool],
-        request_cpus: Callable[[int], None] | None = None,
+        request_workers: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        has_capacity: Callable[[int], bool] | None = None,
     ) -> None:
         self.config = config
         self.parallelism = parallelism
         self.source_steps = list(source_steps)
         self._metrics, self._stop_attempt, self._stopped = metrics, stop_attempt, stopped
-        self._request_cpus, self._clock = request_cpus, clock
+        self._request_workers, self._clock = request_workers, clock
+        self._has_capacity = has_capacity
         self.controller = ScalingController(config, parallelism, clock())
         self.decisions: list[Decision] = []
         self._pending: Decision | None = None
@@ -89,15 +92,44 @@ class RescalingSupervisor:
             decision = replace(decision, at=time.time())
             self.decisions.append(decision)
             log.warning("autoscale: parallelism %d -> %d: %s", decision.previous, decision.parallelism, decision.reason)
-            if self._request_cpus is not None:
+            if self._request_workers is not None:
                 self._request(decision)
+                if decision.direction == "up" and not self._await_capacity(decision, done):
+                    return  # the attempt ended by itself meanwhile: nothing to rescale
             self._pending = decision  # read by the runner's thread: a reference assignment is atomic
             self._stop_attempt()
             return
 
+    def _await_capacity(self, decision: Decision, done: threading.Event) -> bool:
+        """Let the running attempt go on until the cluster can hold ``decision``'s workers (``has_capacity``),
+        at most ``capacity_wait``; ``False`` when the attempt ended meanwhile."""
+        if self._has_capacity is None:
+            return True
+        deadline = self._clock() + self.config.capacity_wait.total_seconds()
+        waited = False
+        while True:
+            try:
+                if self._has_capacity(decision.parallelism):
+                    break
+            except Exception:  # noqa: BLE001 - cannot tell: go on with the rescale
+                log.debug("autoscale: could not read the cluster's resources", exc_info=True)
+                break
+            if self._clock() >= deadline:
+                log.warning("autoscale: the cluster did not grow to parallelism %d's resources within %s; rescaling "
+                            "anyway (the new workers wait for placement)", decision.parallelism,
+                            self.config.capacity_wait)
+                break
+            if not waited:
+                log.info("autoscale: waiting for the cluster to grow to parallelism %d's resources",
+                         decision.parallelism)
+                waited = True
+            if done.wait(min(0.25, self.config.interval.total_seconds())):
+                return False
+        return not done.is_set()
+
     def _request(self, decision: Decision) -> None:
-        assert self._request_cpus is not None
+        assert self._request_workers is not None
         try:
-            self._request_cpus(decision.parallelism if decision.direction == "up" else 0)
+            self._request_workers(decision.parallelism if decision.direction == "up" else 0)
         except Exception:  # noqa: BLE001 - the rescale goes on with what the cluster has
             log.warning("autoscale: asking the cluster for resources failed", exc_info=True)

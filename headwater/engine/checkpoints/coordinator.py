@@ -56,10 +56,16 @@ class Expired(NamedTuple):
     missing: list[tuple[int, int]]  # (stage id, subtask) that had not acknowledged it
 
 
+#: how many recent checkpoints' durations CheckpointStats lists
+RECENT_CHECKPOINTS = 1024
+
+
 @dataclass
 class CheckpointStats:
     """Checkpoints of one attempt: how many ended how (``completed``, ``aborted`` on timeout, ``failed``
-    verification), the last completed one's duration, size and wall-clock time, and every duration."""
+    verification), the last completed one's duration, size and wall-clock time, and the durations of the last
+    :data:`RECENT_CHECKPOINTS` (a job checkpointing every second for a month would otherwise hold, and copy at
+    every metrics read, millions; every duration is in the ``durations`` histogram)."""
 
     completed: int = 0
     aborted: int = 0
@@ -205,6 +211,9 @@ class CheckpointCoordinator:
         self.stats.last_completed_at = metadata.created_at
         self.stats.last_completed_id = pending.checkpoint_id
         self.stats.sync_ms_max.append(max((a.sync_ms for a in acks), default=0.0))
+        for recent in (self.stats.durations_ms, self.stats.sync_ms_max):
+            if len(recent) > RECENT_CHECKPOINTS:
+                del recent[:len(recent) - RECENT_CHECKPOINTS]
         self.pending = None
         self.last_end = time.monotonic()
         self.last_completed = metadata

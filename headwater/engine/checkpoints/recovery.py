@@ -114,8 +114,11 @@ def settle_sinks(plan: PhysicalPlan, metadata: CheckpointMetadata | None) -> Non
         for step_id in stage.step_ids:
             step = plan.steps[step_id]
             if isinstance(step, SinkStep):
-                for subtask in range(max(stage.parallelism, counts.get(step_id, 0))):
-                    partition = step.sink.build_part(subtask, stage.parallelism)
+                # a restore at a lower parallelism (a rescale down) also aborts the staging of the wider
+                # attempt's subtasks, as partitions of that attempt's width
+                width = max(stage.parallelism, counts.get(step_id, 0))
+                for subtask in range(width):
+                    partition = step.sink.build_part(subtask, width)
                     try:
                         partition.abort()
                     finally:

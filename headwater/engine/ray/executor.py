@@ -27,7 +27,7 @@ from headwater.engine.job import JobResult
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.ray.actors import ActorHandle, ObjectRef, await_death, kill_actors, unwrap
-from headwater.engine.ray.placement import PLACEMENT_POLL_S, PlacementWait, place_subtasks
+from headwater.engine.ray.placement import PLACEMENT_POLL_S, PlacementWait, place_subtasks, worker_reservation
 from headwater.engine.ray.watch import WATCH, WATCH_CONCURRENCY, WorkerWatch
 from headwater.engine.ray.worker import WorkerActor
 from headwater.engine.ray.worker_pool import POOL
@@ -64,7 +64,9 @@ class RayJob:
         storage = coordinator.storage if coordinator is not None else None
         self.checkpointing = coordinator is not None
         self.worker_class = ray.remote(concurrency_groups={WATCH: WATCH_CONCURRENCY})(WorkerActor)
-        self.pool_key = ("shared", config.tune_allocator)
+        #: what each shared worker reserves (RunConfig.worker_cpus / worker_resources)
+        self.reservation = worker_reservation(config, ray)
+        self.pool_key = ("shared", config.tune_allocator, tuple(sorted(self.reservation.items())))
         #: workers go back to the pool after a successful run (see headwater.engine.ray.worker_pool)
         self.reusable = config.reuse_workers and coordinator is None
         self._released = False
@@ -76,9 +78,11 @@ class RayJob:
         plan_ref = ray.put(plan)
         restore_ref = ray.put(restore)
         self.assignments = place_subtasks(plan)
-        cpus = [plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None for subtasks in self.assignments]
-        #: which workers hold no CPUs of their own (only those are pooled)
-        self.shared = [not c for c in cpus]
+        own = [plan.stages[subtasks[0][0]].num_cpus if len(subtasks) == 1 else None for subtasks in self.assignments]
+        #: which workers are slots shared by the job's steps (only those are pooled); the others are dedicated
+        #: to one subtask of a step with its own num_cpus
+        self.shared = [c is None for c in own]
+        cpus = [self.reservation.get("CPU", 0.0) if c is None else c for c in own]
         pooled = POOL.take(ray, self.pool_key, sum(self.shared)) if config.reuse_workers else []
         self.workers: list[ActorHandle] = []
         from_pool: set[int] = set()
@@ -88,12 +92,13 @@ class RayJob:
                 self.workers.append(pooled.pop())
                 from_pool.add(index)
             else:
-                self.workers.append(self._new_worker(cpus[index]))
+                self.workers.append(self._new_worker(own[index]))
             placement.update({subtask: index for subtask in subtasks})
         try:
             self._assign([(plan_ref, subtasks, config, storage, restore_ref, coordinator if index == 0 else None)
                           for index, subtasks in enumerate(self.assignments)], from_pool,
-                         PlacementWait(ray, plan, self.assignments, cpus, deadline))
+                         PlacementWait(ray, plan, self.assignments, cpus, deadline,
+                                       {k: v for k, v in self.reservation.items() if k != "CPU"}))
             #: the worker actor hosting each (stage id, subtask)
             self.actors: dict[SubtaskId, ActorHandle] = {key: self.workers[i] for key, i in sorted(placement.items())}
             self.watch = WorkerWatch(ray, plan, self.workers, self.assignments, config.stall_seconds)
@@ -120,8 +125,12 @@ class RayJob:
                 self.stop(reason="the run's timeout (while its steps were opening)")
             self._check_deadlines()
 
-    def _new_worker(self, cpus: float | None) -> ActorHandle:
-        return self.worker_class.options(num_cpus=cpus or 0, max_concurrency=1000).remote(self.config.tune_allocator)
+    def _new_worker(self, own_cpus: float | None) -> ActorHandle:
+        """A worker actor reserving ``own_cpus`` (a step's own ``num_cpus``), or the shared reservation."""
+        custom = {k: v for k, v in self.reservation.items() if k != "CPU"}
+        cpus = self.reservation.get("CPU", 0.0) if own_cpus is None else own_cpus
+        return self.worker_class.options(num_cpus=cpus, resources=custom or None, max_concurrency=1000).remote(
+            self.config.tune_allocator)
 
     def _assign(self, arguments: list[tuple[Any, ...]], from_pool: set[int], placement: PlacementWait) -> None:
         """Give every worker its subtasks, waiting (bounded by ``placement``) for Ray to place them. A pooled

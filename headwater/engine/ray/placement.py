@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from types import ModuleType
+from typing import Sequence
 
+from headwater.engine.config import RunConfig
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.ray.cluster import global_node
 from headwater.errors import JobFailedError
@@ -54,6 +56,14 @@ def place_subtasks(plan: PhysicalPlan) -> list[list[SubtaskId]]:
     return slots + dedicated
 
 
+def worker_reservation(config: RunConfig, ray: ModuleType) -> dict[str, float]:
+    """What each shared worker actor reserves from Ray: ``{"CPU": n, **custom}`` per ``RunConfig.worker_cpus``
+    and ``worker_resources`` (``worker_cpus=None``: 1 CPU on a joined cluster, none on one started here);
+    amounts of 0 are left out, so ``{}`` reserves nothing."""
+    cpus = config.worker_cpus if config.worker_cpus is not None else (0.0 if started_here(ray) else 1.0)
+    return {**({"CPU": float(cpus)} if cpus else {}), **{k: float(v) for k, v in config.worker_resources.items()}}
+
+
 def started_here(ray: ModuleType) -> bool:
     """Whether this process started the Ray cluster (``ray.init()`` without an address: a head node of its
     own, with no autoscaler). ``False`` when it joined one, or when Ray does not say."""
@@ -63,9 +73,11 @@ def started_here(ray: ModuleType) -> bool:
 class PlacementWait:
     """Checks the workers a job still waits for (see the module docstring); :meth:`check` raises."""
 
-    def __init__(self, ray: ModuleType, plan: PhysicalPlan, assignments: list[list[SubtaskId]], cpus: list[float | None],
-                 deadline: float | None) -> None:
+    def __init__(self, ray: ModuleType, plan: PhysicalPlan, assignments: list[list[SubtaskId]], cpus: Sequence[float | None],
+                 deadline: float | None, custom: dict[str, float] | None = None) -> None:
         self.ray, self.plan, self.assignments, self.cpus, self.deadline = ray, plan, assignments, cpus, deadline
+        #: the custom resources every worker asks for (RunConfig.worker_resources)
+        self.custom = dict(custom or {})
         self.started = time.monotonic()
         self._largest: float | None = None
         self._logged = False
@@ -73,7 +85,9 @@ class PlacementWait:
     def _describe(self, index: int) -> str:
         stage_id, subtask = self.assignments[index][0]
         cpus = self.cpus[index]
-        what = f"{cpus:g} CPU(s) (num_cpus={cpus:g})" if cpus else "no CPUs of its own"
+        own = self.plan.stages[stage_id].num_cpus is not None and len(self.assignments[index]) == 1
+        setting = f"num_cpus={cpus:g}" if own else f"RunConfig.worker_cpus={cpus:g}"
+        what = f"{cpus:g} CPU(s) ({setting})" if cpus else "no CPUs of its own"
         return f"step {self.plan.stages[stage_id].head!r} (subtask {subtask}) asks for {what}"
 
     def _node_cpus(self) -> list[float]:
@@ -88,6 +102,23 @@ class PlacementWait:
         """``waiting``: indices of the workers whose ``assign`` has not returned yet."""
         if not waiting:
             return
+        if self.custom and started_here(self.ray):
+            offered: dict[str, float] = {}
+            for node in self.ray.nodes():
+                if node.get("Alive"):
+                    for name, amount in node.get("Resources", {}).items():
+                        offered[name] = max(offered.get(name, 0.0), float(amount))
+            missing = sorted(name for name, amount in self.custom.items() if offered.get(name, 0.0) < amount)
+            if missing:
+                first = self.assignments[waiting[0]][0]
+                raise JobFailedError(
+                    f"the job's workers ask for {', '.join(f'{n}={self.custom[n]:g}' for n in missing)} "
+                    f"(RunConfig.worker_resources), which no node of this Ray cluster offers"
+                    f"{' enough of' if any(n in offered for n in missing) else ''}. This process started the "
+                    "cluster, so no autoscaler can add such a node. Drop worker_resources, or run on a cluster "
+                    "whose node types offer them (RunConfig.ray_address)",
+                    step_id=self.plan.stages[first[0]].head, subtask=first[1], transient=False,
+                )
         dedicated = [i for i in waiting if self.cpus[i]]
         if dedicated and started_here(self.ray):
             largest = self.largest_node_cpus()
@@ -105,11 +136,10 @@ class PlacementWait:
             if needed > total:
                 first = self.assignments[dedicated[0]][0]
                 raise JobFailedError(
-                    f"the job's workers ask for {needed:g} CPU(s) together (steps with num_cpus get one worker per "
-                    f"subtask: {'; '.join(self._describe(i) for i in dedicated)}, ...), but this Ray cluster has "
-                    f"{total:g}. This process started the cluster, so no autoscaler can add nodes and the job can "
-                    "never be placed. Lower num_cpus or the parallelism of those steps, or start the local cluster "
-                    "with more CPUs (RunConfig.num_cpus)",
+                    f"the job's workers ask for {needed:g} CPU(s) together ({'; '.join(self._describe(i) for i in dedicated)}"
+                    f", ...), but this Ray cluster has {total:g}. This process started the cluster, so no "
+                    "autoscaler can add nodes and the job can never be placed. Lower num_cpus or worker_cpus or the "
+                    "parallelism, or start the local cluster with more CPUs (RunConfig.num_cpus)",
                     step_id=self.plan.stages[first[0]].head, subtask=first[1], transient=False,
                 )
         now = time.monotonic()

@@ -147,3 +147,32 @@ def test_the_audit_log_takes_one_line_per_record(store: Store) -> None:
     log.record(actor="token:1", role="r", action="POST /sql", status=200, tables=["clicks"], rows=3, query="x" * 9000)
     [record] = [r for r in read_audit(store.root) if r["event"] == "access"]
     assert record["rows"] == 3 and len(record["query"]) == 4000 and record["at"]
+
+
+def test_token_and_policy_changes_are_audited_without_the_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from headwater.store import LifecyclePolicy
+    from headwater.store.audit import AuditLog
+
+    store = Store(tmp_path)
+    commit_rows(store, "clicks", [{"user": "a", "email": "a@x"}], key=["user"])
+    root = str(tmp_path)
+    assert main(["role", "create", "--store", root, "analyst"]) == 0
+    assert main(["grant", "--store", root, "--role", "analyst", "--table", "clicks", "--columns", "user"]) == 0
+    assert main(["pii", "--store", root, "--table", "clicks", "--columns", "email"]) == 0
+    capsys.readouterr()
+    assert main(["token", "create", "--store", root, "--role", "analyst"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    token_id = token.split("_")[1]
+    assert main(["token", "revoke", "--store", root, token_id]) == 0
+    assert main(["revoke", "--store", root, "--role", "analyst", "--table", "clicks"]) == 0
+    store.set_policy("clicks", LifecyclePolicy(warm_for=None))
+    log = AuditLog(root)
+    entries = log.entries()
+    assert [e.event for e in entries] == ["policy_change"] * 3 + ["token_create", "token_revoke", "policy_change",
+                                                                  "lifecycle_policy"]
+    assert entries[1].fields["command"] == "grant" and entries[1].fields["table"] == "clicks"
+    assert entries[3].fields["token_id"] == token_id and entries[3].fields["role"] == "analyst"
+    assert entries[-1].fields["table"] == "clicks" and entries[-1].fields["after"]["warm_for_s"] is None
+    assert set(entries[-1].fields["before"]) == {"hot_for_s", "warm_for_s", "retain_for_s"}
+    assert token.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*"))
+    assert log.verify().ok

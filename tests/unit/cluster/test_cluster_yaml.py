@@ -81,3 +81,10 @@ def test_the_nodes_run_the_pinned_ray_and_install_the_locked_dependencies() -> N
     setup = " ".join(config["setup_commands"])
     assert "-r /home/ray/headwater/requirements.lock" in setup and "--no-deps /home/ray/headwater" in setup
     assert config["file_mounts"]["/home/ray/headwater"] == "."
+
+
+def test_the_fake_cluster_headwater_starts_is_the_documented_local_fake_yaml() -> None:
+    from headwater.engine.ray.fake_cluster import autoscaling_config
+
+    documented = yaml.safe_load((ROOT / "cluster" / "local-fake.yaml").read_text())
+    assert autoscaling_config(6400) == documented

@@ -340,3 +340,15 @@ def test_retention_keeps_the_newest_checkpoints_and_every_directory_they_referen
     latest = core.storage.latest_valid()
     assert latest is not None and latest.checkpoint_id == 7
     core.storage.verify(latest)  # chk-000003 still holds the stand-in's state file
+
+
+def test_checkpoint_stats_list_only_the_recent_durations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.engine.checkpoints import coordinator as module
+
+    monkeypatch.setattr(module, "RECENT_CHECKPOINTS", 3)
+    core = coordinator(tmp_path)
+    for _ in range(5):
+        assert complete(core) is not None
+    assert core.stats.completed == 5
+    assert len(core.stats.durations_ms) == len(core.stats.sync_ms_max) == 3
+    assert sum(core.stats.durations.counts) == 5, "the histogram keeps every duration"

@@ -12,8 +12,8 @@ import headwater as hw
 from headwater.engine.config import RunConfig
 from headwater.engine.failures import classify
 from headwater.engine.ray.executor import place_subtasks
-from headwater.engine.ray.placement import PlacementWait
-from headwater.errors import JobFailedError
+from headwater.engine.ray.placement import PlacementWait, worker_reservation
+from headwater.errors import ConfigError, JobFailedError
 from headwater.planner import plan
 from headwater.sinks.testing import TestingSink
 from headwater.sources.testing import TestingSource
@@ -118,3 +118,37 @@ def test_on_a_joined_cluster_the_driver_waits_for_an_autoscaler_until_the_runs_d
         wait.check(heavy)
     assert classify(raised.value).transient
     wait.check([])  # nothing left to wait for
+
+
+def test_workers_reserve_a_cpu_on_a_joined_cluster_and_none_on_one_started_here_unless_told() -> None:
+    assert worker_reservation(RunConfig(), _FakeRay(here=False)) == {"CPU": 1.0}
+    assert worker_reservation(RunConfig(), _FakeRay(here=True)) == {}
+    assert worker_reservation(RunConfig(worker_cpus=0.5), _FakeRay(here=True)) == {"CPU": 0.5}
+    assert worker_reservation(RunConfig(worker_cpus=0), _FakeRay(here=False)) == {}
+    told = RunConfig(worker_cpus=2, worker_resources={"stream_slot": 1})
+    assert worker_reservation(told, _FakeRay(here=False)) == {"CPU": 2.0, "stream_slot": 1.0}
+
+
+@pytest.mark.parametrize("bad", [-1, True, "1", 2048])
+def test_worker_cpus_must_be_a_number_of_cpus(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="worker_cpus must be a number of CPUs >= 0"):
+        RunConfig(worker_cpus=bad)
+
+
+@pytest.mark.parametrize("bad", [{"CPU": 1}, {"slot": 0}, {"slot": True}, {"": 1}, {"GPU": 1}, ["slot"]])
+def test_worker_resources_must_be_custom_resources_with_positive_amounts(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="worker_resources must map custom Ray resource names"):
+        RunConfig(worker_resources=bad)
+
+
+def test_a_custom_resource_no_node_offers_fails_at_once_on_a_cluster_started_here() -> None:
+    physical = plan(_flow(), RunConfig(parallelism=2), 2)
+    assignments = place_subtasks(physical)
+    cpus: list[float | None] = [0.0] * len(assignments)
+    here = PlacementWait(_FakeRay(True), physical, assignments, cpus, None, {"stream_slot": 1})
+    with pytest.raises(JobFailedError, match=r"ask for stream_slot=1 \(RunConfig.worker_resources\), which no node "
+                       r"of this Ray cluster offers") as raised:
+        here.check([0])
+    assert not classify(raised.value).transient
+    joined = PlacementWait(_FakeRay(False), physical, assignments, cpus, time.monotonic() + 3600, {"stream_slot": 1})
+    joined.check([0])  # an autoscaler may add a node type that offers it

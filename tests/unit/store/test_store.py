@@ -4,6 +4,7 @@ trace and completes when run again; commits replay as no-ops; schema evolution."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from headwater.errors import ConfigError, SchemaEvolutionError
 from headwater.store import LifecyclePolicy, Store
 from headwater.store import table as table_module
+from headwater.store.audit import AuditLog
 from headwater.store.table import Transaction
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -149,17 +151,18 @@ def test_erasure_removes_exactly_the_key_from_every_tier(
     assert rows_of(store.scan("t")) == rows_of(reference([r for r in everything if r["k"] not in erased]))
     for key in erased:
         assert store.latest("t", key) is None
-    log = (Path(store.root) / "audit.jsonl").read_text().splitlines()
-    assert [line.count('"status": "started"') + 2 * line.count('"status": "completed"') for line in log[-2:]] == [1, 2]
-    assert '"actor": "dpo"' in log[-1]
+    log = AuditLog(store.root).entries(event="erase")
+    assert [e.fields["status"] for e in log[-2:]] == ["started", "completed"]
+    assert log[-1].fields["actor"] == "dpo" and AuditLog(store.root).verify().ok
 
 
 def test_the_audit_log_records_digests_not_keys(tmp_path: Path) -> None:
     store = Store(tmp_path)
     commit(store, "t", [{"k": "alice@example.com", "ts": BASE, "v": 1}])
     store.erase("t", ["alice@example.com"], actor="dpo")
-    log = (tmp_path / "audit.jsonl").read_text()
-    assert "alice" not in log and '"warm_rows": 1' in log
+    [*_, done] = AuditLog(store.root).entries(event="erase")
+    assert "alice" not in json.dumps(done.to_json()) and done.fields["warm_rows"] == 1
+    assert b"alice" not in b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*"))
 
 
 def test_latest_prefers_the_newest_row_in_any_tier(tmp_path: Path) -> None:

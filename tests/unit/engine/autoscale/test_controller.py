@@ -150,15 +150,52 @@ def test_without_a_learned_capacity_scale_down_goes_one_subtask_at_a_time() -> N
     assert controller.capacity_per_subtask is None
 
 
+def _busy_load(controller: ScalingController, rate: float, per_subtask: float, seconds: int) -> list[Decision]:
+    """A job that keeps up with ``rate`` (no lag), its subtasks busy ``rate / (per_subtask * parallelism)`` of
+    the time, as their busy seconds tell."""
+    decisions, read, busy = [], 0.0, 0.0
+    for t in range(seconds):
+        read += rate
+        busy += min(1.0, rate / (per_subtask * controller.parallelism))
+        signals = Signals(float(t), controller.parallelism, int(read), lag_records=0,
+                          busy={(1, i): busy for i in range(controller.parallelism)})
+        decision = controller.observe(signals)
+        if decision is not None:
+            decisions.append(decision)
+            controller.rescaled(decision.parallelism, float(t))
+            busy = 0.0  # a new attempt's counters start at zero
+    return decisions
+
+
+def test_busy_time_sizes_a_scale_down_without_ever_having_seen_the_job_lag() -> None:
+    """DS2: 800 records/s at parallelism 8 with subtasks busy 10 %: each could do 1,000/s, so 800/s need
+    ceil(800 / (1,000 x 0.7)) = 2, in one decision instead of six."""
+    controller = ScalingController(CONFIG, 8, now=0.0)
+    decisions = _busy_load(controller, rate=800.0, per_subtask=1000.0, seconds=200)
+    assert controller.capacity_per_subtask is None  # never lagged
+    assert [d.parallelism for d in decisions] == [2]
+    assert "busiest subtask 10% busy" in decisions[0].reason
+
+
+def test_a_busy_job_without_lag_is_not_scaled_down() -> None:
+    """At 85 % busy the job keeps up only just: no lag shows, and busy time says it needs what it has."""
+    controller = ScalingController(CONFIG, 4, now=0.0)
+    assert _busy_load(controller, rate=3400.0, per_subtask=1000.0, seconds=200) == []
+
+
 def test_signals_from_subtask_metrics() -> None:
+    agg = StepCounters(rows_out=7)
+    agg.processing.observe(0.25)
+    agg.processing.observe(0.5)
     metrics = [
-        SubtaskMetrics(0, 0, {"src": StepCounters(rows_out=100), "agg": StepCounters(rows_out=7)},
+        SubtaskMetrics(0, 0, {"src": StepCounters(rows_out=100), "agg": agg},
                        source_lag={"p0": SourceLag(records=40), "p1": SourceLag(seconds=2.5)}),
         SubtaskMetrics(0, 1, {"src": StepCounters(rows_out=50)}, source_lag={"p2": SourceLag(records=2, seconds=0.5)}),
         SubtaskMetrics(1, 0, {"agg": StepCounters(rows_out=9)}),
     ]
     signals = Signals.of(metrics, ["src"], 2, 12.0)
-    assert signals == Signals(12.0, 2, 150, lag_records=42, lag_seconds=2.5)
+    # busy: seconds inside the steps that process batches, per subtask; the source's reads are left out
+    assert signals == Signals(12.0, 2, 150, lag_records=42, lag_seconds=2.5, busy={(0, 0): 0.75, (1, 0): 0.0})
     assert Signals.of([], ["src"], 1, 0.0) == Signals(0.0, 1, 0)
 
 
