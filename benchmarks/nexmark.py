@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -123,7 +124,7 @@ def run_headwater(query: str, events: int, parallelism: int, rate: float | None,
     if traces_and_logs is not None:
         options = {"trace_exporter": "memory" if traces_and_logs else "none",
                    "log_format": "json" if traces_and_logs else "text"}
-        os.environ["HEADWATER_REGISTRY_DIR"] = str(ROOT / ".headwater-bench-registry") if traces_and_logs else "off"
+        os.environ["HEADWATER_REGISTRY_DIR"] = os.path.join(tempfile.gettempdir(), "headwater-bench-registry") if traces_and_logs else "off"
     started = time.perf_counter()
     job = hw.start(flow, parallelism=parallelism, batch_size=batch_size, reuse_workers=not fresh_workers,
                    metrics_port=0 if metrics else None, **options)
