@@ -19,6 +19,10 @@ What is measured:
   seconds by a thread of the driver for the whole run, as Prometheus would, only harder); the report has both
   medians and ``metrics_cost`` = 1 - on/off. The counting inside the subtasks is always on: compare it across
   commits with separate invocations.
+* ``--observability ab``: the cost of all of it, runs alternating the same way: ``off`` (no metrics server, no
+  tracing, plain-text logs, no job registry) and ``on`` (the metrics server scraped as above, tracing at the default
+  sampling share ``RunConfig.trace_sample`` into the in-process memory exporter, JSON logs, the job registry's
+  heartbeat); ``observability_cost`` = 1 - on/off.
 * ``--reference``: the same query as a plain-Python per-row loop in ``parallelism`` processes over the same
   generated events (generation included, as for Headwater), timed in the same invocation.
 """
@@ -33,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +52,7 @@ import pyarrow as pa  # noqa: E402
 from nexmark_queries import QUERIES, REFERENCES  # noqa: E402
 
 import headwater as hw  # noqa: E402
+from headwater.engine import tracing  # noqa: E402
 from headwater.engine.metrics import peak_rss_mb  # noqa: E402
 from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 from headwater.sinks import NullSink  # noqa: E402
@@ -106,14 +112,22 @@ def _scrape_until(url: str, every: float, done: threading.Event, scrapes: list[i
 
 
 def run_headwater(query: str, events: int, parallelism: int, rate: float | None, batch_size: int,
-                  fresh_workers: bool = False, metrics: bool = False, scrape_interval: float = 1.0) -> dict[str, Any]:
-    """One run; with ``metrics``, its metrics server is scraped every ``scrape_interval`` s while it runs."""
+                  fresh_workers: bool = False, metrics: bool = False, scrape_interval: float = 1.0,
+                  traces_and_logs: bool | None = None) -> dict[str, Any]:
+    """One run; with ``metrics``, its metrics server is scraped every ``scrape_interval`` s while it runs. With
+    ``traces_and_logs`` True/False, tracing (default sampling, memory exporter), JSON logs and the job registry
+    are on/off (``None``: the defaults of the environment)."""
     sources = sources_for(query, events, parallelism, rate, batch_size)
     flow = build(query, sources)
     scrapes = [0]
+    options: dict[str, Any] = {}
+    if traces_and_logs is not None:
+        options = {"trace_exporter": "memory" if traces_and_logs else "none",
+                   "log_format": "json" if traces_and_logs else "text"}
+        os.environ["HEADWATER_REGISTRY_DIR"] = os.path.join(tempfile.gettempdir(), "headwater-bench-registry") if traces_and_logs else "off"
     started = time.perf_counter()
     job = hw.start(flow, parallelism=parallelism, batch_size=batch_size, reuse_workers=not fresh_workers,
-                   metrics_port=0 if metrics else None)
+                   metrics_port=0 if metrics else None, **options)
     done = threading.Event()
     scraper = None
     if job.metrics_url is not None:
@@ -139,6 +153,7 @@ def run_headwater(query: str, events: int, parallelism: int, rate: float | None,
         "latency_max_ms": latency["max_ms"],
         "peak_rss_mb": result.peak_rss_mb() + peak_rss_mb(),
         "metrics": metrics,
+        "traced_batches": sum(1 for s in tracing.finished_spans(clear=True) if s.name == tracing.SOURCE_SPAN),
         "scrapes": scrapes[0],
     }
 
@@ -259,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start new worker processes for every run (default: runs after the first reuse them)")
     parser.add_argument("--metrics", choices=["off", "on", "ab"], default="off",
                         help="no metrics server, a scraped one, or both alternating (the cost of metrics)")
+    parser.add_argument("--observability", choices=["ab"], default=None,
+                        help="ab: alternate runs with metrics, tracing, JSON logs and the registry all off / all on")
     parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between scrapes (--metrics on/ab)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
@@ -271,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=1024 * 1024 * 1024,  # token auth, reaper
                  configure_logging=False, log_to_driver=False)
     try:
-        modes = {"off": [False], "on": [True], "ab": [False, True]}[args.metrics]
-        if args.metrics == "ab" and not args.fresh_workers:  # a first run starts the workers: not compared
+        full = args.observability == "ab"
+        modes = [False, True] if full else {"off": [False], "on": [True], "ab": [False, True]}[args.metrics]
+        if (args.metrics == "ab" or full) and not args.fresh_workers:  # a first run starts the workers: not compared
             run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size)
         runs = [run_headwater(args.query, args.events, args.parallelism, args.rate, args.batch_size,
-                              args.fresh_workers, metrics, args.scrape_interval)
+                              args.fresh_workers, metrics, args.scrape_interval, metrics if full else None)
                 for _ in range(args.repeat) for metrics in modes]
     finally:
         ray.shutdown()
@@ -298,7 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         **{k: v for k, v in best.items() if k != "events_per_second"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
-    if args.metrics == "ab":
+    if full:
+        report["observability_off_events_per_second"] = medians[False]
+        report["observability_on_events_per_second"] = medians[True]
+        report["observability_off_runs"] = [r["events_per_second"] for r in by_mode[False]]
+        report["observability_cost"] = 1 - medians[True] / medians[False]
+        report["traced_batches_runs"] = [r["traced_batches"] for r in by_mode[True]]
+        report["trace_sample"] = hw.RunConfig().trace_sample
+        report["scrape_interval_s"] = args.scrape_interval
+    elif args.metrics == "ab":
         report["metrics_off_events_per_second"] = medians[False]
         report["metrics_on_events_per_second"] = medians[True]
         report["metrics_off_runs"] = [r["events_per_second"] for r in by_mode[False]]

@@ -7,7 +7,11 @@
     headwater dlq list DIR                                     # stored dead letters by source step and reason
     headwater dlq replay path/to/pipeline.py --dead-letters DIR --source STEP [--checkpoint-dir CKPT]
                                       [--executor ray|local] [--parallelism N]   # see headwater.dlq
+<<<<<<< HEAD
     headwater local status|stop                                    # the kept local Ray (headwater.engine.ray.kept)
+=======
+    headwater status [--json]                                  # running jobs (headwater.observability.registry)
+>>>>>>> h-obs
     headwater serve --store DIR [--host 127.0.0.1] [--port 8000]   # the query and feature API (docs/serving.md)
     headwater token create --store DIR --role ROLE                 # and token list|revoke, role create|delete|list,
     headwater grant|revoke|pii --store DIR ...                     # grants and PII columns: headwater.access.commands
@@ -26,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +44,7 @@ from headwater.engine.config import CheckpointConfig
 from headwater.errors import HeadwaterError, PipelineNotFoundError
 from headwater.governance import commands as governance_commands
 from headwater.governance.schemas import commands as schema_commands
+from headwater.observability.registry import registry_dir, running_jobs
 from headwater.runner import plan_flow, run
 
 
@@ -77,7 +84,7 @@ def load_pipeline(path: str | Path, name: str | None = None) -> tuple[Dataflow, 
 
 #: commands of this module; any other first argument (``token``, ``grant``, ``--help``, ...) also loads the
 #: access commands, whose module imports the query layer (lancedb: ~1.2 s), which ``headwater run`` never needs
-_OWN_COMMANDS = ("run", "plan", "graph", "dlq", "local", "serve")
+_OWN_COMMANDS = ("run", "plan", "graph", "dlq", "local", "serve", "status")
 
 
 def _parser(with_access: bool = True) -> argparse.ArgumentParser:
@@ -126,6 +133,8 @@ def _parser(with_access: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
+    status = commands.add_parser("status", help="list running jobs: steps, parallelism, rates, lag, checkpoints")
+    status.add_argument("--json", action="store_true", help="print the jobs as JSON (for scripts)")
     if with_access:
         from headwater.access import commands as access_commands
 
@@ -133,6 +142,46 @@ def _parser(with_access: bool = True) -> argparse.ArgumentParser:
     governance_commands.add_commands(commands)
     schema_commands.add_commands(commands)
     return parser
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.0f}{unit}"
+
+
+def _status(as_json: bool) -> int:
+    now = time.time()
+    directory = registry_dir()
+    jobs = running_jobs(directory, now)
+    if as_json:
+        print(json.dumps({"registry": str(directory) if directory else None,
+                          "jobs": [j.to_json(now) for j in jobs]}, indent=2))
+        return 0
+    if directory is None:
+        print("headwater: the job registry is off (HEADWATER_REGISTRY_DIR=off)", file=sys.stderr)
+        return 0
+    if not jobs:
+        print(f"headwater: no running jobs (none registered in {directory}; jobs register while they run, "
+              "see docs/operations.md, 'headwater status')")
+        return 0
+    for job in jobs:
+        data = job.to_json(now)
+        checkpoint = ("none yet" if job.last_checkpoint_id is None else
+                      f"{job.last_checkpoint_id} ({_age(data['last_checkpoint_age_s'])} ago)")
+        print(f"{job.job}  pid {job.pid} on {job.host}  {job.executor}  up {_age(data['uptime_s'])}  "
+              f"restarts {job.restarts}  last checkpoint {checkpoint}  metrics {job.metrics_url or '-'}")
+        print(f"  {'step':<28} {'kind':<12} {'par':>3} {'rows in':>12} {'in/s':>10} {'out/s':>10} "
+              f"{'lag rows':>9} {'lag s':>7}  watermark")
+        for s in job.steps:
+            watermark = "-" if s.watermark_ms is None else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.watermark_ms / 1000))
+            lag_s = "-" if s.lag_seconds is None else f"{s.lag_seconds:.1f}"
+            print(f"  {s.step:<28} {s.kind:<12} {s.parallelism:>3} {s.rows_in:>12,} {_number(s.rate_in):>10} "
+                  f"{_number(s.rate_out):>10} {_number(s.lag_records):>9} {lag_s:>7}  {watermark}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -198,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "local":
             return _local(args)
+        if args.command == "status":
+            return _status(args.json)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
             os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)

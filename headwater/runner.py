@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from headwater.dataflow import Dataflow
+from headwater.engine import logs
 from headwater.engine.autoscale import AutoscaleConfig
 from headwater.engine.autoscale.supervisor import RescalingSupervisor
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
@@ -33,6 +34,7 @@ from headwater.governance.job import JobGovernance
 from headwater.governance.schemas import JobSchemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
+from headwater.observability.registry import JobRegistration, registry_dir
 from headwater.planner import plan
 
 if TYPE_CHECKING:
@@ -93,6 +95,7 @@ class RunningJob:
         if checkpoint is not None and not isinstance(checkpoint, CheckpointConfig):
             raise ConfigError(f"checkpoint must be a headwater CheckpointConfig, got {type(checkpoint).__name__}")
         config = _check_autoscale(autoscale, config, checkpoint)
+        logs.configure(config.log_format)
         self.flow = flow
         self.config = config
         self.checkpoint = checkpoint
@@ -113,6 +116,7 @@ class RunningJob:
         self._final: JobResult | None = None
         #: where this job's Prometheus metrics are served (None: RunConfig.metrics_port is None)
         self.metrics_url: str | None = None
+        self._registration: JobRegistration | None = None
         checkpoint_dir = checkpoint.uri if checkpoint is not None else None
         # The claims depend on the dataflow only: validate it and take the leases before Ray starts, so a run
         # refused for a directory in use fails at once, not after a cluster start-up (and releases on failure).
@@ -139,6 +143,11 @@ class RunningJob:
                 endpoint = (config.metrics_host, config.metrics_port)
                 label = EXPORTER.register(self.plan.flow_name, self.metrics_snapshot, endpoint)
                 self._exit.callback(lambda: EXPORTER.finish(label, self._final_snapshot()))
+            directory = registry_dir()  # what `headwater status` lists (headwater.observability.registry)
+            self._registration = None if directory is None else JobRegistration(
+                self.plan.flow_name, config.executor, self.metrics_snapshot, self.metrics_url, directory)
+            if self._registration is not None:
+                self._exit.callback(self._registration.close)
         except BaseException:
             self._exit.close()
             raise
@@ -169,7 +178,13 @@ class RunningJob:
         return attempt
 
     def _wait(self, timeout: float | None) -> JobResult:
+        with logs.log_scope(job=self.plan.flow_name):
+            return self._wait_in_scope(timeout)
+
+    def _wait_in_scope(self, timeout: float | None) -> JobResult:
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        if self._registration is not None:
+            self._registration.start()
         self._governance.started(self.config.executor)
         try:
             if self.checkpoint is not None and self.autoscale is not None:

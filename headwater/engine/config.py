@@ -51,6 +51,54 @@ def default_ray_dashboard() -> bool:
     return os.environ.get("HEADWATER_RAY_DASHBOARD", "").strip().lower() not in ("0", *_METRICS_OFF)
 
 
+#: the share of source batches traced when neither ``RunConfig.trace_sample`` nor ``HEADWATER_TRACE_SAMPLE`` says
+#: otherwise (1 in 100: at 64 k-row batches a few traces a second at millions of rows/s, and no measurable cost)
+DEFAULT_TRACE_SAMPLE = 0.01
+TraceExporter = Literal["none", "otlp", "console", "memory"]
+TRACE_EXPORTERS: tuple[TraceExporter, ...] = ("none", "otlp", "console", "memory")
+LogFormat = Literal["json", "text"]
+
+
+def default_trace_sample() -> float:
+    """``$HEADWATER_TRACE_SAMPLE`` (a share between 0 and 1), else :data:`DEFAULT_TRACE_SAMPLE`."""
+    text = os.environ.get("HEADWATER_TRACE_SAMPLE", "").strip()
+    if not text:
+        return DEFAULT_TRACE_SAMPLE
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"HEADWATER_TRACE_SAMPLE must be a share between 0 and 1 (e.g. 0.01), got {text!r}") from None
+
+
+def default_trace_exporter() -> TraceExporter:
+    """``$HEADWATER_TRACE_EXPORTER``; else ``otlp`` when an OTLP endpoint is configured the OpenTelemetry way
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); else ``none``."""
+    text = os.environ.get("HEADWATER_TRACE_EXPORTER", "").strip().lower()
+    if text:
+        return text  # type: ignore[return-value]  # checked by RunConfig.__post_init__
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return "otlp"
+    return "none"
+
+
+def default_log_format() -> LogFormat:
+    """``$HEADWATER_LOG_FORMAT`` (``json`` or ``text``), else ``json``."""
+    text = os.environ.get("HEADWATER_LOG_FORMAT", "").strip().lower()
+    return text or "json"  # type: ignore[return-value]  # checked by RunConfig.__post_init__
+
+
+def otlp_exporter_installed() -> bool:
+    """Whether ``opentelemetry-exporter-otlp`` (its HTTP or gRPC trace exporter) can be imported."""
+    import importlib.util
+
+    for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                 "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except ModuleNotFoundError:
+            continue
+    return False
 def default_lineage_url() -> str | None:
     """``$OPENLINEAGE_URL`` (the OpenLineage client's own variable), else none."""
     return os.environ.get("OPENLINEAGE_URL", "").strip() or None
@@ -176,6 +224,16 @@ class RunConfig:
             (seconds), else 10 minutes.
         metrics_host: the address that server binds: default ``$HEADWATER_METRICS_HOST``, else ``127.0.0.1``
             (set ``0.0.0.0`` only where the network in front of it is trusted).
+        trace_exporter: where OpenTelemetry spans of sampled batches go (see :mod:`headwater.engine.tracing`):
+            ``"otlp"`` (needs ``opentelemetry-exporter-otlp``; configured by the standard ``OTEL_EXPORTER_OTLP_*``
+            variables), ``"console"`` (stdout), ``"memory"`` (kept in the process, for tests:
+            ``headwater.engine.tracing.finished_spans()``), ``"none"`` (no spans at all). Default
+            ``$HEADWATER_TRACE_EXPORTER``, else ``"otlp"`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+            ``..._TRACES_ENDPOINT``) is set, else ``"none"``.
+        trace_sample: the share of source batches traced (0 to 1; each traced batch's spans follow it to the
+            sink's commit). Default ``$HEADWATER_TRACE_SAMPLE``, else 0.01. Unsampled batches create no spans.
+        log_format: ``"json"`` (one JSON object per line, the default) or ``"text"`` (for a terminal); default
+            ``$HEADWATER_LOG_FORMAT``. See :mod:`headwater.engine.logs`.
         store: the Headwater store whose lineage events (``<store>/lineage/events/``) and audit log record this
             run. ``None``: the store of the flow's ``TableSink``\ s when they all write one, else
             ``$HEADWATER_STORE``, else ``.headwater/store`` (docs/governance.md).
@@ -207,6 +265,9 @@ class RunConfig:
     metrics_port: int | None = field(default_factory=default_metrics_port)
     metrics_host: str = field(default_factory=default_metrics_host)
     ray_dashboard: bool = field(default_factory=default_ray_dashboard)
+    trace_exporter: TraceExporter = field(default_factory=default_trace_exporter)
+    trace_sample: float = field(default_factory=default_trace_sample)
+    log_format: LogFormat = field(default_factory=default_log_format)
     store: str | None = None
     lineage: bool = field(default_factory=default_lineage)
     lineage_url: str | None = field(default_factory=default_lineage_url)
@@ -290,6 +351,23 @@ class RunConfig:
             )
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise ConfigError(f"metrics_host must be an address such as '127.0.0.1', got {self.metrics_host!r}")
+        if self.trace_exporter not in TRACE_EXPORTERS:
+            raise ConfigError(
+                f"trace_exporter must be one of {', '.join(TRACE_EXPORTERS)} (or $HEADWATER_TRACE_EXPORTER), got "
+                f"{self.trace_exporter!r}"
+            )
+        if self.trace_exporter == "otlp" and not otlp_exporter_installed():
+            raise ConfigError(
+                "trace_exporter='otlp' needs the OTLP exporter package: pip install opentelemetry-exporter-otlp "
+                "(or choose trace_exporter 'console', 'memory' or 'none')"
+            )
+        if (not isinstance(self.trace_sample, (int, float)) or isinstance(self.trace_sample, bool)
+                or not 0.0 <= self.trace_sample <= 1.0):
+            raise ConfigError(
+                f"trace_sample must be a share of batches between 0 and 1 (e.g. 0.01), got {self.trace_sample!r}"
+            )
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"log_format must be 'json' or 'text' (or $HEADWATER_LOG_FORMAT), got {self.log_format!r}")
         if self.object_store_memory < 78 * 1024 * 1024:
             raise ConfigError("object_store_memory must be at least 78 MiB (Ray's minimum)")
 

@@ -26,6 +26,7 @@ refused meanwhile, naming this process as the holder (which is the truth).
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import deque
@@ -138,7 +139,8 @@ class LocalJob:
         outcome: dict[str, Any] = {}
         with self._exit_lock:
             self._exited = False
-        thread = threading.Thread(target=self._thread_main, args=(started, outcome),
+        # the loop thread runs in a copy of the caller's context: its log lines carry the job (headwater.engine.logs)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._thread_main, started, outcome),
                                   name=f"headwater-{self.plan.flow_name}", daemon=True)
         thread.start()
         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Callable, TypeVar, TypeVarTuple
 
 import pyarrow as pa
 
@@ -35,12 +35,21 @@ from headwater.core.ports import DEAD_LETTER_PORT, LATE_PORT, MAIN_PORT
 from headwater.core.quality import QualityCounts
 from headwater.core.state.key_groups import key_group_range
 from headwater.core.state.store import OperatorStateStore
+from headwater.engine import logs
 from headwater.engine.channels import Barrier, DataMessage, EdgeWriter, EndOfStream, Message, Watermark
 from headwater.engine.checkpoints.snapshots import BarrierAligner, PendingSnapshot, SubtaskRestore, capture
 from headwater.engine.config import RunConfig
 from headwater.engine.metrics import LatencyHistogram, StepCounters, SubtaskMetrics, peak_rss_mb
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.sink_operator import SinkOperator
+from headwater.engine.tracing import (
+    PROCESS_SPAN,
+    SINK_WRITE_SPAN,
+    SOURCE_SPAN,
+    SinkTraces,
+    batch_tracer,
+    parse_traceparent,
+)
 from headwater.engine.watchdog import Call, SubtaskActivity, activity_of
 from headwater.errors import (
     BuildError,
@@ -52,6 +61,9 @@ from headwater.errors import (
 )
 from headwater.logical import SinkStep, SourceStep
 from headwater.sources.base import SourceLag, SourcePartition
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
@@ -139,6 +151,13 @@ class SubtaskRuntime:
         #: partitions' on_checkpoint_complete hook)
         self._live_positions: dict[int, dict[str, PlainData]] = {}
         self.key_groups = key_group_range(subtask, self.stage.parallelism, plan.max_key_groups)
+        # -- tracing of sampled batches (see headwater.engine.tracing) --
+        self.tracer = batch_tracer(config, plan.flow_name, subtask)
+        for writer in self.writers:
+            writer.tracer = self.tracer
+            writer.step_id = writer.edge.src_step or self.stage.tail
+            writer.checkpoint_id = self.last_checkpoint_id + 1
+        self.sink_traces = SinkTraces(self.tracer) if self.tracer is not None else None
         # -- event time (see headwater.core.event_time) --
         self.input_watermarks = InputWatermarks(set(self.pending_ends))
         self.watermark = MIN_WATERMARK
@@ -217,12 +236,14 @@ class SubtaskRuntime:
     def _guard(self, step_id: str, fn: Callable[[*Ts], R], *args: *Ts) -> R:
         outer = self.call
         self.call = (step_id, fn, args, time.monotonic())
+        scope = logs.enter(step=step_id, subtask=self.subtask)  # lines logged by step code name the step
         try:
             return fn(*args)
         except Exception as exc:
             raise _located(exc, step_id, self.subtask) from exc
         finally:
             self.call = outer
+            logs.leave(scope)
 
     def activity(self, waiting: str = "idle", now: float | None = None) -> SubtaskActivity:
         """What this subtask is doing: its current call into step code, or ``waiting`` (the executor's words
@@ -237,7 +258,10 @@ class SubtaskRuntime:
             self.aligner.hold(channel, message)
             return []
         if isinstance(message, DataMessage):
-            return self._process(message.batch, message.ingest_ns, self.input_index[edge_id])
+            trace = None
+            if message.trace is not None and self.tracer is not None:
+                trace = parse_traceparent(message.trace)
+            return self._process(message.batch, message.ingest_ns, self.input_index[edge_id], trace=trace)
         if isinstance(message, Barrier):
             self.aligner.barrier(channel, message.checkpoint_id)
             return self._complete_alignment()
@@ -267,7 +291,20 @@ class SubtaskRuntime:
             out.extend(self.on_message(edge_id, sender, message))
         return out
 
-    def _process(self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int = 0) -> list[Outgoing]:
+    def _process(
+        self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int = 0,
+        trace: SpanContext | None = None,
+    ) -> list[Outgoing]:
+        """``batch`` through the chain from ``start`` on, then to the writers. ``trace``: the span context of a
+        traced batch (each operator's span continues it); ``None`` for the unsampled ones, which cost nothing."""
+        if trace is not None:  # a traced batch: lines logged while it is handled carry its trace id
+            with logs.log_scope(trace_id=f"{trace.trace_id:032x}"):
+                return self._process_batch(batch, ingest_ns, input_index, start, trace)
+        return self._process_batch(batch, ingest_ns, input_index, start, None)
+
+    def _process_batch(
+        self, batch: pa.RecordBatch, ingest_ns: int, input_index: int, start: int, trace: SpanContext | None,
+    ) -> list[Outgoing]:
         batches = [batch]
         side: list[Outgoing] = []
         for position in range(start, len(self.operators)):
@@ -278,6 +315,12 @@ class SubtaskRuntime:
                 now_ns = time.time_ns()
                 for b in batches:
                     self.latency.record((now_ns - ingest_ns) / 1e6, b.num_rows)
+            span = None
+            if trace is not None:
+                assert self.tracer is not None
+                is_sink = isinstance(operator, SinkOperator)
+                span = self.tracer.start(SINK_WRITE_SPAN if is_sink else PROCESS_SPAN, trace, step_id,
+                                         self.last_checkpoint_id + 1, **{"headwater.rows": sum(b.num_rows for b in batches)})
             for b in batches:
                 counters.rows_in += b.num_rows
                 counters.batches_in += 1
@@ -285,13 +328,18 @@ class SubtaskRuntime:
                 started = time.perf_counter()
                 produced.extend(self._guard(step_id, operator.process, b, input_index if position == 0 else 0))
                 counters.processing.observe(time.perf_counter() - started)
+            if span is not None:
+                span.end()
+                trace = span.get_span_context()
+                if self.sink_traces is not None and isinstance(operator, SinkOperator):
+                    self.sink_traces.wrote(step_id, trace)
             for b in produced:
                 counters.count_out(b.num_rows, b.nbytes)
             side.extend(self._side_output(position, ingest_ns))
             batches = produced
             if not batches:
                 break
-        return side + self._emit(batches, ingest_ns)
+        return side + self._emit(batches, ingest_ns, trace)
 
     def _side_output(self, position: int, ingest_ns: int) -> list[Outgoing]:
         """Route the side outputs of the operator at ``position`` of the chain to the edges of their ports (any
@@ -349,12 +397,12 @@ class SubtaskRuntime:
             return out
         return self._advance_watermark(watermark)
 
-    def _emit(self, batches: list[pa.RecordBatch], ingest_ns: int) -> list[Outgoing]:
+    def _emit(self, batches: list[pa.RecordBatch], ingest_ns: int, trace: SpanContext | None = None) -> list[Outgoing]:
         out: list[Outgoing] = []
         for b in batches:
             for writer in self.main_writers:
                 # Partitioning hashes key columns: a bad key type is reported as the producing step's error.
-                sent = self._guard(self.stage.tail, writer.write, b, ingest_ns)
+                sent = self._guard(self.stage.tail, writer.write, b, ingest_ns, trace)
                 out.extend((writer.edge.edge_id, r, m) for r, m in sent)
         return out
 
@@ -377,8 +425,13 @@ class SubtaskRuntime:
         final_id = self.last_checkpoint_id + 1
         for step_id, sink in self.sinks:
             self._guard(step_id, sink.prepare, final_id)
+            if self.sink_traces is not None:
+                self.sink_traces.prepared(step_id, final_id)
             if not self.checkpointing:
+                started_ns = time.time_ns()
                 self._guard(step_id, sink.commit, final_id)
+                if self.sink_traces is not None:
+                    self.sink_traces.committed(step_id, final_id, started_ns)
         if self.checkpointing:
             self.final_snapshot = self._capture(final_id, finished=True, drained=drain or already_drained)
         for writer in self.writers:
@@ -403,6 +456,8 @@ class SubtaskRuntime:
     def _snapshot_and_forward(self, checkpoint_id: int) -> list[Outgoing]:
         for step_id, sink in self.sinks:
             self._guard(step_id, sink.prepare, checkpoint_id)
+            if self.sink_traces is not None:
+                self.sink_traces.prepared(step_id, checkpoint_id)
         self.snapshots.append(self._capture(checkpoint_id, finished=False))
         self.last_checkpoint_id = checkpoint_id
         out: list[Outgoing] = []
@@ -427,7 +482,10 @@ class SubtaskRuntime:
         if self.closed:
             return
         for step_id, sink in self.sinks:
+            started_ns = time.time_ns()
             self._guard(step_id, sink.commit_through, checkpoint_id)
+            if self.sink_traces is not None:
+                self.sink_traces.committed(step_id, checkpoint_id, started_ns)
         covered = [n for n in self._live_positions if n <= checkpoint_id]
         if covered and self.source_step is not None:
             positions = self._live_positions[max(covered)]
@@ -504,7 +562,15 @@ class SubtaskRuntime:
             counters.count_out(batch.num_rows, batch.nbytes)
             if self.source_watermarks is not None:
                 self._guard(step_id, self.source_watermarks.observe, part, batch)
-            return dead + self._process(batch, time.time_ns(), 0) + self._source_watermark(), True
+            trace = None
+            if self.tracer is not None and self.tracer.sample():
+                read_ns = time.time_ns()
+                trace = self.tracer.record(
+                    SOURCE_SPAN, None, step_id, self.last_checkpoint_id + 1,
+                    read_ns - int((time.perf_counter() - started) * 1e9), read_ns,
+                    **{"headwater.partition": part, "headwater.rows": batch.num_rows},
+                )
+            return dead + self._process(batch, time.time_ns(), 0, trace=trace) + self._source_watermark(), True
         return self._source_watermark(), False
 
     def _dead_letters(self, partition: SourcePartition) -> list[Outgoing]:

@@ -185,5 +185,5 @@ def log_checkpoint_timeout(
         described.append(activity.describe() if activity else f"stage {key[0]} subtask {key[1]} (state unknown)")
     log.warning(
         "checkpoint %d timed out after %.1f s and was aborted; not acknowledged by %d subtask(s): %s",
-        checkpoint_id, age_s, len(missing), "; ".join(described) or "none",
+        checkpoint_id, age_s, len(missing), "; ".join(described) or "none", extra={"checkpoint_id": checkpoint_id},
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable
 
 import pyarrow as pa
 
@@ -27,11 +27,19 @@ class ResultCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: called with True (hit) or False (miss) after every lookup, outside the lock (the Serve app's metrics)
+        self.on_lookup: Callable[[bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Hashable, versions: Versions) -> tuple[pa.Table, bool] | None:
+        found = self._get(key, versions)
+        if self.on_lookup is not None:
+            self.on_lookup(found is not None)
+        return found
+
+    def _get(self, key: Hashable, versions: Versions) -> tuple[pa.Table, bool] | None:
         with self._lock:
             for table, version in versions:
                 if self._versions.get(table, version) < version:

@@ -31,6 +31,7 @@ from headwater.query.planner import table_meta
 from headwater.serve import encoding
 from headwater.serve.audit import AuditMiddleware, key_digest
 from headwater.serve.errors import NotFoundError, install
+from headwater.serve.metrics import RequestMetricsMiddleware, ServeMetrics
 from headwater.serve.models import (
     ARROW_STREAM,
     ColumnModel,
@@ -60,9 +61,10 @@ class AppConfig:
 class Service:
     """One replica's store, query engine and access control (made on the first request)."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, metrics: ServeMetrics) -> None:
         self.store = Store(config.store, warm_uri=config.warm_uri)
         self.engine = QueryEngine(self.store, config.engine)
+        self.engine.cache.on_lookup = metrics.cache_lookup
         self.access = AccessControl(self.store, sync_audit=config.sync_audit)
 
 
@@ -95,16 +97,26 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
                   description="Authorization: Bearer <token> (`headwater token create`); see docs/serving.md.")
     lock = threading.Lock()
     made: list[Service] = []
+    metrics: list[ServeMetrics] = []
+    metrics_lock = threading.Lock()  # its own: service() makes the metrics while holding `lock`
+
+    def request_metrics() -> ServeMetrics:
+        if not metrics:
+            with metrics_lock:
+                if not metrics:
+                    metrics.append(ServeMetrics())
+        return metrics[0]
 
     def service() -> Service:
         if not made:
             with lock:
                 if not made:
-                    made.append(Service(config))
+                    made.append(Service(config, request_metrics()))
         return made[0]
 
     app.state.headwater = service
     app.add_middleware(AuditMiddleware, log=lambda: service().access.audit)
+    app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)  # outermost: times the whole request
     install(app)
 
     def answer(request: Request, result: Answer, accept: str | None) -> Response:

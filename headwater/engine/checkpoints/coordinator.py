@@ -77,6 +77,7 @@ class CheckpointStats:
     #: the durations again, in the exported buckets (seconds; ``headwater_checkpoint_duration_seconds``)
     durations: BucketHistogram = field(default_factory=lambda: BucketHistogram(CHECKPOINT_BOUNDS))
     last_completed_at: float | None = None  # time.time() when the last checkpoint completed
+    last_completed_id: int | None = None  # ... and its id
 
     def copy(self) -> CheckpointStats:
         """A copy that another thread may read while the coordinator goes on (lists and histogram copied)."""
@@ -208,6 +209,7 @@ class CheckpointCoordinator:
         self.stats.durations_ms.append(duration)
         self.stats.durations.observe(duration / 1000)
         self.stats.last_completed_at = metadata.created_at
+        self.stats.last_completed_id = pending.checkpoint_id
         self.stats.sync_ms_max.append(max((a.sync_ms for a in acks), default=0.0))
         for recent in (self.stats.durations_ms, self.stats.sync_ms_max):
             if len(recent) > RECENT_CHECKPOINTS:
@@ -231,7 +233,8 @@ class CheckpointCoordinator:
                 f"subtask, which every later checkpoint needs: {error}", error.path,
             ) from error
         log.warning("checkpoint %d failed verification and was deleted; its sink output is not committed, the "
-                    "next checkpoint covers it: %s", pending.checkpoint_id, error)
+                    "next checkpoint covers it: %s", pending.checkpoint_id, error,
+                    extra={"job": self.flow_name, "checkpoint_id": pending.checkpoint_id})
 
     @property
     def final_completed(self) -> bool:
@@ -246,7 +249,8 @@ class CheckpointCoordinator:
         if pending is None or now - pending.started < self.config.timeout.total_seconds():
             return None
         missing = sorted(self.expected - set(pending.acks))
-        log.warning("checkpoint %d timed out waiting for subtasks %s; aborted", pending.checkpoint_id, missing)
+        log.warning("checkpoint %d timed out waiting for subtasks %s; aborted", pending.checkpoint_id, missing,
+                    extra={"job": self.flow_name, "checkpoint_id": pending.checkpoint_id})
         self.pending = None
         self.aborted_ids.add(pending.checkpoint_id)
         for ack in pending.acks.values():

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import sysconfig
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
+from headwater.engine import logs
 from headwater.engine.config import RunConfig
 from headwater.engine.ray import kept
 from headwater.engine.ray.auth import auth_environment, restore_auth_environment, use_token_auth_for_local_ray
@@ -136,8 +138,12 @@ def ray_session(config: RunConfig) -> Iterator[ModuleType]:
             configure_logging=False,
         )
     if local.dashboard_url:
-        print(f"headwater: Ray dashboard at {local.dashboard_url} (jobs, actors, logs; token in "
-              f"{os.environ.get('RAY_AUTH_TOKEN_PATH', 'the Ray token file')})", file=sys.stderr)
+        notice = (f"headwater: Ray dashboard at {local.dashboard_url} (jobs, actors, logs; token in "
+                  f"{os.environ.get('RAY_AUTH_TOKEN_PATH', 'the Ray token file')})")
+        if logs.installed():  # Headwater's handler formats it (a JSON line by default)
+            logging.getLogger("headwater.ray").info(notice)
+        else:  # the application configured logging itself: it is still printed, as before
+            print(notice, file=sys.stderr)
     try:
         yield ray
     finally:

@@ -19,6 +19,7 @@ import time
 from types import ModuleType
 from typing import Any, Callable
 
+from headwater.engine import tracing
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator, CheckpointStats
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
 from headwater.engine.config import RunConfig
@@ -219,6 +220,9 @@ class RayJob:
                     interrupted = True
                     self.stop(reason="Ctrl-C")  # first Ctrl-C stops gracefully; a second one kills the job
             result = JobResult.merge(self.plan, time.monotonic() - self.started, finished, self._stopped)
+            if self.config.trace_exporter == "memory":  # tests read every process's spans in the driver
+                for spans in ray.get([w.take_spans.remote() for w in self.workers], timeout=self.grace_s):
+                    tracing.add_spans(spans)
             if self.checkpointing:
                 try:
                     stats, last, final = ray.get(self.workers[0].coordinator_result.remote(), timeout=self.grace_s)

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import defaultdict, deque
 
+from headwater.engine import logs
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.orchestrator import SubtaskCheckpoints
 from headwater.engine.checkpoints.snapshots import PendingSnapshot, SubtaskRestore, persist
@@ -174,6 +175,8 @@ class SubtaskHost:
     # -- running --------------------------------------------------------------------------------------------
     async def run(self) -> SubtaskMetrics:
         runtime = self.runtime
+        # this task's log lines carry the subtask (headwater.engine.logs)
+        logs.bind(job=self.plan.flow_name, step=runtime.stage.head, subtask=self.subtask)
         try:
             if runtime.source_step is not None:
                 await self._run_source()

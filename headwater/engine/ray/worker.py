@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from headwater.engine import logs, tracing
 from headwater.engine.channels import Message
 from headwater.engine.checkpoints.coordinator import CheckpointCoordinator
 from headwater.engine.checkpoints.snapshots import SubtaskRestore
@@ -50,6 +51,7 @@ class WorkerActor(CoordinatorEndpoints):
                      storage: CheckpointStorage | None = None, restore: SubtaskRestore | None = None,
                      coordinator: CheckpointCoordinator | None = None) -> None:
         """Host ``subtasks`` of ``plan`` (a new worker, or one released by a finished job)."""
+        logs.configure(config.log_format, own_process=True)  # this process is Headwater's: its lines, its format
         self.hosts = {(s, i): SubtaskHost(plan, s, i, config, storage, restore) for s, i in subtasks}
         self.plan = plan
         self.service = CoordinatorService(coordinator) if coordinator is not None else None
@@ -95,7 +97,14 @@ class WorkerActor(CoordinatorEndpoints):
 
     async def run(self) -> list[SubtaskMetrics]:
         """Run every hosted subtask to its end; the first failure is raised (the driver then stops the job)."""
-        return list(await asyncio.gather(*(host.run() for host in self.hosts.values())))
+        results = list(await asyncio.gather(*(host.run() for host in self.hosts.values())))
+        tracing.flush()  # spans of the job's last traced batches leave before the driver may kill this process
+        return results
+
+    async def take_spans(self) -> list[tracing.SpanRecord]:
+        """The spans this process recorded with the memory exporter (``RunConfig.trace_exporter="memory"``), as
+        plain data for the driver; removed here."""
+        return tracing.take_spans()
 
     # -- the watch group: its own thread and event loop (see headwater.engine.ray.watch) --------------------
     async def stop(self) -> None:
