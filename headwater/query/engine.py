@@ -24,6 +24,7 @@ from headwater.query.sql import check_sql, run_sql
 from headwater.query.structured import MAX_ROWS, Query, plan_query, run_query
 from headwater.query.views import TableView
 from headwater.store import Store
+from headwater.store.hot import HotTier
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class EngineConfig:
 
 
 class QueryEngine:
-    def __init__(self, store: Store, config: EngineConfig | None = None) -> None:
+    def __init__(self, store: Store, config: EngineConfig | None = None, hot: HotTier | None = None) -> None:
         self.store = store
+        self.hot = hot  # the hot tier's client, when the Serve app runs on a Ray with one
         self.config = config or EngineConfig()
         self.cache = ResultCache(self.config.cache_entries, self.config.cache_bytes)
 
@@ -108,6 +110,6 @@ class QueryEngine:
         if hit is not None:
             rows = hit[0].to_pylist()
             return rows[0] if rows else None
-        row = latest_row(self.store, table, key, view, as_of)
+        row = latest_row(self.store, table, key, view, as_of, self.hot)
         self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
         return row

@@ -12,6 +12,7 @@ request is audited (:mod:`headwater.serve.audit`).
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,17 +40,21 @@ from headwater.serve.models import (
     TableSummary,
 )
 from headwater.store import Store
+from headwater.store.hot import HotConfig, HotTier
 
 
 @dataclass(frozen=True)
 class AppConfig:
     """What one replica serves: the store (``None``: ``$HEADWATER_STORE``, else ``.headwater/store``), the
-    warm tier's URI if elsewhere, whether audit lines are fsynced, and the query engine's limits."""
+    warm tier's URI if elsewhere, whether audit lines are fsynced, the query engine's limits, and the hot tier
+    (``None``: none; else feature look-ups ask the table's hot shards first when Ray is running, making them
+    on a table's first look-up; without Ray the app reads warm alone)."""
 
     store: str | None = None
     warm_uri: str | None = None
     sync_audit: bool = True
     engine: EngineConfig = field(default_factory=EngineConfig)
+    hot: HotConfig | None = None
 
 
 class Service:
@@ -57,8 +62,17 @@ class Service:
 
     def __init__(self, config: AppConfig) -> None:
         self.store = Store(config.store, warm_uri=config.warm_uri)
-        self.engine = QueryEngine(self.store, config.engine)
+        self.hot = _hot_tier(self.store, config.hot)
+        self.engine = QueryEngine(self.store, config.engine, self.hot)
         self.access = AccessControl(self.store, sync_audit=config.sync_audit)
+
+
+def _hot_tier(store: Store, config: HotConfig | None) -> HotTier | None:
+    if config is None or "ray" not in sys.modules:
+        return None
+    import ray
+
+    return HotTier(store.root, store.warm_uri, config) if ray.is_initialized() else None
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API token from `headwater token create`")
