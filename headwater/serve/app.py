@@ -83,7 +83,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 RESULT_CONTENT = {"content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def caller(request: Request,
+async def caller(request: Request,
            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The one dependency resolving who is asking: ``Authorization: Bearer <token>`` → principal (else 401)."""
     header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
@@ -178,13 +178,13 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
 
     @app.get("/features/{table}/{key}", response_model=FeatureModel, responses=ERRORS,
              summary="the latest row of a key (optionally as of a time); composite keys as a JSON array")
-    def features(request: Request, table: str, key: str, principal: Caller,
+    async def features(request: Request, table: str, key: str, principal: Caller,
                  as_of: Annotated[datetime | None, QueryParam(description="ISO 8601; rows at or before it")] = None,
                  ) -> FeatureModel:
         _audit(request).update(tables=[table], detail=f"key sha256 {key_digest(key)}")
         view = table_view(principal, table)
         svc = service()
-        row = svc.engine.feature(table, key, view, as_of)
+        row = await svc.engine.feature_async(table, key, view, as_of)
         if row is None:
             _audit(request)["rows"] = 0
             raise NotFoundError(f"table {table!r} has no row for this key" + (" at or before as_of" if as_of else ""))

@@ -145,7 +145,7 @@ class HotShardState:
         position = self.index.get(key)
         if position is None:
             return ABSENT if self.complete else MISS
-        newest = self.latest.slice(position, 1)
+        newest = self.latest.take([position])  # a copy: a slice would carry (and ship) the whole buffers
         time = self.meta.time
         if not predicates:
             if as_of_us is None:

@@ -248,6 +248,28 @@ class HotTier:
                 self._handles.pop(meta.name, None)  # a dead or dropped shard: look it up again next time
             return MISS
 
+    async def lookup_async(self, meta: TableMeta, key: Sequence[Any], as_of_us: int | None = None,
+                           predicates: Sequence[Predicate] = (), *, create: bool = True) -> pa.Table | str:
+        """:meth:`lookup` for an event loop: the shard's answer is awaited (no thread blocks on it)."""
+        import asyncio
+
+        import ray
+
+        try:
+            handles = self.shards(meta.name, create=create)
+            if not handles or meta.key is None:
+                return MISS
+            shard = handles[shard_of(meta, key, len(handles))]
+            ref = shard.lookup.remote(tuple(key), meta.data_version, as_of_us, list(predicates))
+            found: pa.Table | str = await asyncio.wait_for(asyncio.wrap_future(ref.future()),
+                                                           timeout=self.config.lookup_timeout_s)
+            return found if isinstance(found, pa.Table) or found == ABSENT else MISS
+        except Exception as exc:  # noqa: BLE001 - the hot tier is a cache: any trouble means read warm
+            log.debug("hot look-up of %s fell back to warm: %s", meta.name, exc)
+            if not isinstance(exc, asyncio.TimeoutError | ray.exceptions.GetTimeoutError):
+                self._handles.pop(meta.name, None)
+            return MISS
+
     def notify(self, event: CommitEvent, rows: pa.Table) -> bool:
         """Tell ``event.table``'s shards (if it has any) the rows of a commit that is in ``table.json``.
         Fire and forget: a lost notice only makes a shard rebuild. ``True`` if shards were told."""
