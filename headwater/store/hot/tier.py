@@ -40,12 +40,17 @@ NAMESPACE = "headwater"
 
 @dataclass(frozen=True)
 class HotConfig:
-    """How many shards a table gets and each shard's bounds (``hot_for`` comes from the table's policy)."""
+    """How many shards a table gets and each shard's bounds (``hot_for`` comes from the table's policy).
+
+    ``lookup_timeout_s`` is long on purpose: a shard that is there but slow (a loaded machine) is still faster
+    than warm, and giving up on it early turned overload into a collapse (every abandoned call still ran in the
+    shard, and each fall-back read of warm cost ~8 ms of CPU: 200 req/s fell to 20-30). A shard that is
+    missing, dead or not built yet answers at once (a miss), and that is when warm is read."""
 
     shards: int = 2
     max_recent_rows: int = 1_000_000
     max_keys: int = 1_000_000
-    lookup_timeout_s: float = 0.5
+    lookup_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         from headwater.errors import ConfigError
@@ -82,6 +87,7 @@ class HotShard:
         self._lock = threading.Lock()
         self._state: HotShardState | None = None
         self._refreshing = False
+        self._answered = self._missed = 0  # look-ups answered from memory / misses (read warm), for status()
         self._refresh_async()
 
     # ---- building from warm -----------------------------------------------------------------------------
@@ -153,6 +159,20 @@ class HotShard:
             self._refresh_async()
         return MISS
 
+    def lookup_row(self, key: tuple[Any, ...], data_version: int, as_of_us: int | None,
+                   predicates: Sequence[Predicate]) -> dict[str, Any] | str:
+        """:meth:`lookup` in its wire form: the row as a plain dict (a one-row Arrow table costs Ray's Arrow
+        serialiser more than the look-up itself)."""
+        found = self.lookup(key, data_version, as_of_us, predicates)
+        if isinstance(found, str) and found == MISS:
+            self._missed += 1
+        else:
+            self._answered += 1
+        if isinstance(found, pa.Table):
+            row: dict[str, Any] = found.to_pylist()[0]
+            return row
+        return found
+
     def apply(self, data_version: int, rows: pa.Table) -> bool:
         """A committed change's rows of this shard (TableSink, after its commit). Idempotent by data version."""
         with self._lock:
@@ -180,7 +200,13 @@ class HotShard:
                 return {"ready": False, "shards": self.config.shards}
             return {"ready": True, "shards": self.config.shards, "version": state.version, "keys": len(state.index),
                     "recent_rows": state.recent.num_rows, "complete": state.complete,
-                    "covered_since": state.covered_since}
+                    "covered_since": state.covered_since, "answered": self._answered, "missed": self._missed}
+
+
+def _from_wire(meta: TableMeta, found: Any) -> pa.Table | str:
+    if isinstance(found, dict):
+        return pa.Table.from_pylist([found], schema=pa.schema([f.with_nullable(True) for f in meta.storage_schema]))
+    return ABSENT if found == ABSENT else MISS
 
 
 class HotTier:
@@ -238,10 +264,9 @@ class HotTier:
             if not handles or meta.key is None:
                 return MISS
             shard = handles[shard_of(meta, key, len(handles))]
-            found: pa.Table | str = ray.get(shard.lookup.remote(tuple(key), meta.data_version, as_of_us,
-                                                                list(predicates)),
-                                            timeout=self.config.lookup_timeout_s)
-            return found if isinstance(found, pa.Table) or found == ABSENT else MISS
+            found = ray.get(shard.lookup_row.remote(tuple(key), meta.data_version, as_of_us, list(predicates)),
+                            timeout=self.config.lookup_timeout_s)
+            return _from_wire(meta, found)
         except Exception as exc:  # noqa: BLE001 - the hot tier is a cache: any trouble means read warm
             log.debug("hot look-up of %s fell back to warm: %s", meta.name, exc)
             if not isinstance(exc, ray.exceptions.GetTimeoutError):
@@ -260,10 +285,9 @@ class HotTier:
             if not handles or meta.key is None:
                 return MISS
             shard = handles[shard_of(meta, key, len(handles))]
-            ref = shard.lookup.remote(tuple(key), meta.data_version, as_of_us, list(predicates))
-            found: pa.Table | str = await asyncio.wait_for(asyncio.wrap_future(ref.future()),
-                                                           timeout=self.config.lookup_timeout_s)
-            return found if isinstance(found, pa.Table) or found == ABSENT else MISS
+            ref = shard.lookup_row.remote(tuple(key), meta.data_version, as_of_us, list(predicates))
+            found = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=self.config.lookup_timeout_s)
+            return _from_wire(meta, found)
         except Exception as exc:  # noqa: BLE001 - the hot tier is a cache: any trouble means read warm
             log.debug("hot look-up of %s fell back to warm: %s", meta.name, exc)
             if not isinstance(exc, asyncio.TimeoutError | ray.exceptions.GetTimeoutError):

@@ -147,3 +147,38 @@ def test_the_audit_log_takes_one_line_per_record(store: Store) -> None:
     log.record(actor="token:1", role="r", action="POST /sql", status=200, tables=["clicks"], rows=3, query="x" * 9000)
     [record] = [r for r in read_audit(store.root) if r["event"] == "access"]
     assert record["rows"] == 3 and len(record["query"]) == 4000 and record["at"]
+
+
+def test_durable_audit_lines_from_many_threads_are_group_committed_whole(store: Store,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from headwater.access import AuditLog, read_audit
+    from headwater.access import audit as audit_module
+
+    fsyncs: list[int] = []
+    real_fsync = audit_module.os.fsync
+    monkeypatch.setattr(audit_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    log = AuditLog(store.root, sync=True)
+    threads = [threading.Thread(target=lambda i=i: [log.record(actor=f"t{i}", role="admin", action="GET /x",
+                                                               status=200, rows=j) for j in range(25)])
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = [r for r in read_audit(store.root) if r["event"] == "access"]
+    assert sorted((r["actor"], r["rows"]) for r in records) == sorted((f"t{i}", j) for i in range(8) for j in range(25))
+    assert 1 <= len(fsyncs) <= 200  # every line fsynced before record() returned, in groups
+
+
+def test_a_failed_durable_append_raises_in_the_request(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.access import AuditLog
+    from headwater.access import audit as audit_module
+
+    def broken(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit_module.os, "fsync", broken)
+    with pytest.raises(OSError, match="No space"):
+        AuditLog(store.root, sync=True).record(actor=None, role=None, action="GET /x", status=200)

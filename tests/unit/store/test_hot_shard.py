@@ -36,9 +36,10 @@ class LocalHot:
     def lookup(self, meta: TableMeta, key: Sequence[Any], as_of_us: int | None = None,
                predicates: Sequence[Any] = ()) -> pa.Table | str:
         from headwater.store.hot import shard_of
+        from headwater.store.hot.tier import _from_wire
 
-        found = self.shards[shard_of(meta, key, len(self.shards))].lookup(tuple(key), meta.data_version, as_of_us,
-                                                                           list(predicates))
+        found = _from_wire(meta, self.shards[shard_of(meta, key, len(self.shards))].lookup_row(
+            tuple(key), meta.data_version, as_of_us, list(predicates)))  # the wire form, as over Ray
         self.answered += found != MISS if isinstance(found, str) else 1
         return found
 
