@@ -34,6 +34,7 @@ from headwater.access import TokenStore  # noqa: E402
 from headwater.engine.ray.cluster import start_local_ray  # noqa: E402
 from headwater.serve import ServeConfig, start  # noqa: E402
 from headwater.store import LifecyclePolicy, Store  # noqa: E402
+from headwater.store.hot import HotTier  # noqa: E402
 from headwater.testing import commit_rows  # noqa: E402
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -114,6 +115,8 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-ongoing", type=int, default=32, help="requests one replica takes at once")
     parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--no-hot", action="store_true", help="serve from warm alone (no hot tier)")
+    parser.add_argument("--hot-shards", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -124,8 +127,20 @@ def main() -> int:
                             configure_logging=False, log_to_driver=False)
     try:
         url = start(ServeConfig(store=store.root, port=args.port, min_replicas=args.replicas,
-                                max_replicas=args.replicas, max_ongoing_requests=args.max_ongoing))
+                                max_replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
+                                hot_tier=not args.no_hot, hot_shards=args.hot_shards))
+        hot = HotTier(store.root)
+        if not args.no_hot:  # the first look-up makes the table's shards; measure once they are built
+            import urllib.request
+
+            request = urllib.request.Request(f"{url}/features/profiles/user-0",
+                                             headers={"Authorization": f"Bearer {token}"})
+            urllib.request.urlopen(request, timeout=60).read()
+            hot.wait_ready("profiles", store.table("profiles").data_version, timeout_s=120)
         runs = asyncio.run(measure(url, token, args.keys, args))
+        hot_status = None if args.no_hot else hot.status("profiles")
+        if not args.no_hot:
+            hot.drop("profiles")
     finally:
         from ray import serve
 
@@ -137,6 +152,8 @@ def main() -> int:
         "benchmark": "serve_features", "at": datetime.now(UTC).isoformat(), "rate": args.rate,
         "seconds_per_phase": args.seconds, "rounds": args.rounds, "rows": args.rows, "keys": args.keys,
         "replicas": args.replicas, "max_ongoing_requests": args.max_ongoing, "rows_per_tier": store.rows_per_tier("profiles"), "cpus": os.cpu_count(),
+        "hot_tier": not args.no_hot, "hot_shards": None if args.no_hot else args.hot_shards, "hot_status": hot_status,
+        "load_average": os.getloadavg(),
         "features_p50_ms": statistics.median(r["p50_ms"] for r in runs["features"]),
         "features_p99_ms": features_p99,
         "noop_p50_ms": statistics.median(r["p50_ms"] for r in runs["noop"]), "noop_p99_ms": noop_p99,

@@ -9,6 +9,7 @@ committed (see :mod:`headwater.query.cache`).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -17,13 +18,14 @@ import pyarrow as pa
 
 from headwater.query.cache import ResultCache, Versions
 from headwater.query.errors import QueryRefusedError
-from headwater.query.features import latest_row
+from headwater.query.features import latest_row, prepare, resolve
 from headwater.query.planner import ScanPlan, execute, plan_scan, table_meta
 from headwater.query.pushdown import pushable, single_table
 from headwater.query.sql import check_sql, run_sql
 from headwater.query.structured import MAX_ROWS, Query, plan_query, run_query
 from headwater.query.views import TableView
 from headwater.store import Store
+from headwater.store.hot import MISS, HotTier
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class EngineConfig:
 
 
 class QueryEngine:
-    def __init__(self, store: Store, config: EngineConfig | None = None) -> None:
+    def __init__(self, store: Store, config: EngineConfig | None = None, hot: HotTier | None = None) -> None:
         self.store = store
+        self.hot = hot  # the hot tier's client, when the Serve app runs on a Ray with one
         self.config = config or EngineConfig()
         self.cache = ResultCache(self.config.cache_entries, self.config.cache_bytes)
 
@@ -108,6 +111,26 @@ class QueryEngine:
         if hit is not None:
             rows = hit[0].to_pylist()
             return rows[0] if rows else None
-        row = latest_row(self.store, table, key, view, as_of)
+        row = latest_row(self.store, table, key, view, as_of, self.hot)
+        self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
+        return row
+
+    async def feature_async(self, table: str, key: str, view: TableView,
+                            as_of: datetime | None = None) -> dict[str, Any] | None:
+        """:meth:`feature` for an event loop (the Serve app): the hot shard is awaited, not waited for in a
+        thread, and only a read of warm (a hot miss) runs in a worker thread. Same answers, same cache."""
+        versions = self._versions([table])
+        cache_key = ("feature", table, key, None if as_of is None else as_of.isoformat(), view.fingerprint())
+        hit = self.cache.get(cache_key, versions)
+        if hit is not None:
+            rows = hit[0].to_pylist()
+            return rows[0] if rows else None
+        lookup = prepare(self.store, table, key, view, as_of)
+        found = MISS if self.hot is None else await self.hot.lookup_async(lookup.meta, lookup.key, lookup.as_of_us,
+                                                                          view.row_filter)
+        if isinstance(found, str) and found == MISS:
+            row = await asyncio.to_thread(resolve, self.store, lookup, view, found)
+        else:
+            row = resolve(self.store, lookup, view, found)
         self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
         return row

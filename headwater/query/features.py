@@ -1,6 +1,11 @@
 """Feature look-ups: the newest row of one key through a caller's view, optionally as of a time.
 
-Without ``as_of`` or a row filter this is :meth:`headwater.store.Store.latest` (the warm tier's key index,
+With a hot tier (``hot``: :class:`headwater.store.hot.HotTier`, in the Serve app on a Ray cluster) the key's shard
+is asked first: it answers from memory when it holds the table's current data version and the answer lies
+inside what it holds (the latest row per key; with a row filter or an ``as_of``, its recent rows), and says
+*miss* otherwise, when the look-up continues on warm as below. The answer is the same either way (tested).
+
+Without ``as_of`` or a row filter (and without a hot answer) this is :meth:`headwater.store.Store.latest` (the warm tier's key index,
 cold files only if they can hold a newer row). With either, the key is a pushed-down filter on a scan (plus the
 view's row filter, and ``time < as_of`` as the time range's end), and the newest row is chosen the same way:
 largest time, then latest commit. Invariant: the answer is a row the caller may see, projected to its visible
@@ -10,6 +15,7 @@ columns, masked.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +27,8 @@ from headwater.query.errors import QueryError
 from headwater.query.planner import table_meta
 from headwater.query.views import TableView, mask
 from headwater.store import Store, TableMeta
-from headwater.store.metadata import VERSION_COLUMN
+from headwater.store.hot import ABSENT, MISS, HotTier
+from headwater.store.metadata import VERSION_COLUMN, to_micros
 
 
 def parse_key(meta: TableMeta, text: str) -> tuple[Any, ...]:
@@ -50,16 +57,39 @@ def parse_key(meta: TableMeta, text: str) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def latest_row(store: Store, table: str, key_text: str, view: TableView,
-               as_of: datetime | None = None) -> dict[str, Any] | None:
-    """The newest visible row of the key given as ``key_text`` (at or before ``as_of``), or ``None``."""
+@dataclass(frozen=True)
+class FeatureLookup:
+    """A checked look-up: the table's metadata it was planned on, the typed key, the visible columns, as_of."""
+
+    meta: TableMeta
+    key: tuple[Any, ...]
+    visible: tuple[str, ...]
+    as_of: datetime | None
+
+    @property
+    def as_of_us(self) -> int | None:
+        return None if self.as_of is None else to_micros(self.as_of, True)
+
+
+def prepare(store: Store, table: str, key_text: str, view: TableView, as_of: datetime | None) -> FeatureLookup:
+    """Check a look-up (QueryError for a key or ``as_of`` that does not fit the table)."""
     meta = table_meta(store, table)
     key = parse_key(meta, key_text)
-    visible = view.visible(meta)
     if as_of is not None and meta.time is None:
         raise QueryError(f"table {table!r} has no time column, so it takes no as_of")
+    return FeatureLookup(meta, key, tuple(view.visible(meta)), as_of)
+
+
+def resolve(store: Store, lookup: FeatureLookup, view: TableView, found_hot: pa.Table | str) -> dict[str, Any] | None:
+    """The answer from the hot tier's answer ``found_hot`` (a row, ABSENT), or read from warm (MISS)."""
+    meta, key, visible, as_of = lookup.meta, lookup.key, list(lookup.visible), lookup.as_of
+    table = meta.name
     try:
-        if as_of is None and not view.row_filter:
+        if isinstance(found_hot, str) and found_hot == ABSENT:
+            return None
+        if isinstance(found_hot, pa.Table):
+            rows = found_hot.select(visible)
+        elif as_of is None and not view.row_filter:
             found = store.latest(table, key)
             if found is None:
                 return None
@@ -77,6 +107,14 @@ def latest_row(store: Store, table: str, key_text: str, view: TableView,
         raise QueryError(str(exc)) from None
     row: dict[str, Any] = mask(rows, [c for c in visible if c in view.masked]).to_pylist()[0]
     return row
+
+
+def latest_row(store: Store, table: str, key_text: str, view: TableView,
+               as_of: datetime | None = None, hot: HotTier | None = None) -> dict[str, Any] | None:
+    """The newest visible row of the key given as ``key_text`` (at or before ``as_of``), or ``None``."""
+    lookup = prepare(store, table, key_text, view, as_of)
+    found_hot = MISS if hot is None else hot.lookup(lookup.meta, lookup.key, lookup.as_of_us, view.row_filter)
+    return resolve(store, lookup, view, found_hot)
 
 
 def _newest(rows: pa.Table, meta: TableMeta) -> int:

@@ -13,6 +13,7 @@ request is audited (:mod:`headwater.serve.audit`).
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,18 +45,21 @@ from headwater.serve.models import (
     TableSummary,
 )
 from headwater.store import Store
+from headwater.store.hot import HotConfig, HotTier
 
 
 @dataclass(frozen=True)
 class AppConfig:
     """What one replica serves: the store (``None``: ``$HEADWATER_STORE``, else ``.headwater/store``), the
     warm tier's URI if elsewhere, ``sync_audit`` (kept for callers: every audit entry is committed before the answer),
-    and the query engine's limits."""
+    the query engine's limits, and the hot tier (``None``: none; else feature look-ups ask the table's hot shards
+    first when Ray is running, making them on a table's first look-up; without Ray the app reads warm alone)."""
 
     store: str | None = None
     warm_uri: str | None = None
     sync_audit: bool = True
     engine: EngineConfig = field(default_factory=EngineConfig)
+    hot: HotConfig | None = None
 
 
 class Service:
@@ -63,9 +67,18 @@ class Service:
 
     def __init__(self, config: AppConfig, metrics: ServeMetrics) -> None:
         self.store = Store(config.store, warm_uri=config.warm_uri)
-        self.engine = QueryEngine(self.store, config.engine)
+        self.hot = _hot_tier(self.store, config.hot)
+        self.engine = QueryEngine(self.store, config.engine, self.hot)
         self.engine.cache.on_lookup = metrics.cache_lookup
         self.access = AccessControl(self.store, sync_audit=config.sync_audit)
+
+
+def _hot_tier(store: Store, config: HotConfig | None) -> HotTier | None:
+    if config is None or "ray" not in sys.modules:
+        return None
+    import ray
+
+    return HotTier(store.root, store.warm_uri, config) if ray.is_initialized() else None
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API token from `headwater token create`")
@@ -76,7 +89,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 RESULT_CONTENT = {"content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def caller(request: Request,
+async def caller(request: Request,
            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The one dependency resolving who is asking: ``Authorization: Bearer <token>`` → principal (else 401)."""
     header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
@@ -181,13 +194,13 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
 
     @app.get("/features/{table}/{key}", response_model=FeatureModel, responses=ERRORS,
              summary="the latest row of a key (optionally as of a time); composite keys as a JSON array")
-    def features(request: Request, table: str, key: str, principal: Caller,
+    async def features(request: Request, table: str, key: str, principal: Caller,
                  as_of: Annotated[datetime | None, QueryParam(description="ISO 8601; rows at or before it")] = None,
                  ) -> FeatureModel:
         _audit(request).update(tables=[table], detail=f"key sha256 {key_digest(key)}")
         view = table_view(principal, table)
         svc = service()
-        row = svc.engine.feature(table, key, view, as_of)
+        row = await svc.engine.feature_async(table, key, view, as_of)
         if row is None:
             _audit(request)["rows"] = 0
             raise NotFoundError(f"table {table!r} has no row for this key" + (" at or before as_of" if as_of else ""))

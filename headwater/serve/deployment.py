@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headwater.query import EngineConfig
 from headwater.serve.app import AppConfig, build_app
+from headwater.store.hot import HotConfig
 
 APP_NAME = "headwater"
 
@@ -40,6 +41,8 @@ class ServeConfig(BaseModel):
     max_ongoing_requests: int = Field(default=32, ge=1)
     sync_audit: bool = True
     query_timeout_s: float = Field(default=30.0, gt=0)
+    hot_tier: bool = True
+    hot_shards: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeConfig:
@@ -51,7 +54,8 @@ class ServeConfig(BaseModel):
         from headwater.store.layout import resolve_root
 
         return AppConfig(store=resolve_root(self.store), warm_uri=self.warm_uri, sync_audit=self.sync_audit,
-                         engine=EngineConfig(timeout_s=self.query_timeout_s))
+                         engine=EngineConfig(timeout_s=self.query_timeout_s),
+                         hot=HotConfig(shards=self.hot_shards) if self.hot_tier else None)
 
     def autoscaling(self) -> dict[str, Any]:
         return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,

@@ -30,6 +30,7 @@ rows read them as null); a removed column, a changed type or another key/time co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import uuid
@@ -46,6 +47,7 @@ from headwater.store.layout import STAGING_DIR, check_table_name, fsync_dir, res
 from headwater.store.metadata import LifecyclePolicy, check_key_and_time, evolve_schema
 
 if TYPE_CHECKING:
+    from headwater.store.hot import HotTier
     from headwater.store.table import CommitEvent
 
 __all__ = ["TableCommitToken", "TableSink", "TableSinkPartition"]
@@ -77,7 +79,8 @@ class TableSinkPartition(SinkPartition[TableCommitToken]):
         self._out: pa.NativeFile | None = None
         self._ipc: pa.ipc.RecordBatchStreamWriter | None = None
         self._rows = 0
-        self.last_commit: CommitEvent | None = None  # the seam the hot tier is notified through (next)
+        self.last_commit: CommitEvent | None = None  # the last commit's event (sent to the hot tier, without rows)
+        self._hot: HotTier | None = None  # a client, never in a snapshot or token
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._schema is None:
@@ -145,12 +148,34 @@ class TableSinkPartition(SinkPartition[TableCommitToken]):
                     if schema is None:
                         return  # every file gone: committed before
                     tx.create(schema, self._sink.key, self._sink.time, self._sink.policy)
-                self.last_commit = tx.commit_staged(token.files)
+                event = tx.commit_staged(token.files)
         except SchemaEvolutionError as exc:
             raise SinkError(str(exc), transient=False) from exc
         except (OSError, pa.ArrowException, StoreError) as exc:
             raise SinkError(f"TableSink {token.table!r}: cannot commit checkpoint {token.checkpoint_id} to the store "
                             f"at {self._sink.store}: {exc}") from exc
+        if event is not None:
+            self._notify_hot(event)
+            event = dataclasses.replace(event, data=None)
+        self.last_commit = event
+
+    def _notify_hot(self, event: CommitEvent) -> None:
+        """Only now, with the commit in ``table.json``, tell the table's hot shards (if a Ray with a hot tier is
+        there): so the hot tier never holds an uncommitted row. Best effort: a lost notice makes the shards
+        rebuild from warm; a replayed commit sends nothing (``event`` is ``None`` then)."""
+        import sys
+
+        if event.data is None or "ray" not in sys.modules:
+            return
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from headwater.store.hot import HotTier
+
+        if self._hot is None:
+            self._hot = HotTier(self._sink.store, self._sink.warm_uri)
+        self._hot.notify(event, event.data)
 
     def abort(self) -> None:
         self.close()

@@ -142,6 +142,14 @@ def scan(root: str, name: str, columns: Sequence[str] | None = None, time_range:
     raise StoreError(f"table {name!r}: the table kept changing under five scans in a row; try again")
 
 
+def scan_at(root: str, meta: TableMeta, columns: Sequence[str] | None = None, time_range: TimeRange | None = None,
+            filter: Sequence[Predicate] | None = None, *, warm_uri: str | None = None,
+            include_version: bool = False) -> pa.Table:
+    """Like :func:`scan`, of exactly the state ``meta`` names (no re-planning: a change that deleted a file
+    ``meta`` names makes it raise; the hot tier rebuilds at a known data version this way)."""
+    return _scan(root, meta, columns, time_range, filter, warm_uri, include_version)
+
+
 def _scan(root: str, meta: TableMeta, columns: Sequence[str] | None, time_range: TimeRange | None,
           predicates: Sequence[Predicate] | None, warm_uri: str | None, include_version: bool,
           dictionary_strings: bool = False) -> pa.Table:

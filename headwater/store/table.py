@@ -19,7 +19,7 @@ is gone, so the record stays as small as one checkpoint's commits.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Sequence
 
@@ -42,19 +42,41 @@ from headwater.store.warm import WarmTier
 
 @dataclass(frozen=True)
 class CommitEvent:
-    """What a commit made visible: the hot tier (next to come) and the result cache key on ``data_version``."""
+    """What a commit made visible: the hot tier is notified with it (after the commit) and the result cache keys
+    on ``data_version``. ``data``: the committed rows in the store's row format (with ``_hw_version``), for the
+    hot tier's notice; dropped once it is sent."""
 
     table: str
     data_version: int
     rows: int
     min_time: int | None
     max_time: int | None
+    data: pa.Table | None = field(default=None, repr=False, compare=False)
+
+
+#: parsed ``table.json`` files by path, with the (inode, mtime, ctime, size) they were parsed at: a look-up
+#: re-reads the file only when it was replaced (every write is a rename of a new file: a new inode and times)
+_PARSED: dict[str, tuple[tuple[int, int, int, int], TableMeta]] = {}
 
 
 def load_meta(root: str, name: str) -> TableMeta | None:
     path = os.path.join(table_dir(root, name), META_FILE)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+    cached = _PARSED.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     data = read_json(path)
-    return None if data is None else TableMeta.from_json(data, path)
+    if data is None:
+        return None
+    meta = TableMeta.from_json(data, path)
+    if len(_PARSED) > 1024:
+        _PARSED.clear()
+    _PARSED[path] = (stamp, meta)
+    return meta
 
 
 def require_meta(root: str, name: str) -> TableMeta:
@@ -168,7 +190,7 @@ class Transaction:
             applied.update({os.path.basename(p): p for p in todo})
             _crash_point("commit.before_meta")
             self.save(meta.with_changes(schema=schema, data_version=data_version, warm=warm, applied=applied))
-            event = CommitEvent(self.name, data_version, rows.num_rows, low, high)
+            event = CommitEvent(self.name, data_version, rows.num_rows, low, high, data=rows)
             _crash_point("commit.after_meta")
         for path in staged:
             if os.path.exists(path):

@@ -80,3 +80,8 @@ def api(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield Api(url, store, tokens)
     finally:
         serve.shutdown()
+        from headwater.store.hot import HotTier
+
+        hot = HotTier(store.root)
+        for table in store.tables():  # the detached hot shards the app made outlive it: end them
+            hot.drop(table)
