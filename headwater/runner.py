@@ -9,8 +9,6 @@ from contextlib import ExitStack
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from headwater.dataflow import Dataflow
 from headwater.engine import logs
 from headwater.engine.autoscale import AutoscaleConfig
@@ -31,7 +29,7 @@ from headwater.engine.ray.cluster import ray_session, ship_user_code
 from headwater.engine.ray.placement import worker_reservation
 from headwater.errors import ConfigError
 from headwater.governance.job import JobGovernance
-from headwater.governance.schemas import JobSchemas
+from headwater.governance.schemas import FirstBatchRecorder, JobSchemas, first_batch_schemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
 from headwater.observability.registry import JobRegistration, registry_dir
@@ -186,6 +184,7 @@ class RunningJob:
         if self._registration is not None:
             self._registration.start()
         self._governance.started(self.config.executor)
+        recorder = FirstBatchRecorder(self.schemas, self.plan, self.metrics).start() if self.schemas else None
         try:
             if self.checkpoint is not None and self.autoscale is not None:
                 result = self._run_scaled(self.checkpoint, self.autoscale, timeout)
@@ -194,8 +193,10 @@ class RunningJob:
             else:
                 result = self._run_once(timeout)
             self._final = result
+            if recorder is not None:
+                recorder.stop()
             if self.schemas is not None:
-                self.schemas.after_run(_first_batch_schemas(self.plan, result.subtasks))
+                self.schemas.after_run(first_batch_schemas(self.plan, result.subtasks))
         except BaseException as exc:
             self._governance.ended(error=exc)
             raise
@@ -203,6 +204,8 @@ class RunningJob:
             self._governance.ended(result)
             return result
         finally:
+            if recorder is not None:
+                recorder.stop()
             if isinstance(self._attempt, LocalJob):
                 self._attempt.after_exit(self._exit.close)  # an abandoned job's thread may still write
             else:
@@ -366,17 +369,6 @@ class RunningJob:
             raise self._error
         assert self._result is not None
         return self._result
-
-
-def _first_batch_schemas(physical: PhysicalPlan, subtasks: list[SubtaskMetrics]) -> dict[str, pa.Schema]:
-    """Source step → the schema of its first batch, for sources that declared none (from the subtasks' figures)."""
-    schemas: dict[str, pa.Schema] = {}
-    stages = {stage.stage_id: stage for stage in physical.stages}
-    for m in subtasks:
-        stage = stages.get(m.stage_id)
-        if m.source_schema is not None and stage is not None and stage.step_ids[0] not in schemas:
-            schemas[stage.step_ids[0]] = pa.ipc.read_schema(pa.py_buffer(m.source_schema))
-    return schemas
 
 
 def _check_autoscale(

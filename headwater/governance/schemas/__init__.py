@@ -11,9 +11,17 @@ See docs/governance.md, "Schemas".
 
 from headwater.governance.schemas.compatibility import Compatibility, Problem, check_compatible, widens
 from headwater.governance.schemas.registry import RegisteredSchema, SchemaRegistry, registry_url
-from headwater.governance.schemas.subjects import JobSchemas, Subject, flow_subjects
+from headwater.governance.schemas.subjects import (
+    FirstBatchRecorder,
+    JobSchemas,
+    Subject,
+    first_batch_schemas,
+    flow_subjects,
+)
 
 __all__ = [
+    "FirstBatchRecorder",
+    "first_batch_schemas",
     "Compatibility", "JobSchemas", "Problem", "RegisteredSchema", "SchemaRegistry", "Subject", "check_compatible",
     "flow_subjects", "registry_url", "widens",
 ]

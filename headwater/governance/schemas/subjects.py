@@ -16,28 +16,35 @@ When (:class:`JobSchemas`):
   registered (idempotently). An incompatible one raises :class:`~headwater.errors.SchemaCompatibilityError`.
   A TableSink whose input schema is unknown records the table's current schema from the store, when the table
   exists.
-- **When the run ends** (also a stopped run, not a failed one): a source without ``schema()`` records the schema
-  of the first batch each of its subtasks read (:attr:`SubtaskMetrics.source_schema`), and a TableSink whose
-  input schema was unknown records the schema of the committed table. The data has moved by then, so an
-  incompatible schema cannot fail the build: it is logged as an error and not recorded. Streams downstream of
-  an unknown schema (after ``map_batches`` without ``output_schema``) are not recorded at all.
+- **At the first batch** (:class:`FirstBatchRecorder`, while the job runs): a source without ``schema()`` records
+  the schema of the first batch its subtasks read (:attr:`SubtaskMetrics.source_schema`), seen in the job's
+  metrics within about a second of that batch. The data is moving by then, so an incompatible schema cannot
+  fail the build: it is logged as an error and not recorded.
+- **When the run ends** (also a stopped run, not a failed one): a source whose first batch came too late for
+  the recorder is recorded the same way, and a TableSink whose input schema was unknown records the schema of
+  the committed table. Streams downstream of an unknown schema (after ``map_batches`` without
+  ``output_schema``) are not recorded at all.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import pyarrow as pa
 
+from headwater.engine.metrics import SubtaskMetrics
+from headwater.engine.plan import PhysicalPlan
 from headwater.errors import HeadwaterError, SchemaCompatibilityError, StoreError
 from headwater.governance.schemas.registry import SchemaRegistry, incompatibility_message
 from headwater.logical import SinkStep, SourceStep
 from headwater.logical.graph import LogicalGraph
 from headwater.sinks.table import TableSink
 
-__all__ = ["JobSchemas", "Subject", "flow_subjects"]
+__all__ = ["FirstBatchRecorder", "JobSchemas", "Subject", "first_batch_schemas", "flow_subjects"]
 
 log = logging.getLogger("headwater.governance.schemas")
 
@@ -124,20 +131,32 @@ class JobSchemas:
         log.debug("dataflow %s: schemas %s", flow.name, job.versions)
         return job
 
+    def unrecorded_sources(self) -> list[str]:
+        """Source steps whose schema only the run can tell and that are not recorded yet."""
+        return [s.step_id for s in self.subjects
+                if s.schema is None and s.table is None and s.name not in self.versions]
+
+    def record_sources(self, source_schemas: dict[str, pa.Schema]) -> None:
+        """Record the first-batch schemas of sources without ``schema()`` not recorded yet (idempotent; never
+        raises: a problem is logged)."""
+        self._record([(s.name, source_schemas[s.step_id]) for s in self.subjects
+                      if s.schema is None and s.table is None and s.name not in self.versions
+                      and s.step_id in source_schemas])
+
     def after_run(self, source_schemas: dict[str, pa.Schema]) -> None:
         """Record what only the run could tell: ``source_schemas`` (source step → the schema its first batch had)
-        for sources without ``schema()``, and the committed schema of tables whose input schema was unknown.
-        Never raises: the run's data has landed; a problem is logged."""
+        for sources without ``schema()`` not recorded while it ran, and the committed schema of tables whose
+        input schema was unknown. Never raises: the run's data has landed; a problem is logged."""
+        self.record_sources(source_schemas)
         late: list[tuple[str, pa.Schema]] = []
         for subject in self.subjects:
-            if subject.schema is not None:
-                continue
-            if subject.table is not None:
+            if subject.schema is None and subject.table is not None:
                 schema = _table_schema(subject.table)
-            else:
-                schema = source_schemas.get(subject.step_id)
-            if schema is not None:
-                late.append((subject.name, schema))
+                if schema is not None:
+                    late.append((subject.name, schema))
+        self._record(late)
+
+    def _record(self, late: list[tuple[str, pa.Schema]]) -> None:
         if not late:
             return
         try:
@@ -149,3 +168,44 @@ class JobSchemas:
                         log.error("dataflow %s: the schema seen at run time was not recorded: %s", self.flow_name, exc)
         except HeadwaterError as exc:
             log.error("dataflow %s: could not record run-time schemas: %s", self.flow_name, exc)
+
+
+def first_batch_schemas(physical: PhysicalPlan, subtasks: Sequence[SubtaskMetrics]) -> dict[str, pa.Schema]:
+    """Source step → the schema of its first batch, for sources that declared none (from the subtasks' figures)."""
+    schemas: dict[str, pa.Schema] = {}
+    stages = {stage.stage_id: stage for stage in physical.stages}
+    for m in subtasks:
+        stage = stages.get(m.stage_id)
+        if m.source_schema is not None and stage is not None and stage.step_ids[0] not in schemas:
+            schemas[stage.step_ids[0]] = pa.ipc.read_schema(pa.py_buffer(m.source_schema))
+    return schemas
+
+
+class FirstBatchRecorder:
+    """While a job runs, records each schema-less source's first-batch schema as soon as the job's metrics show
+    it (every ``interval_s``), and stops once every such source is recorded or the job ends (:meth:`stop`)."""
+
+    def __init__(self, schemas: JobSchemas, physical: PhysicalPlan, metrics: Callable[[], list[SubtaskMetrics]],
+                 interval_s: float = 1.0) -> None:
+        self.schemas, self.physical, self.metrics, self.interval_s = schemas, physical, metrics, interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="headwater-schemas", daemon=True)
+
+    def start(self) -> FirstBatchRecorder:
+        if self.schemas.unrecorded_sources():
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s) and self.schemas.unrecorded_sources():
+            try:
+                seen = first_batch_schemas(self.physical, self.metrics())
+            except Exception:  # noqa: BLE001 - between attempts the job answers nothing: look again later
+                continue
+            if seen:
+                self.schemas.record_sources(seen)

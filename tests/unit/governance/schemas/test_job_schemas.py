@@ -1,9 +1,10 @@
 """The registry in a job's life: subjects checked and recorded when ``hw.run`` starts (an incompatible change
-fails before any worker runs), schemas only the run knows recorded when it ends, and the switch to turn it off."""
+fails before any worker runs), schemas only the run knows recorded at its first batch (or when it ends), and the switch to turn it off."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import headwater as hw
 from headwater.errors import ConfigError, SchemaCompatibilityError
 from headwater.governance.schemas import SchemaRegistry, flow_subjects
+from headwater.sources.base import Source, SourcePartition
 from headwater.testing import TestingSink, TestingSource
 
 
@@ -90,8 +92,50 @@ def test_sources_without_a_schema_are_recorded_from_their_first_batch(url: str, 
     assert [(s.name, s.schema) for s in flow_subjects(flow)] == [("source:shop.orders", None), ("table:late", None)]
     hw.run(flow, executor="local")
     registry = SchemaRegistry(url)
-    assert registry.get("source:shop.orders").schema == V1  # from the first batch, when the run ended
+    assert registry.get("source:shop.orders").schema == V1  # from the first batch
     assert registry.get("table:late").schema == V1          # from the committed table
+
+
+class _OneBatchThenIdle(Source):
+    """Unbounded, no declared schema: one batch, then nothing, until stopped."""
+
+    bounded = False
+
+    def list_parts(self) -> list[str]:
+        return ["only"]
+
+    def build_part(self, part: str, resume_state: Any | None) -> SourcePartition:
+        return _OneBatchPartition()
+
+
+class _OneBatchPartition(SourcePartition):
+    def __init__(self) -> None:
+        self.sent = False
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        if self.sent:
+            time.sleep(0.01)
+            return None
+        self.sent = True
+        return pa.RecordBatch.from_pylist(ROWS, schema=V1)
+
+    def snapshot(self) -> Any:
+        return self.sent
+
+
+def test_a_running_jobs_schema_less_source_is_recorded_at_its_first_batch_not_at_the_end(url: str) -> None:
+    flow = hw.Dataflow("shop")
+    flow.source("orders", _OneBatchThenIdle()).sink("out", TestingSink())
+    job = hw.start(flow, executor="local")
+    try:
+        registry = SchemaRegistry(url)
+        deadline = time.monotonic() + 30
+        while "source:shop.orders" not in [s for s, _, _ in registry.subjects()] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert registry.get("source:shop.orders").schema == V1, "recorded while the job still runs"
+    finally:
+        job.stop()
+    job.wait(30)
 
 
 def test_a_run_time_schema_that_breaks_the_mode_is_logged_not_recorded(
