@@ -115,7 +115,22 @@ RUN_EVENT_SHAPE: dict[str, Any] = {
         "facets": {"type": "object", "additionalProperties": {"type": "object", "required": ["_producer", "_schemaURL"]}},
         "dataset": {"type": "object", "required": ["namespace", "name"],
                     "properties": {"namespace": {"type": "string", "minLength": 1}, "name": {"type": "string", "minLength": 1},
-                                   "facets": {"$ref": "#/$defs/facets"}}},
+                                   "facets": {"allOf": [{"$ref": "#/$defs/facets"}, {"$ref": "#/$defs/dataset_facets"}]}}},
+        # the two dataset facets Headwater emits, as the spec's SchemaDatasetFacet and ColumnLineageDatasetFacet
+        # (1-2-0) define their required parts
+        "dataset_facets": {"type": "object", "properties": {
+            "schema": {"type": "object", "required": ["fields"], "properties": {"fields": {
+                "type": "array", "items": {"type": "object", "required": ["name"],
+                                           "properties": {"name": {"type": "string"}, "type": {"type": "string"}}}}}},
+            "columnLineage": {"type": "object", "required": ["fields"], "properties": {"fields": {
+                "type": "object", "additionalProperties": {
+                    "type": "object", "required": ["inputFields"], "properties": {"inputFields": {
+                        "type": "array", "items": {
+                            "type": "object", "required": ["namespace", "name", "field"],
+                            "properties": {"transformations": {"type": "array", "items": {
+                                "type": "object", "required": ["type"],
+                                "properties": {"type": {"enum": ["DIRECT", "INDIRECT"]}}}}}}}}}}}},
+        }},
     },
 }
 
