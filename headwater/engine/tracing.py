@@ -95,6 +95,12 @@ def _provider(exporter: TraceExporter) -> TracerProvider:
         return provider
 
 
+def tracer_provider(exporter: TraceExporter) -> TracerProvider:
+    """This process's tracer provider for ``exporter`` (made on first use; one per exporter), for other parts
+    of Headwater that trace (the Serve app's requests)."""
+    return _provider(exporter)
+
+
 def _otlp_exporter() -> Any:
     if not otlp_exporter_installed():
         raise ConfigError("trace_exporter='otlp' needs the OTLP exporter package: pip install opentelemetry-exporter-otlp")

@@ -26,6 +26,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from headwater.access import ADMIN, AccessControl, Principal
 from headwater.access.errors import AccessDeniedError
+from headwater.engine.config import TRACE_EXPORTERS, TraceExporter, default_trace_exporter, default_trace_sample
+from headwater.errors import ConfigError
 from headwater.governance.lineage.graph import DatasetNotFoundError
 from headwater.query import Answer, EngineConfig, Query, QueryEngine, TableView, parse_key
 from headwater.query.planner import table_meta
@@ -44,6 +46,7 @@ from headwater.serve.models import (
     TableDetail,
     TableSummary,
 )
+from headwater.serve.tracing import RequestTracingMiddleware
 from headwater.store import Store
 from headwater.store.hot import HotConfig, HotTier
 
@@ -60,6 +63,17 @@ class AppConfig:
     sync_audit: bool = True
     engine: EngineConfig = field(default_factory=EngineConfig)
     hot: HotConfig | None = None
+    #: where spans of traced requests go, and the share of requests traced besides those whose caller sent a
+    #: sampled ``traceparent`` (:mod:`headwater.serve.tracing`); defaults as ``RunConfig``'s
+    trace_exporter: TraceExporter = field(default_factory=default_trace_exporter)
+    trace_sample: float = field(default_factory=default_trace_sample)
+
+    def __post_init__(self) -> None:
+        if self.trace_exporter not in TRACE_EXPORTERS:
+            raise ConfigError(f"trace_exporter must be one of {', '.join(TRACE_EXPORTERS)}, got {self.trace_exporter!r}")
+        if (isinstance(self.trace_sample, bool) or not isinstance(self.trace_sample, (int, float))
+                or not 0.0 <= self.trace_sample <= 1.0):
+            raise ConfigError(f"trace_sample must be a share of requests between 0 and 1, got {self.trace_sample!r}")
 
 
 class Service:
@@ -129,6 +143,8 @@ def build_app(config: AppConfig | None = None) -> FastAPI:
 
     app.state.headwater = service
     app.add_middleware(AuditMiddleware, log=lambda: service().access.audit)
+    if config.trace_exporter != "none":  # outside the audit middleware: its record names the tables and rows
+        app.add_middleware(RequestTracingMiddleware, exporter=config.trace_exporter, sample=config.trace_sample)
     app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)  # outermost: times the whole request
     install(app)
 
