@@ -40,11 +40,12 @@ def _default_store_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(autouse=True)
-def _schema_registry_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's jobs record their schemas in a registry of their own (``RunConfig.schema_registry``): tests
-    reuse dataflow and step names with other schemas, which one shared registry would rightly refuse."""
+def _no_schema_registry_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests' jobs check and record no schemas (``HEADWATER_SCHEMA_REGISTRY=off``) unless the test points the
+    registry somewhere itself (the governance tests do): tests reuse dataflow and step names with other schemas,
+    even within one test (hypothesis examples), which a registry rightly refuses."""
     if "HEADWATER_SCHEMA_REGISTRY" not in os.environ:
-        monkeypatch.setenv("HEADWATER_SCHEMA_REGISTRY", str(tmp_path_factory.mktemp("registry") / "registry.db"))
+        monkeypatch.setenv("HEADWATER_SCHEMA_REGISTRY", "off")
 
 
 @pytest.fixture(scope="session")
