@@ -32,16 +32,17 @@ import argparse
 import importlib.util
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from headwater.dataflow import Dataflow
 from headwater.engine.config import CheckpointConfig
-from headwater.errors import HeadwaterError, PipelineNotFoundError
+from headwater.errors import HeadwaterError, JobFailedError, PipelineNotFoundError
 from headwater.governance import commands as governance_commands
 from headwater.governance.schemas import commands as schema_commands
 from headwater.observability.registry import registry_dir, running_jobs
@@ -135,6 +136,9 @@ def _parser(with_access: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray it starts (default: all)")
     status = commands.add_parser("status", help="list running jobs: steps, parallelism, rates, lag, checkpoints")
     status.add_argument("--json", action="store_true", help="print the jobs as JSON (for scripts)")
+    status.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="also list the jobs reporting to this Ray cluster, from any machine "
+                             "(default: $RAY_ADDRESS; none: this machine's jobs only)")
     if with_access:
         from headwater.access import commands as access_commands
 
@@ -152,19 +156,43 @@ def _number(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.0f}{unit}"
 
 
-def _status(as_json: bool) -> int:
+def _cluster_jobs(address: str) -> list[Any]:
+    """The jobs reporting to the Ray cluster at ``address`` (HeadwaterError when it cannot be reached)."""
+    import ray
+
+    from headwater.observability.cluster_jobs import cluster_jobs
+
+    try:
+        host, _, port = address.rpartition(":")
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()  # Ray itself retries a minute
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - said as what to fix
+        raise JobFailedError(f"could not reach the Ray cluster at {address!r} for its jobs: {type(exc).__name__}: "
+                             f"{exc} (is it running, and is its token in $RAY_AUTH_TOKEN_PATH?)") from None
+    try:
+        return cluster_jobs(ray)
+    finally:
+        ray.shutdown()
+
+
+def _status(as_json: bool, address: str | None = None) -> int:
     now = time.time()
     directory = registry_dir()
     jobs = running_jobs(directory, now)
+    if address:
+        seen = {(j.host, j.pid, j.job, j.started_at) for j in jobs}
+        jobs += [j for j in _cluster_jobs(address) if (j.host, j.pid, j.job, j.started_at) not in seen]
+        jobs.sort(key=lambda j: j.started_at)
     if as_json:
-        print(json.dumps({"registry": str(directory) if directory else None,
+        print(json.dumps({"registry": str(directory) if directory else None, "cluster": address,
                           "jobs": [j.to_json(now) for j in jobs]}, indent=2))
         return 0
-    if directory is None:
+    if directory is None and not jobs:
         print("headwater: the job registry is off (HEADWATER_REGISTRY_DIR=off)", file=sys.stderr)
         return 0
     if not jobs:
-        print(f"headwater: no running jobs (none registered in {directory}; jobs register while they run, "
+        where = f"{directory}" + (f" or with the Ray cluster at {address}" if address else "")
+        print(f"headwater: no running jobs (none registered in {where}; jobs register while they run, "
               "see docs/operations.md, 'headwater status')")
         return 0
     for job in jobs:
@@ -248,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "local":
             return _local(args)
         if args.command == "status":
-            return _status(args.json)
+            return _status(args.json, args.address)
         if getattr(args, "store", None) is not None:  # before the file builds its TableSinks, which resolve it
             os.environ["HEADWATER_STORE"] = os.path.abspath(args.store)
         flow, checkpoint = load_pipeline(args.pipeline, args.flow)

@@ -26,12 +26,13 @@ from headwater.engine.ownership import check_claims, job_claims
 from headwater.engine.plan import PhysicalPlan
 from headwater.engine.progress import ProgressDisplay
 from headwater.engine.ray.cluster import ray_session, ship_user_code
-from headwater.engine.ray.placement import worker_reservation
+from headwater.engine.ray.placement import started_here, worker_reservation
 from headwater.errors import ConfigError
 from headwater.governance.job import JobGovernance
 from headwater.governance.schemas import FirstBatchRecorder, JobSchemas, first_batch_schemas
 from headwater.logical import SinkStep, SourceStep
 from headwater.observability import EXPORTER, JobSnapshot
+from headwater.observability.cluster_jobs import ClusterReport, cluster_registry
 from headwater.observability.registry import JobRegistration, registry_dir
 from headwater.planner import plan
 
@@ -143,7 +144,8 @@ class RunningJob:
                 self._exit.callback(lambda: EXPORTER.finish(label, self._final_snapshot()))
             directory = registry_dir()  # what `headwater status` lists (headwater.observability.registry)
             self._registration = None if directory is None else JobRegistration(
-                self.plan.flow_name, config.executor, self.metrics_snapshot, self.metrics_url, directory)
+                self.plan.flow_name, config.executor, self.metrics_snapshot, self.metrics_url, directory,
+                _cluster_report(self._ray))
             if self._registration is not None:
                 self._exit.callback(self._registration.close)
         except BaseException:
@@ -369,6 +371,18 @@ class RunningJob:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+def _cluster_report(ray: ModuleType | None) -> ClusterReport | None:
+    """Reports to the cluster-wide job list when the job runs on a Ray cluster it joined (see
+    :mod:`headwater.observability.cluster_jobs`); ``None`` in-process or on a Ray this process started."""
+    if ray is None or started_here(ray):
+        return None
+    try:
+        return ClusterReport(cluster_registry(ray, create=True))
+    except Exception:  # noqa: BLE001 - the registry never fails a job
+        log.debug("the cluster's job registry could not be reached", exc_info=True)
+        return None
 
 
 def _check_autoscale(

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from headwater.engine.metrics import SubtaskMetrics
 from headwater.observability.collector import JobSnapshot
@@ -158,15 +158,25 @@ def _write(path: Path, data: dict[str, Any]) -> None:
         temporary.unlink(missing_ok=True)
 
 
+class ClusterReporter(Protocol):
+    """Where a registration also reports its entry (the cluster's job list), keyed by the entry's file name."""
+
+    def put(self, key: str, entry: dict[str, Any]) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+
 class JobRegistration:
     """A running job's entry, kept fresh by a daemon thread until :meth:`close` deletes it."""
 
     def __init__(self, job: str, executor: str, snapshot: Callable[[], JobSnapshot], metrics_url: str | None,
-                 directory: Path) -> None:
+                 directory: Path, cluster: ClusterReporter | None = None) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", job)
         self.path = directory / f"{safe}-{os.getpid()}-{secrets.token_hex(3)}.json"
         self._job, self._executor, self._snapshot, self._metrics_url = job, executor, snapshot, metrics_url
         self._last: JobStatus | None = None
+        #: also reports each entry to the cluster's job list (headwater.observability.cluster_jobs)
+        self._cluster = cluster
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name=f"headwater-registry-{safe}", daemon=True)
@@ -180,7 +190,10 @@ class JobRegistration:
         with self._lock:
             if self._closed.is_set():
                 return
-            _write(self.path, status.to_json(status.updated_at))
+            entry = status.to_json(status.updated_at)
+            _write(self.path, entry)
+            if self._cluster is not None:
+                self._cluster.put(self.path.name, entry)
             self._last = status
 
     def _beat(self) -> None:
@@ -195,6 +208,8 @@ class JobRegistration:
         with self._lock:
             self._closed.set()
             self.path.unlink(missing_ok=True)
+            if self._cluster is not None:
+                self._cluster.remove(self.path.name)
 
 
 def _alive(pid: int) -> bool:
