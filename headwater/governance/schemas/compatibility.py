@@ -22,8 +22,10 @@ Type widening (a reader of the wider type reads the narrower one exactly; :func:
   is *not* a widening (it loses precision above 2**53);
 - string → large_string, binary → large_binary, list → large_list of the same item.
 
-Everything else (timestamp units or time zones, decimals, nested types) must stay the same type; a nested type is
-compared as a whole. A renamed field is a removed field plus an added one.
+Nested types are checked by the same rules inside: a struct's fields field by field (``before.score``; a CDC
+source's ``before``/``after`` structs gain a nullable field when the table gains a column, which ``backward``
+allows), a list's items as ``name[]``. Everything else (timestamp units or time zones, decimals, maps) must stay
+the same type. A renamed field is a removed field plus an added one.
 """
 
 from __future__ import annotations
@@ -100,24 +102,42 @@ def reading_problems(reader: pa.Schema, writer: pa.Schema, direction: str) -> li
 
     ``direction`` labels the problems and picks their wording: ``"backward"`` (the reader is the new schema) or
     ``"forward"`` (the reader is the old schema)."""
+    return _fields_problems(list(reader), list(writer), direction, "")
+
+
+def _fields_problems(reader: list[pa.Field], writer: list[pa.Field], direction: str, prefix: str) -> list[Problem]:
     new_is_reader = direction == "backward"
+    written_by_name = {f.name: f for f in writer}
     problems: list[Problem] = []
     for field in reader:
-        index = writer.get_field_index(field.name)
-        if index < 0:
+        name = prefix + field.name
+        written = written_by_name.get(field.name)
+        if written is None:
             if not field.nullable:
                 change = ("added as required (non-nullable): rows written before have no value for it"
                           if new_is_reader else "removed, but it was required: readers of the older version need it")
-                problems.append(Problem(field.name, change, direction))
+                problems.append(Problem(name, change, direction))
             continue
-        written = writer.field(index)
-        if written.type != field.type and not widens(written.type, field.type):
-            old, new = (written.type, field.type) if new_is_reader else (field.type, written.type)
-            problems.append(Problem(field.name, f"type changed {type_name(old)} → {type_name(new)}", direction))
+        changed = _type_problems(name, field.type, written.type, direction)
+        if changed:
+            problems += changed
         elif written.nullable and not field.nullable:
             change = "nullable → required" if new_is_reader else "required → nullable"
-            problems.append(Problem(field.name, change, direction))
+            problems.append(Problem(name, change, direction))
     return problems
+
+
+def _type_problems(name: str, reader: pa.DataType, writer: pa.DataType, direction: str) -> list[Problem]:
+    """Why values of type ``writer`` cannot be read as ``reader`` (nested types field by field)."""
+    if reader == writer or widens(writer, reader):
+        return []
+    if pa.types.is_struct(reader) and pa.types.is_struct(writer):
+        return _fields_problems(list(reader), list(writer), direction, name + ".")
+    if pa.types.is_list(writer) and (pa.types.is_list(reader) or pa.types.is_large_list(reader)) or \
+            pa.types.is_large_list(writer) and pa.types.is_large_list(reader):
+        return _type_problems(name + "[]", reader.value_type, writer.value_type, direction)
+    old, new = (writer, reader) if direction == "backward" else (reader, writer)
+    return [Problem(name, f"type changed {type_name(old)} → {type_name(new)}", direction)]
 
 
 def check_compatible(old: pa.Schema, new: pa.Schema, mode: Compatibility) -> list[Problem]:

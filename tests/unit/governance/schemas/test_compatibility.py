@@ -156,3 +156,38 @@ def test_an_unknown_mode_names_the_choices(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="backward, forward, full, none"):
         SchemaRegistry(str(tmp_path / "r.db")).set_mode("x", "sideways")
+
+
+ROW = pa.struct([pa.field("id", pa.int32(), nullable=False), pa.field("v", pa.string())])
+
+
+def _cdc(row: pa.DataType) -> pa.Schema:
+    return pa.schema([pa.field("op", pa.string(), nullable=False), pa.field("before", row), pa.field("after", row)])
+
+
+def test_a_struct_gaining_a_nullable_field_is_backward_compatible_as_a_cdc_table_gaining_a_column() -> None:
+    grown = pa.struct([*ROW, pa.field("score", pa.int32())])
+    assert check_compatible(_cdc(ROW), _cdc(grown), Compatibility.BACKWARD) == []
+    forward = check_compatible(_cdc(grown), _cdc(ROW), Compatibility.FORWARD)
+    assert forward == []  # old readers ignore the new field: forward allows removing a nullable one too
+
+
+@pytest.mark.parametrize("inner, path, change", [
+    (pa.field("score", pa.int32(), nullable=False), "before.score", "added as required"),
+    (pa.field("v", pa.int64()), "before.v", "type changed string → int64"),
+])
+def test_nested_fields_follow_the_same_rules_and_are_named_by_their_path(inner: pa.Field, path: str,
+                                                                         change: str) -> None:
+    fields = [f for f in ROW if f.name != inner.name] + [inner]
+    problems = check_compatible(_cdc(ROW), _cdc(pa.struct(fields)), Compatibility.BACKWARD)
+    assert {p.field for p in problems} == {path, path.replace("before", "after")}
+    assert all(change in p.change for p in problems)
+
+
+def test_list_items_are_checked_inside() -> None:
+    old = pa.schema([pa.field("rows", pa.list_(ROW))])
+    grown = pa.schema([pa.field("rows", pa.large_list(pa.struct([*ROW, pa.field("extra", pa.float64())])))])
+    assert check_compatible(old, grown, Compatibility.BACKWARD) == []
+    narrowed = pa.schema([pa.field("rows", pa.list_(pa.struct([pa.field("id", pa.int16(), nullable=False)])))])
+    problems = check_compatible(old, narrowed, Compatibility.BACKWARD)
+    assert [(p.field, p.change) for p in problems] == [("rows[].id", "type changed int32 → int16")]
