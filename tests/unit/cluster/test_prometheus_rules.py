@@ -75,3 +75,9 @@ def test_the_scrape_config_keeps_the_job_label_of_headwater_series() -> None:
     headwater = next(job for job in config["scrape_configs"] if job["job_name"] == "headwater")
     assert headwater["honor_labels"] is True  # else Prometheus renames our `job` label to `exported_job`
     assert any("targets/" in f for sd in headwater["file_sd_configs"] for f in sd["files"])
+
+
+def test_the_scrape_config_has_a_job_for_rays_metrics_where_the_serve_series_are() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    ray = next(job for job in config["scrape_configs"] if job["job_name"] == "ray")
+    assert any(f.startswith("ray/") for sd in ray["file_sd_configs"] for f in sd["files"])
