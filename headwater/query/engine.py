@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
@@ -45,6 +45,10 @@ class EngineConfig:
     threads: int = 2
     cache_entries: int = 512
     cache_bytes: int = 128 * 1024 * 1024
+
+
+#: no cached answer (``None`` is a cached answer: the key has no row)
+_UNCACHED = object()
 
 
 class QueryEngine:
@@ -105,26 +109,36 @@ class QueryEngine:
     def feature(self, table: str, key: str, view: TableView, as_of: datetime | None = None) -> dict[str, Any] | None:
         """The newest visible row of ``key`` (see :func:`headwater.query.features.latest_row`), through the cache:
         a commit to the table bumps its data version, so a cached row is never served after one."""
+        cached, remember = self._cached_feature(table, key, view, as_of)
+        if cached is not _UNCACHED:
+            return cached
+        return remember(latest_row(self.store, table, key, view, as_of, self.hot))
+
+    def _cached_feature(self, table: str, key: str, view: TableView, as_of: datetime | None
+                        ) -> tuple[Any, Callable[[dict[str, Any] | None], dict[str, Any] | None]]:
+        """The cached answer of a feature look-up (:data:`_UNCACHED` when there is none) and the function that
+        caches a fresh one under the table's data version read *before* the look-up (returning it)."""
         versions = self._versions([table])
         cache_key = ("feature", table, key, None if as_of is None else as_of.isoformat(), view.fingerprint())
         hit = self.cache.get(cache_key, versions)
+        cached: Any = _UNCACHED
         if hit is not None:
             rows = hit[0].to_pylist()
-            return rows[0] if rows else None
-        row = latest_row(self.store, table, key, view, as_of, self.hot)
-        self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
-        return row
+            cached = rows[0] if rows else None
+
+        def remember(row: dict[str, Any] | None) -> dict[str, Any] | None:
+            self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
+            return row
+
+        return cached, remember
 
     async def feature_async(self, table: str, key: str, view: TableView,
                             as_of: datetime | None = None) -> dict[str, Any] | None:
         """:meth:`feature` for an event loop (the Serve app): the hot shard is awaited, not waited for in a
         thread, and only a read of warm (a hot miss) runs in a worker thread. Same answers, same cache."""
-        versions = self._versions([table])
-        cache_key = ("feature", table, key, None if as_of is None else as_of.isoformat(), view.fingerprint())
-        hit = self.cache.get(cache_key, versions)
-        if hit is not None:
-            rows = hit[0].to_pylist()
-            return rows[0] if rows else None
+        cached, remember = self._cached_feature(table, key, view, as_of)
+        if cached is not _UNCACHED:
+            return cached
         lookup = prepare(self.store, table, key, view, as_of)
         found = MISS if self.hot is None else await self.hot.lookup_async(lookup.meta, lookup.key, lookup.as_of_us,
                                                                           view.row_filter)
@@ -132,5 +146,4 @@ class QueryEngine:
             row = await asyncio.to_thread(resolve, self.store, lookup, view, found)
         else:
             row = resolve(self.store, lookup, view, found)
-        self.cache.put(cache_key, versions, (pa.Table.from_pylist([row] if row is not None else []), False))
-        return row
+        return remember(row)

@@ -7,9 +7,9 @@ start-up — does not.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from headwater.core.lazy import lazy_attributes
 from headwater.sinks.base import Sink, SinkOwner, SinkPartition
 from headwater.sinks.console import ConsoleSink
 from headwater.sinks.files import CsvSink, JsonLinesSink, ParquetSink
@@ -27,10 +27,4 @@ __all__ = ["ConsoleSink", "CsvSink", "JsonLinesSink", "KafkaCommitToken", "Kafka
            "SinkOwner", "SinkPartition", "SqlCommitToken", "SqlSink", "TableCommitToken", "TableSink"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

@@ -7,9 +7,9 @@ does not.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from headwater.core.lazy import lazy_attributes
 from headwater.sources.base import Source, SourcePartition
 from headwater.sources.files import CsvSource, JsonLinesSource, ParquetSource
 from headwater.sources.kinesis import KinesisShardPosition, KinesisSource
@@ -47,10 +47,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)
